@@ -1,0 +1,1 @@
+"""Benchmark harness: one isolated process per (model, variant, backend) cell."""

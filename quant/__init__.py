@@ -1,0 +1,1 @@
+"""How each variant of a network is produced: export (and, later, calibration, PTQ and QAT)."""

@@ -1,0 +1,166 @@
+"""Checkpoint cache, metadata and safe loading (never unpickles code: `weights_only=True`).
+
+Layout of the artifact cache (default `./artifacts`, or `$EDGEZOO_ARTIFACTS`, or `--artifacts`):
+
+    artifacts/checkpoints/<model>/<dataset>/<recipe>/{best,last}.pt   + best.json (metadata, sha256)
+
+A checkpoint file is a dict `{"model": state_dict, "meta": {...}, ...training state}`; a plain
+state dict (as official releases ship) loads too.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from zoo.io import atomic_path, sha256_file, write_json
+from zoo.registry import ModelEntry, OfficialWeights
+
+ARTIFACTS_ENV = "EDGEZOO_ARTIFACTS"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, corrupt or does not fit the network."""
+
+
+def artifacts_dir(override: str | Path | None = None) -> Path:
+    return Path(override or os.environ.get(ARTIFACTS_ENV) or "artifacts")
+
+
+def checkpoint_dir(model: str, dataset: str, recipe: str, artifacts: str | Path | None = None) -> Path:
+    return artifacts_dir(artifacts) / "checkpoints" / model / dataset / recipe
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
+    """Atomically write `state` (which must hold "model" and "meta"); returns the file's sha256.
+
+    The metadata and sha256 also go to a JSON sidecar so tools can read them without torch.
+    """
+    path = Path(path)
+    meta = dict(state.get("meta", {}))
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta.setdefault("torch", str(torch.__version__))
+    # Plain JSON types only, so the file loads with weights_only=True (no custom classes).
+    meta = json.loads(json.dumps(meta, default=str))
+    state = {**state, "meta": meta}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    digest = sha256_file(path)
+    write_json(path.with_suffix(".json"), {**meta, "file": path.name, "sha256": digest})
+    return digest
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; returns {"model": state_dict, "meta": {...}, ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass an existing file with --weights")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {first[:200]} (corrupt, truncated, or it pickles code; "
+            "only tensor state dicts are accepted)"
+        ) from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        return obj
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return {"model": obj["state_dict"], "meta": {}}
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"model": obj, "meta": {}}
+    raise CheckpointError(f"checkpoint {path} holds no state dict (found {type(obj).__name__})")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # DistributedDataParallel and DataParallel save keys under "module."
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, strict: bool = True) -> None:
+    """Load `state` into `model`; any mismatch raises a CheckpointError naming the keys."""
+    state = _strip_prefix(state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if strict and (missing or unexpected or shapes):
+
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {few(shapes)}")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(parts)
+            + " (check --model and the number of classes)"
+        )
+    model.load_state_dict(state, strict=strict)
+
+
+def official_weights_for(entry: ModelEntry, path: str | Path) -> OfficialWeights | None:
+    name = Path(path).name
+    return next((w for w in entry.official_weights if w.filename == name), None)
+
+
+@dataclass
+class LoadedWeights:
+    model: nn.Module
+    num_classes: int
+    meta: dict[str, Any]
+    preprocess: dict[str, Any] | None  # overrides the dataset normalisation when set
+    sha256: str
+    path: Path
+
+
+def _infer_num_classes(entry: ModelEntry, path: Path, ckpt: dict[str, Any], default: int) -> int:
+    meta = ckpt.get("meta", {})
+    if "num_classes" in meta:
+        return int(meta["num_classes"])
+    official = official_weights_for(entry, path)
+    if official is not None:
+        return official.num_classes
+    return default
+
+
+def load_weights(entry: ModelEntry, path: str | Path, *, num_classes: int, **build_kwargs: Any) -> LoadedWeights:
+    """Build `entry` with the class count the checkpoint was trained for and load it strictly."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    n = _infer_num_classes(entry, path, ckpt, num_classes)
+    meta = dict(ckpt.get("meta", {}))
+    if meta.get("model") and meta["model"] != entry.name:
+        raise CheckpointError(
+            f"checkpoint {path} was trained for model {meta['model']!r}, not {entry.name!r}; pass --model {meta['model']}"
+        )
+    state = _strip_prefix(ckpt["model"])
+    if not entry.aux_weights:
+        model = entry.build(num_classes=n, **build_kwargs)
+    else:
+        # Training checkpoints carry the auxiliary heads; the inference network is built without.
+        model = entry.build(num_classes=n, aux=False, **build_kwargs)
+        aux_keys = set(entry.build(num_classes=n, aux=True, **build_kwargs).state_dict()) - set(model.state_dict())
+        state = {k: v for k, v in state.items() if k not in aux_keys}
+    load_state(model, state, source=str(path))
+    official = official_weights_for(entry, path)
+    preprocess = meta.get("preprocess") or (official.preprocess if official else None)
+    return LoadedWeights(model=model, num_classes=n, meta=meta, preprocess=preprocess, sha256=sha256_file(path), path=path)

@@ -1,0 +1,27 @@
+"""Turn the project's expected errors into one-line messages and exit code 2 at the CLI edge."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    from zoo.checkpoints import CheckpointError
+    from zoo.data import DataError
+    from zoo.registry import UnknownModelError
+
+    return (CheckpointError, DataError, UnknownModelError, UsageError)
+
+
+class UsageError(Exception):
+    """A bad combination of options, explained in one line."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except user_error_types() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

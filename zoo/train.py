@@ -1,0 +1,320 @@
+"""FP32 training of a zoo network on a segmentation dataset.
+
+Examples:
+    python -m zoo.train --model ddrnet --data camvid --data-root ../shared/data/camvid
+    python -m zoo.train --model espnet --data camvid --data-root ../shared/data/camvid --epochs 100 --resume
+    torchrun --nproc_per_node=2 -m zoo.train --model ddrnet --data synthetic --recipe quick
+
+Checkpoints go to <artifacts>/checkpoints/<model>/<data>/<recipe>/: `last.pt` (full training
+state, written every --save-every seconds and at each epoch end, so a killed run resumes
+mid-epoch with --resume) and `best.pt` (weights + metadata of the best validation mIoU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from zoo.checkpoints import checkpoint_dir, read_checkpoint, save_checkpoint
+from zoo.evaluate import evaluate_model
+from zoo.io import write_json
+from zoo.losses import build_loss
+from zoo.recipes import Recipe, get_recipe
+from zoo.registry import get_entry
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: str = "synthetic"
+    data_root: str | Path | None = None
+    recipe: str | None = None            # default: the family's recipe
+    epochs: int | None = None            # overrides of the recipe
+    batch_size: int | None = None
+    lr: float | None = None
+    crop: tuple[int, int] | None = None
+    optimizer: str | None = None
+    loss: str | None = None
+    eval_every: int | None = None
+    seed: int = 0
+    resume: bool = False
+    artifacts: str | Path | None = None
+    workers: int = 1
+    threads: int | None = None
+    save_every: float = 120.0            # seconds between mid-epoch `last.pt` saves
+    progress: bool = True
+    val_split: str = "val"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Deterministic batches for one epoch: a permutation seeded by (seed, epoch), split across
+    ranks, starting at `start` so that a resumed run continues where the killed one stopped."""
+
+    def __init__(self, n: int, batch: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        per_step = batch * world
+        steps = n // per_step  # drop the ragged tail: BatchNorm dislikes batches of one
+        self.batches = [perm[s * per_step + rank * batch: s * per_step + (rank + 1) * batch] for s in range(steps)]
+        self.batches = self.batches[start:]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def steps_per_epoch(n: int, batch: int, world: int) -> int:
+    return n // (batch * world)
+
+
+def _lr_at(recipe: Recipe, it: int, total: int) -> float:
+    if recipe.warmup_iters and it < recipe.warmup_iters:
+        return recipe.lr * (it + 1) / recipe.warmup_iters
+    return recipe.lr * (1 - min(it, total - 1) / total) ** recipe.poly_power
+
+
+def _build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    # No weight decay on BatchNorm/PReLU parameters and biases: it only hurts them.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=False)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adamw")
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], np.asarray(state["numpy"], dtype=np.uint32), *np_state[2:]))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) and return {"best": Path, "last": Path, "best_miou": float, "history": [...]}."""
+    from zoo import data as zdata
+
+    rank, world = _dist_info()
+    distributed = world > 1
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    if distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif distributed and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    is_main = rank == 0
+
+    entry = get_entry(cfg.model)
+    recipe = get_recipe(cfg.recipe or entry.recipe).with_overrides(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, crop=tuple(cfg.crop) if cfg.crop else None,
+        optimizer=cfg.optimizer, loss=cfg.loss, eval_every=cfg.eval_every,
+    )
+    if recipe.batch_size % world:
+        raise ValueError(f"batch size {recipe.batch_size} is not divisible by the {world} processes")
+    per_rank_batch = recipe.batch_size // world
+    card = zdata.load_card(cfg.data)
+    pre = zdata.Preprocess.from_card(card)
+    train_set = zdata.build_dataset(
+        cfg.data, root=cfg.data_root, split="train",
+        transform=zdata.TrainTransform(pre, crop_size=recipe.crop, scale_range=recipe.scale_range,
+                                       ignore_index=card.ignore_index),
+    )
+    val_set = zdata.build_dataset(cfg.data, root=cfg.data_root, split=cfg.val_split, transform=zdata.EvalTransform(pre))
+    n_steps = steps_per_epoch(len(train_set), per_rank_batch, world)
+    if n_steps == 0:
+        raise ValueError(f"{len(train_set)} training images are fewer than one batch of {recipe.batch_size}")
+    total_iters = recipe.epochs * n_steps
+
+    _seed_everything(cfg.seed)
+    model = entry.build(num_classes=card.num_classes).to(device)
+    criterion = build_loss(recipe.loss, ignore_index=card.ignore_index, **recipe.loss_kwargs).to(device)
+    optimizer = _build_optimizer(model, recipe)
+
+    out_dir = checkpoint_dir(entry.name, cfg.data, recipe.name, cfg.artifacts)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    start_epoch, start_step, best_miou, history = 0, 0, -1.0, []
+    if cfg.resume and last_path.is_file():
+        state = read_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        best_miou, history = state.get("best_miou", -1.0), json.loads(state.get("history", "[]"))
+        _set_rng_state(state["rng"])
+        if is_main:
+            print(f"[train] resuming {last_path} at epoch {start_epoch + 1}, step {start_step}/{n_steps}", file=sys.stderr)
+    elif cfg.resume and is_main:
+        print(f"[train] --resume: no {last_path} yet, starting from scratch", file=sys.stderr)
+
+    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    meta_base = {
+        "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
+        "num_classes": card.num_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
+        "preprocess": pre.to_dict(),
+    }
+
+    def save_last(epoch: int, step: int) -> None:
+        if not is_main:
+            return
+        save_checkpoint(last_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "step_in_epoch": step, "best_miou": best_miou, "history": json.dumps(history),
+            "rng": _rng_state(), "meta": {**meta_base, "epoch": epoch, "step_in_epoch": step},
+        })
+
+    t_start, last_save = time.time(), time.time()
+    for epoch in range(start_epoch, recipe.epochs):
+        model.train()
+        first = start_step if epoch == start_epoch else 0
+        sampler = EpochBatches(len(train_set), per_rank_batch, seed=cfg.seed, epoch=epoch, rank=rank, world=world, start=first)
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.workers,
+                            persistent_workers=False, worker_init_fn=_worker_init)
+        bar = tqdm(loader, total=n_steps, initial=first, disable=not (cfg.progress and is_main), dynamic_ncols=True,
+                   desc=f"{entry.name} epoch {epoch + 1}/{recipe.epochs}")
+        running = None
+        for step, (images, labels) in enumerate(bar, start=first):
+            it = epoch * n_steps + step
+            lr = _lr_at(recipe, it, total_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            outputs = net(images)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            weights = (1.0, *entry.aux_weights)[: len(outputs)]
+            loss = sum(w * criterion(o, labels) for w, o in zip(weights, outputs))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at epoch {epoch + 1} step {step}; lower --lr")
+            running = value if running is None else 0.9 * running + 0.1 * value
+            bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.2e}")
+            if time.time() - last_save > cfg.save_every:
+                save_last(epoch, step + 1)
+                last_save = time.time()
+        bar.close()
+        done_epochs = epoch + 1
+        record: dict[str, Any] = {"epoch": done_epochs, "loss": running, "lr": lr, "elapsed_s": time.time() - t_start}
+        if done_epochs % recipe.eval_every == 0 or done_epochs == recipe.epochs:
+            if is_main:
+                scores = evaluate_model(model, val_set, num_classes=card.num_classes, ignore_index=card.ignore_index,
+                                        classes=card.classes, device=device, progress=cfg.progress,
+                                        desc=f"val {cfg.val_split}")
+                record.update(miou=scores.miou, pixel_accuracy=scores.pixel_accuracy)
+                if scores.miou > best_miou:
+                    best_miou = scores.miou
+                    inference_state = {k: v for k, v in model.state_dict().items()}
+                    save_checkpoint(best_path, {"model": inference_state, "meta": {
+                        **meta_base, "epoch": done_epochs, "metrics": scores.as_dict(),
+                        "split": cfg.val_split, "train_seconds": record["elapsed_s"]}})
+                print(f"[train] epoch {done_epochs}: val mIoU {100 * scores.miou:.2f} "
+                      f"(best {100 * best_miou:.2f}), loss {running:.3f}", file=sys.stderr, flush=True)
+            model.train()
+        history.append(record)
+        save_last(done_epochs, 0)
+        last_save = time.time()
+        if distributed:
+            dist.barrier()
+    if is_main:
+        write_json(out_dir / "history.json", history)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"best": best_path, "last": last_path, "best_miou": best_miou, "history": history,
+            "seconds": time.time() - t_start}
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each DataLoader worker derives numpy/python seeds from its torch seed (set per epoch by
+    # the main process), so augmentation differs across workers and epochs yet is reproducible.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="network name or alias (see python -m zoo.list)")
+    p.add_argument("--data", default="synthetic", help="dataset card: synthetic (default), camvid, cityscapes")
+    p.add_argument("--data-root", help="dataset folder (default: the card's default root)")
+    p.add_argument("--recipe", help="training recipe (default: the family's; 'quick' for a few minutes)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--optimizer", choices=("sgd", "adamw"))
+    p.add_argument("--loss", choices=("ce", "ohem"))
+    p.add_argument("--eval-every", type=int, help="epochs between validation runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from last.pt if it exists")
+    p.add_argument("--artifacts", help="artifact cache (default ./artifacts or $EDGEZOO_ARTIFACTS)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--save-every", type=float, default=120.0, help="seconds between mid-epoch saves")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from zoo.errors import user_errors
+
+    cfg = TrainConfig(model=args.model, data=args.data, data_root=args.data_root, recipe=args.recipe,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop,
+                      optimizer=args.optimizer, loss=args.loss, eval_every=args.eval_every, seed=args.seed,
+                      resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
+                      save_every=args.save_every, progress=not args.no_progress)
+    with user_errors():
+        try:
+            result = train(cfg)
+        except (KeyError, ValueError) as exc:
+            msg = exc.args[0] if exc.args else str(exc)
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+    if _dist_info()[0] == 0:
+        print(f"best val mIoU {100 * result['best_miou']:.2f}; best checkpoint {result['best']}; "
+              f"{result['seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
