@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny CamVid-layout data set and the path of ../shared (absent on users' machines)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_or_skip(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} absent (../shared is only on the project's machines)")
+    return path
+
+
+def write_segnet_split(root: Path, split: str, count: int, hw=(64, 96), seed=0) -> None:
+    """Images whose colour determines the class, so a tiny network can learn something."""
+    rng = np.random.default_rng(seed)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+    h, w = hw
+    colours = rng.integers(0, 255, size=(12, 3))
+    for i in range(count):
+        label = np.full((h, w), 3, np.uint8)  # road
+        label[: h // 3] = 0  # sky
+        for _ in range(4):
+            y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            label[y : y + rng.integers(4, 16), x : x + rng.integers(4, 16)] = rng.integers(1, 12)
+        image = colours[label].astype(np.int16) + rng.integers(-20, 20, size=(h, w, 3))
+        name = f"img_{i:03d}.png"
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / split / name)
+        Image.fromarray(label).save(root / f"{split}annot" / name)
+
+
+@pytest.fixture(scope="session")
+def tiny_camvid(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("camvid")
+    write_segnet_split(root, "train", 8, seed=1)
+    write_segnet_split(root, "val", 3, seed=2)
+    return root
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "artifacts"
+    monkeypatch.setenv("EDGEZOO_ARTIFACTS", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Tests never touch the user's ~/.cache; the synthetic set is generated in a temp dir.
+    if "EDGEZOO_CACHE" not in os.environ:
+        monkeypatch.setenv("EDGEZOO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,80 @@
+"""Training: a short real run, resume after SIGKILL mid-epoch, and two-process DDP on the CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from zoo.checkpoints import checkpoint_dir, read_checkpoint
+from zoo.train import EpochBatches, TrainConfig, train
+
+TINY = ["--data", "camvid", "--epochs", "2", "--batch-size", "2", "--crop", "64", "96", "--eval-every", "1",
+        "--workers", "0", "--no-progress", "--threads", "1"]
+
+
+def _run(args, env_extra=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+def test_epoch_batches_resume_and_shard():
+    full = EpochBatches(10, 2, seed=0, epoch=3)
+    assert len(full) == 5 and sorted(i for b in full for i in b) == list(range(10))
+    assert list(EpochBatches(10, 2, seed=0, epoch=3, start=2)) == list(full)[2:]
+    r0, r1 = EpochBatches(10, 2, seed=0, epoch=3, rank=0, world=2), EpochBatches(10, 2, seed=0, epoch=3, rank=1, world=2)
+    assert not {i for b in r0 for i in b} & {i for b in r1 for i in b}
+
+
+def test_train_writes_best_and_last_with_metadata(tiny_camvid, tmp_path):
+    res = train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, epochs=2, batch_size=2,
+                            crop=(64, 96), eval_every=1, workers=0, artifacts=tmp_path, progress=False, threads=1))
+    assert res["best"].is_file() and res["last"].is_file()
+    assert len(res["history"]) == 2 and all("miou" in h for h in res["history"])
+    meta = read_checkpoint(res["best"])["meta"]
+    assert meta["model"] == "espnet_p2q8" and meta["num_classes"] == 11 and meta["dataset"] == "camvid"
+    assert meta["recipe"]["epochs"] == 2 and 0 <= meta["metrics"]["miou"] <= 1
+    sidecar = json.loads(res["best"].with_suffix(".json").read_text())
+    assert len(sidecar["sha256"]) == 64
+
+
+def test_resume_after_sigkill_mid_epoch(tiny_camvid, tmp_path):
+    # 8 images, batch 2 -> 4 steps per epoch; die after step 6 (mid epoch 2), saving every step.
+    args = ["-m", "zoo.train", "--model", "espnet", "--data-root", str(tiny_camvid), "--artifacts", str(tmp_path),
+            "--save-every", "0", *TINY]
+    killed = _run(args, {"EDGEZOO_FAULT_KILL_AT_STEP": "6"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    last = checkpoint_dir("espnet_p2q8", "camvid", "espnet", tmp_path) / "last.pt"
+    state = read_checkpoint(last)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    resumed = _run([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr and "epoch 2, step 2/4" in resumed.stderr
+    history = json.loads((last.parent / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_torchrun_two_cpu_processes(tiny_camvid, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found next to the interpreter")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "--master_port=29533", "-m", "zoo.train", "--model", "espnet",
+         "--data-root", str(tiny_camvid), "--artifacts", str(tmp_path), *TINY],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = checkpoint_dir("espnet_p2q8", "camvid", "espnet", tmp_path) / "best.pt"
+    assert read_checkpoint(best)["meta"]["world_size"] == 2
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    res = _run(["-m", "zoo.train", "--model", "nosuchnet", "--no-progress"])
+    assert res.returncode == 2 and "unknown model 'nosuchnet'" in res.stderr and "Traceback" not in res.stderr
+    res = _run(["-m", "zoo.train", "--model", "espnet", "--data", "camvid", "--data-root", str(tmp_path / "nope")])
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "nope" in res.stderr

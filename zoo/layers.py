@@ -1,0 +1,73 @@
+"""Small shared building blocks, kept quantization-friendly.
+
+Every block is a plain `nn.Module` tree of Conv2d / BatchNorm2d / activation children named
+`conv`, `bn`, `act`, so FX quantization and Conv-BN-ReLU fusion find them by pattern, and
+families whose official checkpoints use those names (ESPNet's `CBR`, `BR`, `C`) load as-is.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+ActFactory = Callable[[int], nn.Module]
+
+
+def relu(channels: int) -> nn.Module:  # noqa: ARG001 - uniform factory signature
+    return nn.ReLU(inplace=True)
+
+
+def prelu(channels: int) -> nn.Module:
+    return nn.PReLU(channels)
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d (no bias by default) -> optional BatchNorm2d -> optional activation.
+
+    Padding keeps the spatial size at stride 1 ("same" for odd kernels, dilation included).
+    `norm=False, act=None` leaves a bare convolution; the children that are absent are not
+    created, so they add no state-dict keys.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        *,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        norm: bool = True,
+        bn_eps: float = 1e-5,
+        act: ActFactory | None = relu,
+    ) -> None:
+        super().__init__()
+        padding = (kernel_size - 1) // 2 * dilation
+        self.conv = nn.Conv2d(
+            in_ch, out_ch, kernel_size, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, bias=bias,
+        )
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps) if norm else None
+        self.act = act(out_ch) if act is not None else None
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+
+class BNAct(nn.Module):
+    """BatchNorm2d -> activation (ESPNet's `BR`; pre-activation blocks)."""
+
+    def __init__(self, channels: int, *, bn_eps: float = 1e-5, act: ActFactory = relu) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, eps=bn_eps)
+        self.act = act(channels)
+
+    def forward(self, x):
+        return self.act(self.bn(x))
