@@ -14,7 +14,7 @@ VARIANTS = ("fp32", "qat", "static", "dynamic")
 def find_fp32_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None) -> Path | None:
     """The best cached FP32 checkpoint for (model, dataset): the family recipe first, then `quick`."""
     entry = get_entry(model)
-    for recipe in (entry.recipe, "quick"):
+    for recipe in (entry.default_recipe, "quick"):
         path = checkpoint_dir(entry.name, dataset, recipe, artifacts) / "best.pt"
         if path.is_file():
             return path

@@ -91,7 +91,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
     """Load `state` into `model`; any mismatch raises a CheckpointError naming the keys."""
     state = _strip_prefix(state)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    # Old releases predate BatchNorm's `num_batches_tracked` counter; it does not affect inference.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -57,7 +57,11 @@ class ModelEntry:
     # Weights of auxiliary training-only heads, in the order the network returns them.
     aux_weights: tuple[float, ...] = ()
     official_weights: tuple[OfficialWeights, ...] = ()
-    recipe: str = "default"
+    recipe: str = ""  # training recipe name (zoo.recipes); empty means the family's name
+
+    @property
+    def default_recipe(self) -> str:
+        return self.recipe or self.family
 
     def build(self, *, num_classes: int, **kwargs: Any) -> nn.Module:
         merged = {**self.default_kwargs, **kwargs}

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -143,7 +144,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     is_main = rank == 0
 
     entry = get_entry(cfg.model)
-    recipe = get_recipe(cfg.recipe or entry.recipe).with_overrides(
+    recipe = get_recipe(cfg.recipe or entry.default_recipe).with_overrides(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, crop=tuple(cfg.crop) if cfg.crop else None,
         optimizer=cfg.optimizer, loss=cfg.loss, eval_every=cfg.eval_every,
     )
@@ -200,6 +201,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         })
 
     t_start, last_save = time.time(), time.time()
+    kill_at = int(os.environ["EDGEZOO_FAULT_KILL_AT_STEP"]) if os.environ.get("EDGEZOO_FAULT_KILL_AT_STEP") else None
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
         first = start_step if epoch == start_epoch else 0
@@ -230,6 +232,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if time.time() - last_save > cfg.save_every:
                 save_last(epoch, step + 1)
                 last_save = time.time()
+            if kill_at is not None and it + 1 == kill_at:
+                # Fault injection for the resume test: die like `kill -9` would, mid-epoch.
+                os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         done_epochs = epoch + 1
         record: dict[str, Any] = {"epoch": done_epochs, "loss": running, "lr": lr, "elapsed_s": time.time() - t_start}
