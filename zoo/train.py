@@ -253,6 +253,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 print(f"[train] epoch {done_epochs}: val mIoU {100 * scores.miou:.2f} "
                       f"(best {100 * best_miou:.2f}), loss {running:.3f}", file=sys.stderr, flush=True)
             model.train()
+        if is_main and not cfg.progress:
+            print(f"[train] epoch {done_epochs}/{recipe.epochs} loss {running:.4f} lr {lr:.2e} "
+                  f"elapsed {record['elapsed_s'] / 60:.1f} min", file=sys.stderr, flush=True)
         history.append(record)
         save_last(done_epochs, 0)
         last_save = time.time()
