@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every backend (default 2)")
     p.add_argument("--profile", choices=("quick", "ci", "release"), default="quick", help="timing profile")
+    p.add_argument("--train-epochs", type=int,
+                   help="epochs of the quick FP32 training done when no checkpoint exists (default: the recipe's 12)")
     p.add_argument("--iters", type=int, help="override the profile's minimum timed iterations")
     p.add_argument("--min-time", type=float, help="override the profile's minimum timed seconds")
     p.add_argument("--warmup", type=int, help="override the profile's warm-up iterations")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                       input_hw=tuple(args.input_size) if args.input_size else None, batch=args.batch,
                       threads=args.threads, out=args.out, artifacts=args.artifacts, profile=args.profile,
                       timeout=args.timeout, max_images=args.max_images,
-                      iters=args.iters, min_time=args.min_time, warmup=args.warmup, progress=not args.no_progress)
+                      iters=args.iters, min_time=args.min_time, warmup=args.warmup, progress=not args.no_progress,
+                      train_epochs=args.train_epochs)
     with user_errors():
         records = run_sweep(cfg)
     print(markdown_table(records))

@@ -51,6 +51,7 @@ class BenchConfig:
     min_time: float | None = None
     warmup: int | None = None
     progress: bool = True
+    train_epochs: int | None = None   # epochs of the quick training when no checkpoint exists
 
 
 def expand(values: list[str], valid: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -85,7 +86,8 @@ def prepare_fp32(cfg: BenchConfig, model: str, input_hw: tuple[int, int], log: C
     entry = get_entry(model)
     card = zdata.load_card(cfg.data)
     loaded = load_fp32(entry.name, dataset=cfg.data, weights=cfg.weights, artifacts=cfg.artifacts,
-                       data_root=cfg.data_root, threads=cfg.threads, progress=cfg.progress)
+                       data_root=cfg.data_root, threads=cfg.threads, progress=cfg.progress,
+                       train_epochs=cfg.train_epochs)
     net = loaded.model.eval()
     preprocess = loaded.preprocess or zdata.Preprocess.from_card(card).to_dict()
     tag = loaded.sha256[:12] if loaded.sha256 else "random"

@@ -47,7 +47,8 @@ def test_random_weights_both_backends(tiny_camvid, tmp_path):
 
 
 def test_trains_quick_checkpoint_when_missing_then_reuses_it(tiny_camvid, tmp_path):
-    args = ["--model", "espnet", "--data", "camvid", "--data-root", str(tiny_camvid), "--backend", "onnxruntime", *FAST]
+    args = ["--model", "espnet", "--data", "camvid", "--data-root", str(tiny_camvid), "--backend", "onnxruntime",
+            "--train-epochs", "2", *FAST]
     first = _bench(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "training one with the quick recipe" in first.stderr

@@ -183,3 +183,15 @@ def test_espnet_decoder_variant_follows_checkpoint():
         model = registry.build("espnet", num_classes=state["classifier.weight"].shape[0])
         model.load_state_dict(state, strict=True)
         assert model.decoder_skip == skip and model.conv.conv.in_channels == in_ch
+
+
+@pytest.mark.parametrize("name,num_classes,params_m", [
+    ("ddrnet23_slim", 19, 5.70), ("ddrnet23", 19, 20.15), ("espnet_p2q8", 12, 0.358),
+])
+def test_param_counts_of_the_foundation_issue(name, num_classes, params_m):
+    # Issue #2's figures: counts of the official code (DDRNet without its aux head; ESPNet at
+    # CamVid's 12 outputs), each within 1%.
+    entry = registry.get_entry(name)
+    with torch.device("meta"):
+        model = entry.build(num_classes=num_classes, **_no_aux_kwargs(entry))
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, rel=0.01)

@@ -31,11 +31,13 @@ def load_fp32(
     train_if_missing: bool = True,
     threads: int | None = None,
     progress: bool = True,
+    train_epochs: int | None = None,
 ) -> LoadedWeights:
     """Load FP32 weights for `model` trained on `dataset`.
 
     `weights` may be a checkpoint path, "random" (untrained, for speed and size only), or None:
-    the cached checkpoint, trained with the quick recipe first if missing and `train_if_missing`.
+    the cached checkpoint, trained with the quick recipe first if missing and `train_if_missing`
+    (for `train_epochs` epochs when given, else the recipe's).
     """
     from zoo.data import load_card
 
@@ -58,7 +60,7 @@ def load_fp32(
             print(f"[edgezoo] no FP32 checkpoint for {entry.name} on {dataset}: training one with the quick "
                   "recipe (a few minutes on a CPU; cached for next time)", file=sys.stderr, flush=True)
             result = train(TrainConfig(model=entry.name, data=dataset, data_root=data_root, recipe="quick",
-                                       artifacts=artifacts, threads=threads, progress=progress))
+                                       epochs=train_epochs, artifacts=artifacts, threads=threads, progress=progress))
             path = result["best"]
         weights = path
     return load_weights(entry, weights, num_classes=card.num_classes)
