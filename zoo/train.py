@@ -57,6 +57,7 @@ class TrainConfig:
     workers: int = 1
     threads: int | None = None
     save_every: float = 120.0            # seconds between mid-epoch `last.pt` saves
+    amp: str = "none"                    # "bf16": autocast to bfloat16 (1.6x faster on CPUs with AVX512-BF16/AMX)
     progress: bool = True
     val_split: str = "val"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -188,6 +189,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     meta_base = {
         "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
         "num_classes": card.num_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
+        "amp": cfg.amp,
         "preprocess": pre.to_dict(),
     }
 
@@ -217,8 +219,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            outputs = net(images)
-            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                outputs = net(images)
+            # Losses in float32 whatever the autocast precision: softmax over bf16 logits is coarse.
+            outputs = [o.float() for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
             weights = (1.0, *entry.aux_weights)[: len(outputs)]
             loss = sum(w * criterion(o, labels) for w, o in zip(weights, outputs))
             optimizer.zero_grad(set_to_none=True)
@@ -298,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--save-every", type=float, default=120.0, help="seconds between mid-epoch saves")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="mixed precision: bf16 autocast (weights and losses stay float32)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop,
                       optimizer=args.optimizer, loss=args.loss, eval_every=args.eval_every, seed=args.seed,
                       resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
-                      save_every=args.save_every, progress=not args.no_progress)
+                      save_every=args.save_every, progress=not args.no_progress, amp=args.amp)
     with user_errors():
         try:
             result = train(cfg)
