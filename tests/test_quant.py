@@ -1,0 +1,337 @@
+"""Quantization recipes end to end on tiny networks and tiny calibration data (issue #3, parts 1-3).
+
+Calibration: 16 synthetic 64x96 training images. Networks: DDRNet-23-slim at 64x64 (random
+weights, BatchNorm statistics set from the calibration images so activations have realistic
+ranges) for the graph structure of each recipe, and a tiny Conv-BN-ReLU net with a residual add,
+trained for 40 steps on the same images, for accuracy. A random deep network is no accuracy
+check: random DDRNet-23-slim is chaotic (Gaussian input noise of 1% of the input's std already
+flips ~23% of its arg-max pixels), so static INT8 flips 35-42% of them whatever the placement,
+while the quick-trained DDRNet-23-slim at 360x480 keeps 96-97% of its pixels.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+import zoo
+from quant.calibrate import (CalibrationData, CalibrationReader, QuantError, build_calibration,
+                             calibration_method)
+from quant.export import export_onnx
+from quant.onnx_inspect import inspect_onnx
+from quant.ptq_dynamic import parity, quantize_dynamic_onnx, quantize_dynamic_torch
+from quant.ptq_static import cpu_has_vnni, ort_types, output_head_nodes, quantize_static_onnx
+from zoo.data import Preprocess, build_dataset, load_card
+from zoo.metrics import ConfusionMatrix
+
+TINY = {"num_images": {"train": 16, "val": 4}, "size": (64, 96), "progress": False}
+HW = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    # Same folder the autouse cache fixture points EDGEZOO_CACHE at; given explicitly because a
+    # module-scoped fixture runs before that function-scoped one.
+    return tmp_path_factory.getbasetemp() / "cache" / "synthetic"
+
+
+@pytest.fixture(scope="module")
+def preprocess() -> Preprocess:
+    return Preprocess.from_card(load_card("synthetic"))
+
+
+def _calib(root, preprocess, **kw) -> CalibrationData:
+    args = {"num_images": 16, "seed": 0, "preprocess": preprocess, "input_hw": HW, "dataset_kwargs": TINY}
+    args.update(kw)
+    return build_calibration("synthetic", root=root, **args)
+
+
+@pytest.fixture(scope="module")
+def calib(synthetic_root, preprocess) -> CalibrationData:
+    return _calib(synthetic_root, preprocess)
+
+
+def _set_bn_stats(model: nn.Module, calib: CalibrationData) -> nn.Module:
+    """BatchNorm running statistics = exact mean/var over the calibration images."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one pass gives the exact statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(np.concatenate(calib.arrays)))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ddrnet_onnx(tmp_path_factory, calib) -> Path:
+    torch.manual_seed(0)
+    model = _set_bn_stats(zoo.build("ddrnet", num_classes=11, aux=False), calib)
+    return export_onnx(model, tmp_path_factory.mktemp("ddr") / "fp32.onnx", input_hw=HW)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
+class TinyNet(nn.Module):
+    """Conv-BN-ReLU stem, one residual block, 1x1 classifier, bilinear upsampling (like DDRNet's tail)."""
+
+    def __init__(self, classes: int = 11) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 16, 2)
+        self.body = nn.Sequential(_conv_bn(16, 16), _conv_bn(16, 16, relu=False))
+        self.head = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.relu(y + self.body(y))
+        return nn.functional.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+TINY_HW = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def tiny_calib(synthetic_root, preprocess) -> CalibrationData:
+    return _calib(synthetic_root, preprocess, input_hw=TINY_HW)
+
+
+@pytest.fixture(scope="module")
+def tiny_val(synthetic_root, preprocess) -> list[tuple[np.ndarray, np.ndarray]]:
+    ds = build_dataset("synthetic", root=synthetic_root, split="val", **TINY)
+    return [(preprocess.batch_numpy([s.image]), s.label) for s in (ds.load(i) for i in range(len(ds)))]
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory, synthetic_root, preprocess) -> Path:
+    """TinyNet trained for 40 full-batch steps on the 16 tiny training images (~3 s)."""
+    ds = build_dataset("synthetic", root=synthetic_root, split="train", **TINY)
+    samples = [ds.load(i) for i in range(len(ds))]
+    x = torch.from_numpy(preprocess.batch_numpy([s.image for s in samples]))
+    y = torch.from_numpy(np.stack([s.label for s in samples]).astype(np.int64))
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add contention on a busy box
+    try:
+        for _ in range(40):
+            loss = nn.functional.cross_entropy(model(x), y, ignore_index=255)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return export_onnx(model.eval(), tmp_path_factory.mktemp("tiny") / "fp32.onnx", input_hw=TINY_HW)
+
+
+def _miou(path: Path, val) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    conf = ConfusionMatrix(11)
+    for x, label in val:
+        conf.update(sess.run(None, {"input": x})[0].argmax(1)[0], label)
+    return conf.scores().miou
+
+
+def _runs(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+def test_calibration_arrays_and_metadata(calib):
+    assert calib.size == len(calib.names) == 16
+    for a in calib.arrays:
+        assert a.dtype == np.float32 and a.shape == (1, 3, *HW)
+    assert abs(float(np.mean([a.mean() for a in calib.arrays]))) < 1.0  # normalised, not 0-255
+    d = calib.as_dict()
+    assert {"sha256", "size", "split", "seed", "dataset"} <= set(d)
+    assert d["size"] == 16 and d["split"] == "train" and d["dataset"] == "synthetic"
+    json.dumps(d)
+
+
+def test_calibration_hash_stable_for_seed_and_changes_with_it(synthetic_root, preprocess):
+    a = _calib(synthetic_root, preprocess, num_images=8, seed=0)
+    b = _calib(synthetic_root, preprocess, num_images=8, seed=0)
+    c = _calib(synthetic_root, preprocess, num_images=8, seed=1)
+    assert a.sha256 == b.sha256 and a.names == b.names
+    assert a.names == sorted(a.names)
+    assert c.sha256 != a.sha256 and c.names != a.names
+
+
+def test_calibration_hash_covers_preprocess_and_size(synthetic_root, preprocess, calib):
+    bgr = Preprocess(mean=preprocess.mean, std=preprocess.std, bgr=True)
+    assert _calib(synthetic_root, bgr).sha256 != calib.sha256
+    assert _calib(synthetic_root, preprocess, input_hw=(32, 48)).sha256 != calib.sha256
+
+
+def test_calibration_reader_feeds_every_array_and_ranges(calib):
+    reader = CalibrationReader(calib, "input")
+    got = []
+    while (item := reader.get_next()) is not None:
+        got.append(item["input"])
+    assert len(got) == calib.size and got[3] is calib.arrays[3]
+    reader.set_range(4, 8)
+    assert sum(1 for _ in iter(reader.get_next, None)) == 4
+    assert len(reader) == calib.size
+
+
+def test_calibration_errors(tiny_camvid, tmp_path, preprocess):
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "trainannot").mkdir()
+    with pytest.raises(QuantError, match="no images"):
+        build_calibration("camvid", root=empty, preprocess=preprocess, input_hw=HW)
+    # tiny_camvid has 8 training images
+    with pytest.raises(QuantError, match="lower num_images"):
+        build_calibration("camvid", root=tiny_camvid, num_images=16, strict=True, preprocess=preprocess, input_hw=HW)
+    with pytest.raises(QuantError, match="fewer than the minimum 16"):
+        build_calibration("camvid", root=tiny_camvid, num_images=16, preprocess=preprocess, input_hw=HW)
+    with pytest.warns(UserWarning, match="using all 8"):
+        few = build_calibration("camvid", root=tiny_camvid, num_images=16, min_images=4,
+                                preprocess=preprocess, input_hw=HW)
+    assert few.size == 8
+    with pytest.raises(QuantError, match="not found"):
+        build_calibration("camvid", root=tmp_path / "missing", preprocess=preprocess, input_hw=HW)
+
+
+def test_calibration_methods():
+    from onnxruntime.quantization import CalibrationMethod
+
+    assert calibration_method("minmax") == CalibrationMethod.MinMax
+    assert calibration_method("Percentile") == CalibrationMethod.Percentile
+    assert calibration_method("entropy") == CalibrationMethod.Entropy
+    with pytest.raises(QuantError, match="valid methods: minmax, percentile, entropy"):
+        calibration_method("kl")
+
+
+# --- graph inspection ------------------------------------------------------------------------
+
+def test_inspect_fp32(tiny_onnx):
+    g = inspect_onnx(tiny_onnx)
+    assert g["convs"] == g["float_convs"] == 4 and g["quantized_convs"] == 0
+    assert g["quantize_linear"] == g["dequantize_linear"] == 0 and g["zero_points_all_zero"] is None
+    assert g["initializer_bytes"]["int8"] == 0 and g["file_bytes"] == tiny_onnx.stat().st_size
+
+
+# --- static PTQ ------------------------------------------------------------------------------
+
+def test_cpu_type_choice():
+    assert ort_types(vnni=True) == {"activation_type": "QUInt8", "weight_type": "QInt8",
+                                    "reduce_range": False, "cpu_vnni": True}
+    assert ort_types(vnni=False)["reduce_range"] is True
+    assert cpu_has_vnni({"avx2", "avx512_vnni"}) and cpu_has_vnni({"asimddp"})
+    assert not cpu_has_vnni({"avx2", "avx512f"})
+
+
+def test_static_ort_ddrnet(ddrnet_onnx, calib, tmp_path):
+    out = tmp_path / "static_ort.onnx"
+    meta = quantize_static_onnx(ddrnet_onnx, out, calib, target="ort")
+    g = inspect_onnx(out)
+    head = output_head_nodes(onnx.load(str(ddrnet_onnx)))
+    assert meta["float_head"] and len(head) == 2  # classifier conv + final resize stay float
+    assert g["convs"] == 55 and g["quantized_convs"] == 54 and g["float_convs"] == 1
+    assert g["int8_weight_fraction"] > 0.95
+    assert g["file_bytes"] < 0.30 * ddrnet_onnx.stat().st_size
+    assert "uint8" in g["qdq_dtypes"] and g["weight_dtypes"] == ["int8"]
+    assert meta["reduce_range"] is (not cpu_has_vnni())
+    assert meta["sha256"] and meta["parent"]["sha256"] and meta["calibration"] == calib.as_dict()
+    assert {"onnx", "onnxruntime"} <= set(meta["versions"]) and meta["graph"]["float_convs"] == 1
+    assert json.loads(out.with_suffix(".json").read_text())["sha256"] == meta["sha256"]
+    proto = onnx.load(str(out))
+    inits = {t.name for t in proto.graph.initializer}
+    float_convs = [n.name for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits]
+    assert len(float_convs) == 1 and float_convs[0] in head
+    y = _runs(out, calib.arrays[0])
+    assert y.shape == (1, 11, *HW) and np.isfinite(y).all()
+
+
+def test_static_trt_is_symmetric_int8(ddrnet_onnx, calib, tmp_path):
+    out = tmp_path / "static_trt.onnx"
+    meta = quantize_static_onnx(ddrnet_onnx, out, calib, target="trt")
+    g = meta["graph"]
+    assert g["zero_points_all_zero"] is True and g["qdq_dtypes"] == g["weight_dtypes"] == ["int8"]
+    assert g["initializer_bytes"]["int32"] == 0  # float biases: TensorRT does not dequantize int32
+    assert g["float_convs"] == 0 and g["quantized_convs"] == g["convs"] == 55
+    assert meta["opset"] == 17 and (meta["activation_type"], meta["weight_type"]) == ("QInt8", "QInt8")
+    proto = onnx.load(str(out))
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"} and meta["ir_version"] <= 8
+    assert not {n.op_type for n in proto.graph.node} & {"QLinearConv", "ConvInteger"}
+    # No Q/DQ around the bilinear resizes; per-channel weight scales on the conv output axis.
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    resize_inputs = [producers.get(n.input[0]) for n in proto.graph.node if n.op_type == "Resize"]
+    assert len(resize_inputs) == 8 and all(p is None or p.op_type != "DequantizeLinear" for p in resize_inputs)
+    inits = {t.name: t for t in proto.graph.initializer}
+    weight_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and len(inits[n.input[0]].dims) == 4]
+    assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in weight_dq)
+    assert len(weight_dq) == 55 and all(len(inits[n.input[1]].dims) == 1 for n in weight_dq)
+    assert np.isfinite(_runs(out, calib.arrays[0])).all()  # the TRT artifact also runs on ORT CPU
+
+
+@pytest.mark.parametrize("recipe", [("ort", "minmax"), ("ort", "percentile"), ("trt", "entropy"),
+                                    ("dynamic", "")])
+def test_int8_accuracy_on_trained_tiny_net(tiny_onnx, tiny_calib, tiny_val, tmp_path, recipe):
+    target, method = recipe
+    out = tmp_path / f"{target}_{method}.onnx"
+    if target == "dynamic":
+        quantize_dynamic_onnx(tiny_onnx, out)
+    else:
+        meta = quantize_static_onnx(tiny_onnx, out, tiny_calib, target=target, method=method)
+        assert meta["method"] == method and meta["graph"]["float_convs"] == (1 if target == "ort" else 0)
+    check = parity(tiny_onnx, out, [x for x, _ in tiny_val])
+    assert check["argmax_agreement"] >= 0.90, check
+    fp32, int8 = _miou(tiny_onnx, tiny_val), _miou(out, tiny_val)
+    assert fp32 > 0.15 and int8 >= 0.9 * fp32, (fp32, int8)
+
+
+def test_static_errors(tiny_onnx, tiny_calib, calib, tmp_path):
+    with pytest.raises(QuantError, match="valid targets: ort, trt"):
+        quantize_static_onnx(tiny_onnx, tmp_path / "x.onnx", tiny_calib, target="tensorrt")
+    with pytest.raises(QuantError, match="valid methods"):
+        quantize_static_onnx(tiny_onnx, tmp_path / "x.onnx", tiny_calib, method="mse")
+    with pytest.raises(QuantError, match=r"input_hw=\(64, 96\)"):
+        quantize_static_onnx(tiny_onnx, tmp_path / "x.onnx", calib)
+    with pytest.raises(QuantError, match="reduce_range"):
+        quantize_static_onnx(tiny_onnx, tmp_path / "x.onnx", tiny_calib, target="trt", reduce_range=True)
+    with pytest.raises(QuantError, match="export it first"):
+        quantize_static_onnx(tmp_path / "missing.onnx", tmp_path / "x.onnx", tiny_calib)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# --- dynamic PTQ -----------------------------------------------------------------------------
+
+def test_dynamic_onnx_runs_on_ort_cpu(ddrnet_onnx, calib, tmp_path):
+    out = tmp_path / "dynamic.onnx"
+    meta = quantize_dynamic_onnx(ddrnet_onnx, out, check_inputs=calib.arrays[:4])
+    g = meta["graph"]
+    assert g["conv_integer"] == 55 and g["float_convs"] == 0 and meta["int8_ops"]["ConvInteger"] == 55
+    assert meta["weight_type"] == "QUInt8" and g["weight_dtypes"] == ["uint8"]
+    assert g["file_bytes"] < 0.30 * ddrnet_onnx.stat().st_size
+    assert meta["parity"]["inputs"] == 4 and np.isfinite(meta["parity"]["rel_l2"])
+    y = _runs(out, calib.arrays[0])
+    assert y.shape == (1, 11, *HW) and np.isfinite(y).all()
+    assert out.with_suffix(".json").is_file()
+
+
+def test_dynamic_torch_says_conv_nets_stay_float():
+    model = zoo.build("ddrnet", num_classes=11, aux=False)
+    qmodel, meta = quantize_dynamic_torch(model)
+    assert meta["int8_modules"] == 0 and meta["float_convs"] == 55 and meta["is_int8"] is False
+    assert "FP32 in all but name" in meta["note"]
+    assert qmodel is not model
+
+    mixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    qmixed, meta = quantize_dynamic_torch(mixed)
+    assert meta["int8_modules"] == 1 and meta["float_convs"] == 1 and meta["is_int8"]
+    assert qmixed(torch.randn(2, 3, 8, 8)).shape == (2, 5)
