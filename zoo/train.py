@@ -203,6 +203,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         })
 
     t_start, last_save = time.time(), time.time()
+    # Wall time of earlier (killed) runs of this training, so elapsed_s counts the whole training.
+    prior_s = float(history[-1]["elapsed_s"]) if history else 0.0
     kill_at = int(os.environ["EDGEZOO_FAULT_KILL_AT_STEP"]) if os.environ.get("EDGEZOO_FAULT_KILL_AT_STEP") else None
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
@@ -241,7 +243,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         done_epochs = epoch + 1
-        record: dict[str, Any] = {"epoch": done_epochs, "loss": running, "lr": lr, "elapsed_s": time.time() - t_start}
+        record: dict[str, Any] = {"epoch": done_epochs, "loss": running, "lr": lr,
+                                  "elapsed_s": prior_s + time.time() - t_start, "amp": cfg.amp}
         if done_epochs % recipe.eval_every == 0 or done_epochs == recipe.epochs:
             if is_main:
                 scores = evaluate_model(model, val_set, num_classes=card.num_classes, ignore_index=card.ignore_index,
@@ -271,7 +274,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return {"best": best_path, "last": last_path, "best_miou": best_miou, "history": history,
-            "seconds": time.time() - t_start}
+            "seconds": prior_s + time.time() - t_start}
 
 
 def _worker_init(worker_id: int) -> None:
