@@ -1,65 +1,131 @@
-"""Benchmark zoo networks: accuracy, size, latency/FPS and peak RAM, one process per cell.
+"""Benchmark zoo networks: accuracy, parity, size, latency/FPS and peak RAM, one process per cell.
+
+A cell is one (model, variant, backend, input size, batch); --model, --quant, --backend,
+--input-size and --batch each take several values (and the first three `all`). A cell that
+crashes, hangs past --timeout or has no usable backend becomes a record with status failed or
+skipped and the reason; the sweep goes on. Rerunning skips cells already stored with status ok
+(same model, variant, backend, data, split, size, batch, threads, weights, profile, image subset)
+unless --force.
 
 Examples:
     python -m bench.run --model ddrnet --quant fp32
     python -m bench.run --model ddrnet espnet --backend onnxruntime --threads 2
+    python -m bench.run --model all --weights random --backend torch onnxruntime --input-size 360x480 720x960
+    python -m bench.run --model ddrnet --weights random --batch 1 4 --profile ci
     python -m bench.run --model espnet --weights ../shared/weights/espnet_p_2_q_8_camvid.pth \\
-        --data camvid --data-root ../shared/data/camvid
-    python -m bench.run --model ddrnet23 --weights random --input-size 1024 2048 --backend onnxruntime
+        --data camvid --data-root ../shared/data/camvid --profile release
+    python -m bench.run --model ddrnet --backend tensorrt --dla-core 0        # Jetson, TensorRT installed
+
+Timing profiles (warm-up, then timed: at least N iterations and S seconds):
+    quick    max(10 it, 1 s), max(50 it, 5 s)       default, for development
+    ci       max(50 it, 5 s), max(300 it, 10 s)
+    release  max(50 it, 5 s), max(1000 it, 30 s)    use this for published numbers
 
 With no checkpoint for (model, data) in the artifact cache, an FP32 model is first trained with
-the quick recipe (announced, a few minutes on a CPU, then cached). Results: one JSON record
-per cell under --out, and a Markdown table on stdout.
+the quick recipe (announced, a few minutes on a CPU, then cached). Results: one JSON record per
+cell under --out, and a Markdown table on stdout. Compare two result sets with
+`python -m bench.compare BASELINE CANDIDATE`.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from bench.backends import BACKENDS
+from bench.timing import DEFAULT_CV_THRESHOLD
 from zoo.api import VARIANTS
+
+
+def parse_sizes(tokens: list[str]) -> list[tuple[int, int]]:
+    """'360 480' or '360x480 720x960' (or a mix) -> [(360, 480), ...]."""
+    sizes: list[tuple[int, int]] = []
+    pending: list[int] = []
+    for tok in tokens:
+        m = re.fullmatch(r"(\d+)[xX](\d+)", tok)
+        if m:
+            if pending:
+                raise argparse.ArgumentTypeError(f"--input-size: {pending[0]} has no width")
+            sizes.append((int(m.group(1)), int(m.group(2))))
+        elif tok.isdigit():
+            pending.append(int(tok))
+            if len(pending) == 2:
+                sizes.append((pending[0], pending[1]))
+                pending = []
+        else:
+            raise argparse.ArgumentTypeError(f"--input-size: {tok!r} is neither HxW nor an integer")
+    if pending:
+        raise argparse.ArgumentTypeError(f"--input-size: {pending[0]} has no width (give H W pairs or HxW)")
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", required=True, help="network names or aliases (python -m zoo.list)")
+    p.add_argument("--model", nargs="+", required=True, help="network names or aliases (python -m zoo.list), or all")
     p.add_argument("--quant", nargs="+", default=["fp32"], help=f"variants: {', '.join(VARIANTS)}, all")
-    p.add_argument("--backend", nargs="+", default=["all"], help=f"backends: {', '.join(BACKENDS)}, all")
+    p.add_argument("--backend", nargs="+", default=["all"],
+                   help=f"backends: {', '.join(BACKENDS)}, all (default; unusable ones become skipped cells)")
     p.add_argument("--data", default="synthetic", help="dataset card (default: synthetic, generated locally)")
     p.add_argument("--data-root", help="dataset folder (default: the card's)")
     p.add_argument("--split", default="val")
-    p.add_argument("--weights", help="checkpoint path, or 'random' for untrained weights (speed and size only)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the dataset card's")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--weights", help="checkpoint path, or 'random' for seeded untrained weights (speed and size only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
+    p.add_argument("--input-size", nargs="+", metavar="HxW",
+                   help="one or more sizes as 'H W' pairs or HxW (default: the dataset card's)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1],
+                   help="batch sizes (default 1); > 1 stacks images and reports images/s")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every backend (default 2)")
-    p.add_argument("--profile", choices=("quick", "ci", "release"), default="quick", help="timing profile")
+    p.add_argument("--profile", choices=("quick", "ci", "release"), default="quick",
+                   help="timing profile (default quick; release for published numbers)")
+    p.add_argument("--iters", type=int, help="override the profile's minimum timed iterations (drops its time floors)")
+    p.add_argument("--min-time", type=float, help="override the profile's minimum timed seconds")
+    p.add_argument("--warmup", type=int, help="override the profile's warm-up iterations (drops its time floors)")
+    p.add_argument("--trials", type=int, help="repeat the timed loop N times in the cell process (default 1)")
+    p.add_argument("--cv-threshold", type=float, default=DEFAULT_CV_THRESHOLD,
+                   help=f"flag cells whose latency CV exceeds this as unstable (default {DEFAULT_CV_THRESHOLD})")
+    p.add_argument("--timing-images", type=int, default=16, help="validation images cycled by the timing loops")
+    p.add_argument("--max-images", type=int, help="evaluate accuracy on the first N images only")
     p.add_argument("--train-epochs", type=int,
                    help="epochs of the quick FP32 training done when no checkpoint exists (default: the recipe's 12)")
-    p.add_argument("--iters", type=int, help="override the profile's minimum timed iterations")
-    p.add_argument("--min-time", type=float, help="override the profile's minimum timed seconds")
-    p.add_argument("--warmup", type=int, help="override the profile's warm-up iterations")
-    p.add_argument("--max-images", type=int, help="evaluate accuracy on the first N images only")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell (default 1800)")
+    p.add_argument("--force", action="store_true", help="rerun cells already stored in --out")
+    p.add_argument("--dla-core", type=int, help="tensorrt/onnxruntime-trt: run on this DLA core (GPU fallback)")
+    p.add_argument("--trt-precision", choices=("fp16", "fp32"), default="fp16",
+                   help="precision of TensorRT engines built from the FP32 ONNX (default fp16)")
     p.add_argument("--out", default="results", help="folder for the JSON records (default ./results)")
     p.add_argument("--artifacts", help="artifact cache (default ./artifacts or $EDGEZOO_ARTIFACTS)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
+def config_from_args(args: argparse.Namespace):
+    from bench.runner import BenchConfig
+
+    sizes = parse_sizes(args.input_size) if args.input_size else None
+    return BenchConfig(models=args.model, variants=args.quant, backends=args.backend, data=args.data,
+                       data_root=args.data_root, split=args.split, weights=args.weights, seed=args.seed,
+                       input_hw=sizes, batch=args.batch, threads=args.threads, out=args.out,
+                       artifacts=args.artifacts, profile=args.profile, timeout=args.timeout,
+                       max_images=args.max_images, iters=args.iters, min_time=args.min_time,
+                       warmup=args.warmup, trials=args.trials, cv_threshold=args.cv_threshold,
+                       timing_images=args.timing_images, force=args.force, progress=not args.no_progress,
+                       train_epochs=args.train_epochs, dla_core=args.dla_core, trt_precision=args.trt_precision)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from bench.runner import BenchConfig, footer, markdown_table, run_sweep
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_sizes(args.input_size or [])
+    except argparse.ArgumentTypeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from bench.runner import footer, markdown_table, run_sweep
     from zoo.errors import user_errors
 
-    cfg = BenchConfig(models=args.model, variants=args.quant, backends=args.backend, data=args.data,
-                      data_root=args.data_root, split=args.split, weights=args.weights,
-                      input_hw=tuple(args.input_size) if args.input_size else None, batch=args.batch,
-                      threads=args.threads, out=args.out, artifacts=args.artifacts, profile=args.profile,
-                      timeout=args.timeout, max_images=args.max_images,
-                      iters=args.iters, min_time=args.min_time, warmup=args.warmup, progress=not args.no_progress,
-                      train_epochs=args.train_epochs)
     with user_errors():
+        cfg = config_from_args(args)
         records = run_sweep(cfg)
     print(markdown_table(records))
     print()

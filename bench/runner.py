@@ -1,46 +1,79 @@
-"""Plan a sweep, prepare artifacts once per model, run each cell in its own process.
+"""Plan a sweep, prepare artifacts in the parent, run each cell in its own process.
 
-Preparation (finding or training the FP32 checkpoint, exporting ONNX) happens here in the
-parent and is cached in the artifact folder; each cell process only loads and measures.
+Preparation happens here, once, and is cached in the artifact folder:
+
+* the FP32 weights (found, trained with the quick recipe, or random with a fixed seed) and, per
+  (input size, batch), the exported ONNX;
+* the evaluation set: the split's image paths and its labels at the input size, as an .npz that
+  the cell reads with numpy alone (the labels come through `zoo.data`, so every dataset's label
+  mapping and validation stays in one place);
+* the PyTorch FP32 reference: one `torch` run per (weights, dataset, split, input size) in its
+  own process, saving its argmax masks; every cell compares its masks with them
+  (`metrics.pixel_agreement`) and its mIoU with the reference's (`metrics.miou_delta_vs_fp32_torch`).
+
+Each cell process only loads and measures. A crash, a timeout or a missing backend becomes a
+record (`status` skipped/failed with the reason) and the sweep goes on; every record is written
+(atomically) as soon as its cell ends, so a sweep killed at any point loses no finished cell, and
+a rerun skips the cells already stored with status ok (see `cell_key`) unless `force`.
+
+Test hooks (environment): EDGEZOO_BENCH_KILL_AFTER=N SIGKILLs the sweep right after its N-th
+record; EDGEZOO_BENCH_KILL_IN_WRITE=N SIGKILLs it half-way through writing its N-th record;
+EDGEZOO_BENCH_FAULT makes cells crash or hang (bench/cell.py).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
-from bench.backends import BACKENDS, get_backend
+from zoo.io import atomic_path, write_json
+from bench.backends import BACKENDS, device_of, get_backend, precision_of
 from bench.env import REPO, environment
-from bench.results import SCHEMA, now_iso, write_record
+from bench.results import (SCHEMA, cell_key, latest_by_key, now_iso, read_records, short_id,
+                           stale_temporaries, write_record)
+from bench.timing import DEFAULT_CV_THRESHOLD, PROFILES, is_unstable, profile_id, resolve_profile
 from zoo.api import VARIANTS, load_fp32
 from zoo.checkpoints import artifacts_dir
 from zoo.errors import UsageError
-from zoo.io import atomic_path, sha256_file
+from zoo.io import sha256_file
 from zoo.profile import count_gmacs, count_params
-from zoo.registry import get_entry
+from zoo.registry import get_entry, list_models
 
 IMPLEMENTED_VARIANTS = ("fp32",)
+REFERENCE_MIN_TIMEOUT = 600.0
+KILL_AFTER_ENV = "EDGEZOO_BENCH_KILL_AFTER"
+KILL_IN_WRITE_ENV = "EDGEZOO_BENCH_KILL_IN_WRITE"
 
 
 @dataclass
 class BenchConfig:
+    """Everything a sweep needs; `python -m bench.run` fills it from its arguments.
+
+    `input_hw` is one (H, W), a list of them, or None for the dataset card's size; `batch` is one
+    int or a list. `backends`, `variants` and `models` accept "all".
+    """
+
     models: list[str]
     variants: list[str] = field(default_factory=lambda: ["fp32"])
-    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
+    backends: list[str] = field(default_factory=lambda: ["all"])
     data: str = "synthetic"
     data_root: str | None = None
     split: str = "val"
     weights: str | None = None
-    input_hw: tuple[int, int] | None = None
-    batch: int = 1
+    input_hw: Any = None
+    batch: Any = 1
     threads: int = 2
     out: str = "results"
     artifacts: str | None = None
@@ -50,20 +83,51 @@ class BenchConfig:
     iters: int | None = None          # overrides of the timing profile
     min_time: float | None = None
     warmup: int | None = None
+    trials: int | None = None
+    cv_threshold: float = DEFAULT_CV_THRESHOLD
+    timing_images: int = 16           # distinct validation images cycled by the timing loops
+    force: bool = False               # rerun cells already stored
+    seed: int = 0                     # seed of --weights random
     progress: bool = True
     train_epochs: int | None = None   # epochs of the quick training when no checkpoint exists
+    dla_core: int | None = None       # tensorrt / onnxruntime-trt
+    trt_precision: str = "fp16"       # precision of TensorRT engines built from the FP32 ONNX
+    trt_workspace_mb: int = 1024
+
+    def sizes(self, default: Sequence[int]) -> list[tuple[int, int]]:
+        hw = self.input_hw
+        if hw is None:
+            return [(int(default[0]), int(default[1]))]
+        if len(hw) == 2 and all(isinstance(v, (int, np.integer)) for v in hw):
+            return [(int(hw[0]), int(hw[1]))]
+        return list(dict.fromkeys((int(h), int(w)) for h, w in hw))
+
+    def batches(self) -> list[int]:
+        b = self.batch
+        return [int(b)] if isinstance(b, (int, np.integer)) else list(dict.fromkeys(int(v) for v in b))
 
 
-def expand(values: list[str], valid: tuple[str, ...] | list[str], what: str) -> list[str]:
+def expand(values: Sequence[str], valid: Sequence[str], what: str, all_means: Sequence[str] | None = None) -> list[str]:
     out: list[str] = []
     for v in values:
         if v == "all":
-            out.extend(valid)
+            out.extend(all_means if all_means is not None else valid)
         elif v not in valid:
             raise UsageError(f"unknown {what} {v!r}; valid: {', '.join(valid)}, all")
         else:
             out.append(v)
     return list(dict.fromkeys(out))
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values (file bytes of torch.save are
+    not reproducible; this is, so seeded random weights get a stable key)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -74,48 +138,70 @@ class Prepared:
     weights_path: str
     weights_sha256: str
     weights_meta: dict
-    artifacts: dict[str, dict]   # artifact kind -> {"path", "sha256", "size_mb", ...}
+    net: torch.nn.Module
+    export_dir: Path
+    torch_artifact: dict
     params: int
-    gmacs: float
+    onnx: dict = field(default_factory=dict)    # (h, w, batch) -> artifact
+    gmacs: dict = field(default_factory=dict)   # (h, w) -> GMACs per image
+
+    def artifact(self, kind: str, hw: tuple[int, int], batch: int, log: Callable[[str], None]) -> dict:
+        if kind == "torch":
+            return self.torch_artifact
+        key = (hw[0], hw[1], batch)
+        if key not in self.onnx:
+            path = self.export_dir / f"fp32_{hw[0]}x{hw[1]}_b{batch}.onnx"
+            if not path.is_file():
+                from quant.export import export_onnx
+
+                log(f"exporting {self.model} to ONNX ({hw[0]}x{hw[1]}, batch {batch}, opset 17, onnxsim) -> {path}")
+                export_onnx(self.net, path, input_hw=hw, batch=batch)
+            self.onnx[key] = _describe({"kind": "onnx", "path": str(path)})
+        return self.onnx[key]
+
+    def gmacs_at(self, hw: tuple[int, int]) -> float:
+        if hw not in self.gmacs:
+            self.gmacs[hw] = count_gmacs(self.net, hw)
+        return self.gmacs[hw]
 
 
-def prepare_fp32(cfg: BenchConfig, model: str, input_hw: tuple[int, int], log: Callable[[str], None]) -> Prepared:
-    """FP32 weights (cached, trained with the quick recipe if missing) and their exported artifacts."""
+def _describe(art: dict) -> dict:
+    art["sha256"] = sha256_file(art["path"])
+    art["bytes"] = os.path.getsize(art["path"])
+    art["size_mb"] = art["bytes"] / 1e6
+    return art
+
+
+def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
+    """FP32 weights (cached, trained with the quick recipe if missing, or seeded random)."""
     from zoo import data as zdata
 
     entry = get_entry(model)
     card = zdata.load_card(cfg.data)
-    loaded = load_fp32(entry.name, dataset=cfg.data, weights=cfg.weights, artifacts=cfg.artifacts,
-                       data_root=cfg.data_root, threads=cfg.threads, progress=cfg.progress,
-                       train_epochs=cfg.train_epochs)
+    kwargs = dict(dataset=cfg.data, weights=cfg.weights, artifacts=cfg.artifacts, data_root=cfg.data_root,
+                  threads=cfg.threads, progress=cfg.progress, train_epochs=cfg.train_epochs)
+    if cfg.weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            loaded = load_fp32(entry.name, **kwargs)
+    else:
+        loaded = load_fp32(entry.name, **kwargs)
     net = loaded.model.eval()
     preprocess = loaded.preprocess or zdata.Preprocess.from_card(card).to_dict()
-    tag = loaded.sha256[:12] if loaded.sha256 else "random"
-    export_dir = artifacts_dir(cfg.artifacts) / "export" / entry.name / cfg.data / tag
-    h, w = input_hw
-
+    weights_sha = loaded.sha256 or state_digest(net)
+    meta = _meta_summary(loaded.meta)
+    if cfg.weights == "random":
+        meta["seed"] = cfg.seed
+    export_dir = artifacts_dir(cfg.artifacts) / "export" / entry.name / cfg.data / weights_sha[:16]
     torch_path = export_dir / "fp32.pt"
     if not torch_path.is_file():
         with atomic_path(torch_path) as tmp:
             torch.save(net.state_dict(), tmp)  # inference weights only (no aux heads, no optimizer)
-    onnx_path = export_dir / f"fp32_{h}x{w}_b{cfg.batch}.onnx"
-    if not onnx_path.is_file():
-        from quant.export import export_onnx
-
-        log(f"exporting {entry.name} to ONNX ({h}x{w}, opset 17, onnxsim) -> {onnx_path}")
-        export_onnx(net, onnx_path, input_hw=(h, w), batch=cfg.batch)
-    artifacts = {
-        "torch": {"kind": "torch", "path": str(torch_path), "model": entry.name, "num_classes": loaded.num_classes},
-        "onnx": {"kind": "onnx", "path": str(onnx_path)},
-    }
-    for art in artifacts.values():
-        art["sha256"] = sha256_file(art["path"])
-        art["size_mb"] = os.path.getsize(art["path"]) / 1e6
-    return Prepared(
-        model=entry.name, num_classes=loaded.num_classes, preprocess=preprocess, weights_path=str(loaded.path),
-        weights_sha256=loaded.sha256, weights_meta=_meta_summary(loaded.meta), artifacts=artifacts,
-        params=count_params(net), gmacs=count_gmacs(net, (h, w)),
-    )
+    torch_art = _describe({"kind": "torch", "path": str(torch_path), "model": entry.name,
+                           "num_classes": loaded.num_classes})
+    return Prepared(model=entry.name, num_classes=loaded.num_classes, preprocess=preprocess,
+                    weights_path=str(loaded.path), weights_sha256=weights_sha, weights_meta=meta, net=net,
+                    export_dir=export_dir, torch_artifact=torch_art, params=count_params(net))
 
 
 def _meta_summary(meta: dict) -> dict:
@@ -128,27 +214,163 @@ def _meta_summary(meta: dict) -> dict:
     return out
 
 
+def prepare_evalset(cfg: BenchConfig, hw: tuple[int, int], log: Callable[[str], None]) -> dict:
+    """Image paths + labels at `hw` (uint8 .npz) for the split, cached by a fingerprint of the
+    files (path, size, mtime); `sha256` hashes their contents (the data-subset hash)."""
+    from zoo import data as zdata
+
+    from bench.imageops import resize_label
+
+    ds = zdata.build_dataset(cfg.data, root=cfg.data_root, split=cfg.split)
+    n = len(ds) if not cfg.max_images else min(len(ds), cfg.max_images)
+    if n == 0:
+        raise UsageError(f"the {cfg.data} {cfg.split} split has no images")
+    files = [(Path(i).resolve(), Path(l).resolve()) for i, l in ds.files[:n]]
+    listing = []
+    for img, lab in files:
+        si, sl = img.stat(), lab.stat()
+        listing.append([str(img), si.st_size, si.st_mtime_ns, str(lab), sl.st_size, sl.st_mtime_ns])
+    fp = hashlib.sha256(json.dumps([cfg.data, cfg.split, list(hw), listing]).encode()).hexdigest()
+    folder = artifacts_dir(cfg.artifacts) / "evalsets" / f"{cfg.data}-{cfg.split.replace('+', '_')}" / f"{fp[:16]}_{hw[0]}x{hw[1]}"
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if Path(meta["labels"]).is_file():
+            return meta
+    log(f"evaluation set: {n} {cfg.data}/{cfg.split} labels at {hw[0]}x{hw[1]} -> {folder}")
+    labels = np.zeros((n, *hw), dtype=np.uint8)
+    content = hashlib.sha256()
+    for i in range(n):
+        sample = ds[i]
+        labels[i] = resize_label(np.asarray(sample.label), hw)
+        for p in files[i]:
+            content.update(hashlib.sha256(p.read_bytes()).digest())
+    labels_path = folder / "labels.npz"
+    with atomic_path(labels_path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, labels=labels)
+    meta = {"labels": str(labels_path), "images": [str(i) for i, _ in files], "n": n, "input_hw": list(hw),
+            "fingerprint": fp, "sha256": content.hexdigest(), "dataset": cfg.data, "split": cfg.split}
+    write_json(meta_path, meta)
+    return meta
+
+
 def run_cell_process(spec: dict, timeout: float) -> dict:
     """Run one cell in a fresh interpreter; a crash or timeout becomes a failed result."""
     with tempfile.TemporaryDirectory(prefix="edgezoo-cell-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        log_path = Path(tmp) / "output.log"
+        spec = {**spec, "parent_pid": os.getpid()}
         spec_path.write_text(json.dumps(spec))
-        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(REPO)}
-        try:
-            proc = subprocess.run([sys.executable, "-m", "bench.cell", str(spec_path), str(out_path)],
-                                  capture_output=True, text=True, timeout=timeout, env=env, cwd=os.getcwd())
-        except subprocess.TimeoutExpired:
-            return {"status": "failed", "error": f"timed out after {timeout:.0f} s (raise --timeout)"}
+        threads = str(spec["threads"])
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+               "MKL_NUM_THREADS": threads, "PYTHONPATH": os.pathsep.join(
+                   [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "bench.cell", str(spec_path), str(out_path)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
+                                    start_new_session=True)
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return {"status": "failed", "error": f"timed out after {timeout:g} s (raise --timeout)"}
+            except BaseException:
+                _kill_group(proc)  # Ctrl-C in the parent: do not leave the cell running
+                raise
         if out_path.is_file():
             return json.loads(out_path.read_text())
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        return {"status": "failed", "error": f"cell process exited with code {proc.returncode}: {tail[0][:300]}"}
+        tail = [l for l in log_path.read_text(errors="replace").strip().splitlines() if l.strip()][-1:] or ["no output"]
+        if rc < 0:
+            try:
+                sig = signal.Signals(-rc).name
+            except ValueError:
+                sig = f"signal {-rc}"
+            how = f"killed by {sig}"
+        else:
+            how = f"exited with code {rc}"
+        return {"status": "failed", "error": f"cell process {how}: {tail[0][:300]}"}
 
 
-def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
-    from zoo import data as zdata
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
 
-    variants = expand(cfg.variants, VARIANTS, "variant")
+
+class _Sweep:
+    """State of one sweep: prepared models, evaluation sets, references, stored records."""
+
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None]):
+        self.cfg = cfg
+        self.log = log
+        self.profile = resolve_profile(cfg.profile, iters=cfg.iters, min_time=cfg.min_time,
+                                       warmup=cfg.warmup, trials=cfg.trials)
+        self.profile_id = profile_id(self.profile)
+        self.evalsets: dict[tuple[int, int], dict] = {}
+        self.references: dict[tuple[str, tuple[int, int]], dict] = {}
+        self.available: dict[str, tuple[bool, str]] = {}
+        self.written = 0
+        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        self.kill_in_write = int(os.environ.get(KILL_IN_WRITE_ENV, "0") or 0)
+
+    def availability(self, backend: str) -> tuple[bool, str]:
+        if backend not in self.available:
+            try:
+                self.available[backend] = get_backend(backend).available()
+            except Exception as exc:  # noqa: BLE001 - a backend whose check crashes is not usable
+                self.available[backend] = (False, f"availability check failed: {type(exc).__name__}: {exc}")
+        return self.available[backend]
+
+    def evalset(self, hw: tuple[int, int]) -> dict:
+        if hw not in self.evalsets:
+            self.evalsets[hw] = prepare_evalset(self.cfg, hw, self.log)
+        return self.evalsets[hw]
+
+    def reference(self, prep: Prepared, hw: tuple[int, int], base_spec: dict) -> dict:
+        """The PyTorch FP32 masks for (weights, dataset, split, size): cached, else computed in
+        its own process. A failed reference is reported in each record, not fatal."""
+        key = (prep.weights_sha256, hw)
+        if key in self.references:
+            return self.references[key]
+        ev = self.evalset(hw)
+        folder = artifacts_dir(self.cfg.artifacts) / "reference" / prep.model / prep.weights_sha256[:16]
+        stem = f"{self.cfg.data}-{self.cfg.split.replace('+', '_')}-{ev['fingerprint'][:12]}_{hw[0]}x{hw[1]}"
+        masks_path, meta_path = folder / f"{stem}.npz", folder / f"{stem}.json"
+        if meta_path.is_file() and masks_path.is_file():
+            ref = json.loads(meta_path.read_text())
+        else:
+            self.log(f"reference {prep.model} torch/fp32 {hw[0]}x{hw[1]}: argmax masks in a separate process ...")
+            spec = {**base_spec, "mode": "reference", "backend": "torch", "variant": "fp32", "batch": 1,
+                    "artifact": prep.torch_artifact, "reference_out": str(masks_path), "reference": None,
+                    "cell_id": f"reference/{prep.model}/{hw[0]}x{hw[1]}"}
+            # Preparation, not a measurement: it gets at least 10 minutes even when --timeout is
+            # short (which tests and smoke runs use to catch hanging cells quickly).
+            result = run_cell_process(spec, max(self.cfg.timeout, REFERENCE_MIN_TIMEOUT))
+            if result.get("status") == "ok" and masks_path.is_file():
+                ref = {"status": "ok", "path": str(masks_path), "metrics": {
+                    k: result["metrics"][k] for k in ("miou", "pixel_accuracy")},
+                    "weights_sha256": prep.weights_sha256, "images": result.get("images"),
+                    "evalset": ev["fingerprint"], "created": now_iso()}
+                write_json(meta_path, ref)
+            else:
+                ref = {"status": "failed", "error": result.get("error") or "no masks written"}
+                self.log(f"  -> reference failed: {ref['error']} (cells get no pixel agreement)")
+        self.references[key] = ref
+        return ref
+
+    def write(self, rec: dict) -> Path:
+        self.written += 1
+        path = write_record(self.cfg.out, rec, _fault_half=self.written == self.kill_in_write)
+        if self.kill_after and self.written >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+
+def _planned(cfg: BenchConfig) -> tuple[list[str], list[str], list[str]]:
+    variants = expand(cfg.variants, VARIANTS, "variant", all_means=IMPLEMENTED_VARIANTS)
     pending = [v for v in variants if v not in IMPLEMENTED_VARIANTS]
     if pending:
         raise UsageError(
@@ -156,86 +378,229 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
             "only --quant fp32 is implemented so far"
         )
     backends = expand(cfg.backends, BACKENDS, "backend")
-    models = [get_entry(m).name for m in cfg.models]
+    names: list[str] = []
+    for m in cfg.models:
+        names.extend(list_models() if m == "all" else [get_entry(m).name])
+    return list(dict.fromkeys(names)), variants, backends
+
+
+def _check(cfg: BenchConfig, sizes: list[tuple[int, int]], batches: list[int]) -> None:
+    if cfg.profile not in PROFILES:
+        raise UsageError(f"unknown profile {cfg.profile!r}; valid: {', '.join(PROFILES)}")
+    if any(h < 8 or w < 8 for h, w in sizes):
+        raise UsageError(f"input sizes must be at least 8x8, got {sizes}")
+    if any(b < 1 for b in batches):
+        raise UsageError(f"batch sizes must be >= 1, got {batches}")
+    if cfg.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    for name, v in (("--iters", cfg.iters), ("--trials", cfg.trials), ("--timing-images", cfg.timing_images)):
+        if v is not None and v < 1:
+            raise UsageError(f"{name} must be >= 1")
+    if cfg.trt_precision not in ("fp16", "fp32"):
+        raise UsageError("--trt-precision must be fp16 or fp32")
+
+
+def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
+    """Run every planned cell (or reuse its stored record); returns one record per cell."""
+    from zoo import data as zdata
+
+    models, variants, backends = _planned(cfg)
     card = zdata.load_card(cfg.data)
-    input_hw = tuple(cfg.input_hw or card.input_size)
-    if cfg.batch != 1:
-        raise UsageError("--batch other than 1 is not supported yet (issue #4); use --batch 1")
+    sizes, batches = cfg.sizes(card.input_size), cfg.batches()
+    _check(cfg, sizes, batches)
     # Fail fast on a missing data root before any training or export work.
     zdata.build_dataset(cfg.data, root=cfg.data_root, split=cfg.split)
+    sweep = _Sweep(cfg, log)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    for p in stale_temporaries(cfg.out):
+        log(f"removed {p.name}, a half-written record of a killed sweep")
+    stored = read_records(cfg.out) if not cfg.force else []
+    done_ok = latest_by_key(stored, status="ok")
+    done_skipped = latest_by_key(stored, status="skipped")
     env = environment()
-    records = []
+    records: list[dict] = []
+    images_subset = str(cfg.max_images) if cfg.max_images else "all"
+    options_base = {"cache_dir": str(artifacts_dir(cfg.artifacts) / "trt"), "dla_core": cfg.dla_core,
+                    "trt_precision": cfg.trt_precision, "workspace_mb": cfg.trt_workspace_mb}
     for model in models:
-        prep = prepare_fp32(cfg, model, input_hw, log)
-        for variant in variants:
-            for backend in backends:
-                artifact = prep.artifacts[get_backend(backend).artifact_kind]
-                spec = {"model": prep.model, "variant": variant, "backend": backend, "dataset": cfg.data,
-                        "data_root": cfg.data_root, "split": cfg.split, "input_hw": list(input_hw),
-                        "threads": cfg.threads, "profile": cfg.profile, "artifact": artifact,
-                        "preprocess": prep.preprocess, "max_images": cfg.max_images,
-                        "timing_overrides": {"iters": cfg.iters, "min_time_s": cfg.min_time,
-                                             "warmup_iters": cfg.warmup}}
-                log(f"cell {prep.model} / {variant} / {backend}: measuring in a separate process ...")
-                t0 = time.time()
-                result = run_cell_process(spec, cfg.timeout)
-                rec = {
-                    "schema": SCHEMA, "model": prep.model, "variant": variant, "backend": backend,
-                    "dataset": cfg.data, "split": cfg.split, "status": result.get("status", "failed"),
-                    "error": result.get("error"), "input_hw": list(input_hw), "batch": cfg.batch,
-                    "threads": cfg.threads, "profile": cfg.profile,
-                    "metrics": result.get("metrics", {}), "images": result.get("images"),
-                    "size_mb": artifact["size_mb"], "params": prep.params, "gmacs": prep.gmacs,
-                    "latency_ms": result.get("latency_ms", {}), "fps": result.get("fps"),
-                    "peak_rss_mb": result.get("peak_rss_mb"), "rss_delta_mb": result.get("rss_delta_mb"),
-                    "baseline_rss_mb": result.get("baseline_rss_mb"), "load_s": result.get("load_s"),
-                    "first_inference_ms": result.get("first_inference_ms"),
-                    "artifact": {k: artifact[k] for k in ("kind", "path", "sha256", "size_mb")},
-                    "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
-                    "preprocess": prep.preprocess, "samples_ms": result.get("samples_ms", []),
-                    "cell_wall_s": time.time() - t0, "env": env, "timestamp": now_iso(),
-                }
-                if "traceback" in result:
-                    rec["traceback"] = result["traceback"]
-                path = write_record(cfg.out, rec)
-                rec["_path"] = str(path)
-                status = rec["status"] if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}"
-                log(f"  -> {status} ({path})")
-                records.append(rec)
+        prep = prepare_model(cfg, model)
+        for hw in sizes:
+            for batch in batches:
+                for variant in variants:
+                    for backend in backends:
+                        bcls = get_backend(backend)
+                        rec = {
+                            "schema": SCHEMA, "model": prep.model, "variant": variant, "backend": backend,
+                            "precision": precision_of(bcls, variant, options_base),
+                            "device": device_of(bcls, options_base),
+                            "dataset": cfg.data, "split": cfg.split, "input_hw": list(hw), "batch": batch,
+                            "threads": cfg.threads, "profile": cfg.profile, "profile_id": sweep.profile_id,
+                            "images_subset": images_subset, "weights_sha256": prep.weights_sha256,
+                        }
+                        rec["cell_key"] = key = cell_key(rec)
+                        ok, reason = sweep.availability(backend)
+                        if key in done_ok or (key in done_skipped and not ok):
+                            old = done_ok.get(key) or done_skipped[key]
+                            log(f"cell {short_id(rec)}: stored ({old['status']}, {Path(old['_path']).name}); "
+                                "--force reruns it")
+                            records.append({**old, "_reused": True})
+                            continue
+                        records.append(_run_one(sweep, prep, rec, hw, batch, variant, backend, ok, reason,
+                                                options_base, env))
     return records
+
+
+def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batch: int, variant: str,
+             backend: str, ok: bool, reason: str, options: dict, env: dict) -> dict:
+    cfg, log = sweep.cfg, sweep.log
+    bcls = get_backend(backend)
+    t0 = time.time()
+    artifact = reference = ev = None
+    if not ok:
+        log(f"cell {short_id(rec)}: skipped ({reason})")
+        result = {"status": "skipped", "error": reason}
+    else:
+        try:
+            artifact = prep.artifact(bcls.artifact_kind, hw, batch, log)
+        except Exception as exc:  # noqa: BLE001 - an export that fails is this cell's failure, not the sweep's
+            artifact = None
+            first = (str(exc).strip().splitlines() or [""])[0]
+            result = {"status": "failed", "error": f"preparing the {bcls.artifact_kind} artifact failed: "
+                                                   f"{type(exc).__name__}: {first}"[:500]}
+    if ok and artifact is not None:
+        ev = sweep.evalset(hw)
+        base_spec = {
+            "model": prep.model, "variant": variant, "backend": backend, "dataset": cfg.data, "split": cfg.split,
+            "input_hw": list(hw), "batch": batch, "threads": cfg.threads, "artifact": artifact,
+            "preprocess": prep.preprocess, "num_classes": prep.num_classes,
+            "ignore_index": _card(cfg).ignore_index, "classes": list(_card(cfg).classes),
+            "evalset": {"labels": ev["labels"], "images": ev["images"]},
+            "timing_images": cfg.timing_images, "timing_profile": dataclasses.asdict(sweep.profile),
+            "backend_options": options, "cell_id": short_id(rec),
+        }
+        reference = sweep.reference(prep, hw, base_spec)
+        spec = {**base_spec, "reference": reference if reference.get("status") == "ok" else None}
+        log(f"cell {short_id(rec)}: measuring in a separate process ...")
+        t0 = time.time()
+        result = run_cell_process(spec, cfg.timeout)
+    rec.update(_fill(rec, result, prep, hw, batch, artifact, reference, ev, cfg))
+    rec.update(cell_wall_s=time.time() - t0, env=env, timestamp=now_iso())
+    path = sweep.write(rec)
+    rec["_path"] = str(path)
+    status = rec["status"] if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}"
+    log(f"  -> {status} ({path})")
+    return rec
+
+
+def _card(cfg: BenchConfig):
+    from zoo import data as zdata
+
+    return zdata.load_card(cfg.data)
+
+
+def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: int, artifact: dict | None,
+          reference: dict | None, ev: dict | None, cfg: BenchConfig) -> dict:
+    """The record's measured fields from the cell's result (absent ones are None/empty)."""
+    status = result.get("status", "failed")
+    lat = result.get("latency_ms") or {}
+    e2e = result.get("e2e_latency_ms") or {}
+    metrics = dict(result.get("metrics") or {})
+    ref_ok = bool(reference and reference.get("status") == "ok")
+    if metrics:
+        metrics.setdefault("pixel_agreement", None)
+        ref_miou = reference["metrics"].get("miou") if ref_ok else None
+        metrics["miou_delta_vs_fp32_torch"] = (
+            metrics["miou"] - ref_miou if ref_miou is not None and metrics.get("miou") is not None else None)
+
+    def per_s(stats: dict, n: int) -> float | None:
+        return 1000.0 * n / stats["median"] if stats.get("median") else None
+
+    build = result.get("build") or {}
+    out = {
+        "status": status, "error": result.get("error"),
+        "metrics": metrics, "images": result.get("images"),
+        "size_mb": artifact["size_mb"] if artifact else None,
+        "artifact_bytes": artifact["bytes"] if artifact else None,
+        "params": prep.params, "gmacs": prep.gmacs_at(hw),
+        "latency_ms": lat, "e2e_latency_ms": e2e,
+        "fps": per_s(lat, 1), "e2e_fps": per_s(e2e, 1),
+        "images_per_s": per_s(lat, batch), "e2e_images_per_s": per_s(e2e, batch),
+        "unstable": is_unstable(lat, cfg.cv_threshold) if lat else None,
+        "e2e_unstable": is_unstable(e2e, cfg.cv_threshold) if e2e else None,
+        "cv_threshold": cfg.cv_threshold,
+        "gpu_compute_ms": result.get("gpu_compute_ms"),
+        "load_s": result.get("load_s"), "build_s": build.get("build_s"),
+        "first_inference_ms": result.get("first_inference_ms"),
+        "peak_rss_mb": result.get("peak_rss_mb"), "baseline_rss_mb": result.get("baseline_rss_mb"),
+        "rss_delta_mb": result.get("rss_delta_mb"), "peak_reset": result.get("peak_reset"),
+        "gpu_memory": result.get("gpu_memory"),
+        "imports_torch": result.get("imports_torch"),
+        "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb")} if artifact else None),
+        "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
+        "reference": ({"status": "ok", "path": reference["path"], "miou": reference["metrics"]["miou"]}
+                      if ref_ok else ({"status": "failed", "error": reference.get("error")} if reference else None)),
+        "data": ({"sha256": ev["sha256"], "images": ev["n"], "fingerprint": ev["fingerprint"]} if ev else None),
+        "preprocess": prep.preprocess,
+        "timing_profile": result.get("timing_profile"), "e2e_timing_profile": result.get("e2e_timing_profile"),
+        "runtime": {**(result.get("runtime") or {}), **({"build": build} if build else {})},
+        "samples_ms": result.get("samples_ms", []), "e2e_samples_ms": result.get("e2e_samples_ms", []),
+    }
+    if "traceback" in result:
+        out["traceback"] = result["traceback"]
+    return out
 
 
 def markdown_table(records: list[dict]) -> str:
     from tabulate import tabulate
 
+    several_sizes = len({tuple(r.get("input_hw") or ()) for r in records}) > 1
+    batched = any((r.get("batch") or 1) > 1 for r in records)
     rows = []
     for r in records:
         lat = r.get("latency_ms") or {}
-        miou = (r.get("metrics") or {}).get("miou")
-        rows.append([
-            r["model"], r["variant"], r["backend"], r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}",
-            f"{100 * miou:.2f}" if miou is not None else "-",
-            f"{r['size_mb']:.2f}" if r.get("size_mb") is not None else "-",
-            f"{lat['median']:.1f}" if lat.get("median") else "-",
-            f"{lat['p90']:.1f}" if lat.get("p90") else "-",
-            f"{r['fps']:.1f}" if r.get("fps") else "-",
-            f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-",
-            f"{r['rss_delta_mb']:.0f}" if r.get("rss_delta_mb") is not None else "-",
-        ])
-    headers = ["model", "variant", "backend", "status", "mIoU %", "size MB", "median ms", "p90 ms", "FPS",
-               "peak RSS MB", "RSS delta MB"]
+        e2e = r.get("e2e_latency_ms") or {}
+        m = r.get("metrics") or {}
+
+        def f(v, fmt):
+            return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {_short(r.get('error'))}"
+        if r["status"] == "ok" and r.get("unstable"):
+            status = "ok (unstable)"
+        row = [r["model"], r["variant"], r["backend"]]
+        if several_sizes:
+            row.append("x".join(map(str, r.get("input_hw") or [])))
+        if batched:
+            row.append(r.get("batch", 1))
+        row += [status,
+                f(100 * m["miou"], ".2f") if isinstance(m.get("miou"), (int, float)) else "-",
+                f(100 * m["pixel_agreement"], ".2f") if isinstance(m.get("pixel_agreement"), (int, float)) else "-",
+                f(r.get("size_mb"), ".2f"), f(lat.get("median"), ".1f"), f(lat.get("p90"), ".1f"),
+                f(lat.get("cv"), ".3f"), f(r.get("images_per_s") if batched else r.get("fps"), ".1f"),
+                f(e2e.get("median"), ".1f"), f(r.get("peak_rss_mb"), ".0f"), f(r.get("rss_delta_mb"), ".0f")]
+        rows.append(row)
+    headers = ["model", "variant", "backend"] + (["input"] if several_sizes else []) + (["batch"] if batched else [])
+    headers += ["status", "mIoU %", "agree %", "size MB", "median ms", "p90 ms", "CV",
+                "images/s" if batched else "FPS", "e2e median ms", "peak RSS MB", "RSS delta MB"]
     return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def _short(text: str | None, n: int = 70) -> str:
+    text = str(text or "")
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def footer(cfg: BenchConfig, records: list[dict]) -> str:
     if not records:
         return ""
     r, env = records[0], records[0]["env"]
-    h, w = r["input_hw"]
-    return (f"{cfg.data}/{cfg.split}, {h}x{w}, batch {cfg.batch}, {cfg.threads} threads, profile {cfg.profile}; "
+    sizes = ", ".join(sorted({"x".join(map(str, x.get("input_hw") or [])) for x in records}))
+    batches = ", ".join(sorted({str(x.get("batch", 1)) for x in records}))
+    return (f"{cfg.data}/{cfg.split}, {sizes}, batch {batches}, {cfg.threads} threads, profile {r.get('profile_id') or cfg.profile}; "
             f"CPU {env['cpu']['model']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
-            f"commit {(env['git']['commit'] or 'none')[:10]}{' (dirty)' if env['git']['dirty'] else ''}")
+            f"commit {(env['git']['commit'] or 'none')[:10]}{' (dirty)' if env['git']['dirty'] else ''}; "
+            "latency: model only (median, p90), e2e = resize+normalise+model+argmax")
 
 
 def summary_as_dict(records: list[dict]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in ("samples_ms", "env")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("samples_ms", "e2e_samples_ms", "env")} for r in records]

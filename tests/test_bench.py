@@ -11,11 +11,28 @@ import pytest
 from tests.conftest import REPO
 
 FAST = ["--input-size", "64", "96", "--iters", "3", "--warmup", "1", "--no-progress"]
-REQUIRED = ["model", "variant", "backend", "dataset", "split", "status", "error", "size_mb", "fps", "peak_rss_mb"]
+REQUIRED = ["schema", "cell_key", "model", "variant", "backend", "precision", "device", "dataset", "split",
+            "input_hw", "batch", "threads", "profile", "profile_id", "weights_sha256", "status", "error",
+            "metrics", "size_mb", "artifact_bytes", "params", "gmacs", "latency_ms", "e2e_latency_ms", "fps",
+            "e2e_fps", "images_per_s", "unstable", "load_s", "first_inference_ms", "peak_rss_mb", "rss_delta_mb",
+            "baseline_rss_mb", "gpu_memory", "imports_torch", "artifact", "weights", "reference", "data", "env",
+            "timestamp", "samples_ms", "e2e_samples_ms"]
+STATS = ["median", "p90", "p99", "mean", "std", "cv", "min", "max", "n"]
 
 
-def _bench(args, tmp_path, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEZOO_ARTIFACTS": str(tmp_path / "artifacts")}
+@pytest.fixture(scope="session")
+def bench_artifacts(tmp_path_factory):
+    """One artifact cache shared by the benchmark sweeps (also by tests/test_bench_sweeps.py,
+    which names the same folder): seeded random weights, their ONNX exports and the FP32
+    reference masks are keyed by content, so sharing them only saves time."""
+    path = tmp_path_factory.getbasetemp() / "bench-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _bench(args, tmp_path, timeout=600, artifacts=None, env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEZOO_ARTIFACTS": str(artifacts or tmp_path / "artifacts"),
+           **(env or {})}
     return subprocess.run([sys.executable, "-m", "bench.run", *args, "--out", str(tmp_path / "results")],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
@@ -24,26 +41,47 @@ def _records(tmp_path):
     return [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
 
 
-def test_random_weights_both_backends(tiny_camvid, tmp_path):
+def test_random_weights_all_backends(tiny_camvid, tmp_path, bench_artifacts):
     res = _bench(["--model", "ddrnet", "--weights", "random", "--data", "camvid", "--data-root", str(tiny_camvid),
-                  *FAST], tmp_path)
+                  "--threads", "1", *FAST], tmp_path, artifacts=bench_artifacts)
     assert res.returncode == 0, res.stderr[-3000:]
-    recs = _records(tmp_path)
-    assert {r["backend"] for r in recs} == {"torch", "onnxruntime"}
-    for r in recs:
+    recs = {r["backend"]: r for r in _records(tmp_path)}
+    assert set(recs) == {"torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"}
+    import torch
+
+    gpu_backends = ["torch-cuda", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"]
+    if not torch.cuda.is_available():  # this project's CI: GPU backends are skipped cells with a reason
+        for b in gpu_backends:
+            assert recs[b]["status"] == "skipped" and recs[b]["error"], b
+        assert recs["tensorrt"]["error"].startswith(("tensorrt not installed", "no CUDA GPU"))
+    for name in ("torch", "onnxruntime"):
+        r = recs[name]
         assert r["status"] == "ok", r["error"]
         for key in REQUIRED:
-            assert key in r
-        assert r["latency_ms"]["median"] > 0 and r["latency_ms"]["p90"] >= r["latency_ms"]["median"]
+            assert key in r, key
+        assert r["schema"] == 2 and r["precision"] == "fp32" and r["device"] == "cpu" and r["batch"] == 1
+        for lat in ("latency_ms", "e2e_latency_ms"):
+            assert all(isinstance(r[lat][k], (int, float)) for k in STATS), lat
+            assert r[lat]["p90"] >= r[lat]["median"] >= r[lat]["min"] > 0 and r[lat]["n"] >= 3
         assert r["fps"] == pytest.approx(1000 / r["latency_ms"]["median"])
-        assert r["size_mb"] > 1 and r["peak_rss_mb"] > r["rss_delta_mb"] > 0
-        assert len(r["samples_ms"]) == r["latency_ms"]["n"] >= 3
-        assert len(r["artifact"]["sha256"]) == 64 and r["env"]["torch"]
+        assert r["e2e_fps"] == pytest.approx(1000 / r["e2e_latency_ms"]["median"])
+        assert isinstance(r["unstable"], bool)
+        assert r["size_mb"] > 1 and r["artifact_bytes"] == pytest.approx(r["size_mb"] * 1e6)
+        assert r["peak_rss_mb"] > r["rss_delta_mb"] > 0
+        assert len(r["samples_ms"]) == r["latency_ms"]["n"] and len(r["e2e_samples_ms"]) == r["e2e_latency_ms"]["n"]
+        assert len(r["artifact"]["sha256"]) == 64 and len(r["weights_sha256"]) == 64 and r["env"]["torch"]
+        assert r["env"]["cpu"]["model"] and r["env"]["git"]["commit"] and r["data"]["images"] == 3
         assert 0 <= r["metrics"]["miou"] <= 1 and r["images"] == 3
-    torch_rec, ort_rec = sorted(recs, key=lambda r: r["backend"] != "torch")
-    # The same weights on two runtimes must agree (a cheap parity check until issue #4's full one).
-    assert ort_rec["metrics"]["miou"] == pytest.approx(torch_rec["metrics"]["miou"], abs=0.01)
-    assert "| ddrnet23_slim | fp32" in res.stdout
+        assert r["load_s"] > 0 and r["first_inference_ms"] > 0
+        assert r["reference"]["status"] == "ok"
+        # parity with the PyTorch FP32 reference of the same weights
+        assert r["metrics"]["pixel_agreement"] >= 0.99
+        assert abs(r["metrics"]["miou_delta_vs_fp32_torch"]) <= 0.01
+    assert recs["torch"]["metrics"]["pixel_agreement"] == 1.0  # the reference itself, re-run
+    # the honesty fix: an ONNX Runtime cell process never imports torch (torch cells do)
+    assert recs["onnxruntime"]["imports_torch"] is False and recs["torch"]["imports_torch"] is True
+    assert recs["onnxruntime"]["peak_rss_mb"] < recs["torch"]["peak_rss_mb"] - 200
+    assert "| ddrnet23_slim | fp32" in res.stdout and "skipped: " in res.stdout
 
 
 def test_trains_quick_checkpoint_when_missing_then_reuses_it(tiny_camvid, tmp_path):
@@ -55,12 +93,13 @@ def test_trains_quick_checkpoint_when_missing_then_reuses_it(tiny_camvid, tmp_pa
     assert (tmp_path / "artifacts/checkpoints/espnet_p2q8/camvid/quick/best.pt").is_file()
     second = _bench(args, tmp_path)
     assert second.returncode == 0 and "quick recipe" not in second.stderr and "exporting" not in second.stderr
-    assert len(_records(tmp_path)) == 2  # append-only: the second run adds a record
+    # the cell is stored already: the rerun reuses its record (append-only: bench.run --force adds one)
+    assert "stored (ok" in second.stderr and len(_records(tmp_path)) == 1
 
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "nosuch"], "unknown model 'nosuch'"),
-    (["--model", "ddrnet", "--backend", "tpu"], "unknown backend 'tpu'; valid: torch, onnxruntime, all"),
+    (["--model", "ddrnet", "--backend", "tpu"], "unknown backend 'tpu'; valid: torch, torch-cuda, onnxruntime,"),
     (["--model", "ddrnet", "--quant", "qat"], "issue #3"),
     (["--model", "ddrnet", "--quant", "int3"], "unknown variant 'int3'"),
     (["--model", "ddrnet", "--data", "camvid", "--data-root", "/nonexistent/camvid"], "/nonexistent/camvid"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -29,24 +28,28 @@ class SegScores:
 
 
 class ConfusionMatrix:
-    """Accumulates an (n, n+1) matrix: rows ground truth, columns prediction, last column 'other'."""
+    """Accumulates an (n, n+1) matrix: rows ground truth, columns prediction, last column 'other'.
+
+    numpy only (torch tensors are accepted and converted), so benchmark cells that run ONNX
+    Runtime can score without importing torch.
+    """
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
-        self.n = num_classes
-        self.ignore_index = ignore_index
-        self.mat = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64)
+        self.n = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.mat = np.zeros((self.n, self.n + 1), dtype=np.int64)
 
-    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
-        pred = torch.as_tensor(pred).reshape(-1).to(torch.int64)
-        target = torch.as_tensor(target).reshape(-1).to(torch.int64)
+    def update(self, pred, target) -> None:
+        pred = _as_numpy(pred).reshape(-1).astype(np.int64)
+        target = _as_numpy(target).reshape(-1).astype(np.int64)
         if pred.shape != target.shape:
-            raise ValueError(f"prediction has {pred.numel()} pixels but the label has {target.numel()}")
+            raise ValueError(f"prediction has {pred.size} pixels but the label has {target.size}")
         keep = target != self.ignore_index
         pred, target = pred[keep], target[keep]
-        if target.numel() and (target.min() < 0 or target.max() >= self.n):
+        if target.size and (target.min() < 0 or target.max() >= self.n):
             raise ValueError(f"label value {int(target.max())} outside 0..{self.n - 1} (and not the ignore value)")
-        pred = torch.where((pred < 0) | (pred >= self.n), torch.full_like(pred, self.n), pred)
-        self.mat += torch.bincount(target * (self.n + 1) + pred, minlength=self.n * (self.n + 1)).reshape(
+        pred = np.where((pred < 0) | (pred >= self.n), self.n, pred)
+        self.mat += np.bincount(target * (self.n + 1) + pred, minlength=self.n * (self.n + 1)).reshape(
             self.n, self.n + 1
         )
 
@@ -54,14 +57,21 @@ class ConfusionMatrix:
         self.mat += other.mat
 
     def scores(self, classes: tuple[str, ...] = ()) -> SegScores:
-        mat = self.mat.to(torch.float64)
-        tp = mat.diagonal()
-        gt_total = mat.sum(dim=1)  # includes 'other' predictions: they are false negatives
-        pred_total = mat[:, : self.n].sum(dim=0)
+        mat = self.mat.astype(np.float64)
+        tp = np.diagonal(mat).copy()
+        gt_total = mat.sum(axis=1)  # includes 'other' predictions: they are false negatives
+        pred_total = mat[:, : self.n].sum(axis=0)
         union = gt_total + pred_total - tp
-        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-        valid = ~torch.isnan(iou)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        valid = ~np.isnan(iou)
         miou = float(iou[valid].mean()) if valid.any() else float("nan")
         total = float(gt_total.sum())
         acc = float(tp.sum() / total) if total else float("nan")
-        return SegScores(miou=miou, pixel_accuracy=acc, per_class_iou=[float(v) for v in iou], classes=classes)
+        return SegScores(miou=miou, pixel_accuracy=acc, per_class_iou=[float(v) for v in iou], classes=tuple(classes))
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
