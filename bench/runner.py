@@ -51,7 +51,25 @@ from zoo.io import sha256_file
 from zoo.profile import count_gmacs, count_params
 from zoo.registry import get_entry, list_models
 
-IMPLEMENTED_VARIANTS = ("fp32",)
+IMPLEMENTED_VARIANTS = ("fp32", "static", "dynamic")
+# Backends that consume the TensorRT flavour of a static QDQ model (symmetric INT8, Q/DQ on inputs).
+TRT_TARGET_BACKENDS = ("tensorrt", "onnxruntime-trt")
+
+
+def variant_support(variant: str, backend_cls: type) -> tuple[bool, str]:
+    """Whether `backend` can run `variant` yet; the reason becomes the skipped cell's error."""
+    if variant == "static" and backend_cls.artifact_kind == "torch":
+        return False, ("static INT8 on the PyTorch backend (torchao PT2E / FX x86 kernels) is not "
+                       "implemented yet (issue #3); measure it on onnxruntime or tensorrt")
+    return True, ""
+
+
+def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
+    """What, besides the weights, determines a quantized artifact (part of the cell key)."""
+    if variant != "static":
+        return ""
+    target = "trt" if backend in TRT_TARGET_BACKENDS else "ort"
+    return f"{target}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
 REFERENCE_MIN_TIMEOUT = 600.0
 KILL_AFTER_ENV = "EDGEZOO_BENCH_KILL_AFTER"
 KILL_IN_WRITE_ENV = "EDGEZOO_BENCH_KILL_IN_WRITE"
@@ -91,6 +109,9 @@ class BenchConfig:
     progress: bool = True
     train_epochs: int | None = None   # epochs of the quick training when no checkpoint exists
     dla_core: int | None = None       # tensorrt / onnxruntime-trt
+    calib_images: int = 256           # static PTQ: calibration images from the train split
+    calib_method: str = "entropy"     # minmax | percentile | entropy
+    calib_seed: int = 0
     trt_precision: str = "fp16"       # precision of TensorRT engines built from the FP32 ONNX
     trt_workspace_mb: int = 1024
 
@@ -144,6 +165,56 @@ class Prepared:
     params: int
     onnx: dict = field(default_factory=dict)    # (h, w, batch) -> artifact
     gmacs: dict = field(default_factory=dict)   # (h, w) -> GMACs per image
+    quantized: dict = field(default_factory=dict)  # (variant, config, h, w, batch) -> artifact
+    calibrations: dict = field(default_factory=dict)  # (h, w) -> CalibrationData
+
+    def variant_artifact(self, cfg: "BenchConfig", kind: str, variant: str, backend: str, hw: tuple[int, int],
+                         batch: int, log: Callable[[str], None]) -> dict:
+        """The artifact a backend loads for `variant`; quantized ones are made once and cached."""
+        if variant == "fp32":
+            return self.artifact(kind, hw, batch, log)
+        if kind == "torch":  # dynamic only (static is gated by variant_support)
+            from quant.ptq_dynamic import quantize_dynamic_torch
+
+            _, meta = quantize_dynamic_torch(self.net)
+            return {**self.torch_artifact, "dynamic_quant": True, "quant": meta}
+        config = quant_config(cfg, variant, backend)
+        key = (variant, config, hw[0], hw[1], batch)
+        if key in self.quantized:
+            return self.quantized[key]
+        fp32 = self.artifact("onnx", hw, batch, log)
+        if variant == "dynamic":
+            from quant.ptq_dynamic import quantize_dynamic_onnx
+
+            path = self.export_dir / f"dynamic_{hw[0]}x{hw[1]}_b{batch}.onnx"
+            if not path.is_file():
+                log(f"dynamic PTQ (ONNX Runtime quantize_dynamic, u8 weights) -> {path}")
+                quantize_dynamic_onnx(fp32["path"], path)
+        else:
+            if batch != 1:
+                raise UsageError("static PTQ is calibrated at batch 1; run static cells with --batch 1")
+            calib = self.calibration(cfg, hw, log)
+            path = self.export_dir / f"static_{config}-{calib.sha256[:10]}_{hw[0]}x{hw[1]}_b1.onnx"
+            if not path.is_file():
+                from quant.ptq_static import quantize_static_onnx
+
+                target = config.split("-")[0]
+                log(f"static PTQ ({target} QDQ, {cfg.calib_method} calibration on {calib.size} images) -> {path}")
+                quantize_static_onnx(fp32["path"], path, calib, target=target, method=cfg.calib_method)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        self.quantized[key] = _describe({"kind": "onnx", "path": str(path), "quant": _quant_summary(meta)})
+        return self.quantized[key]
+
+    def calibration(self, cfg: "BenchConfig", hw: tuple[int, int], log: Callable[[str], None]):
+        if hw not in self.calibrations:
+            from quant.calibrate import build_calibration
+            from zoo.data import Preprocess
+
+            log(f"calibration set: {cfg.calib_images} {cfg.data}/train images at {hw[0]}x{hw[1]} (seed {cfg.calib_seed})")
+            self.calibrations[hw] = build_calibration(
+                cfg.data, root=cfg.data_root, split="train", num_images=cfg.calib_images, seed=cfg.calib_seed,
+                preprocess=Preprocess.from_dict(self.preprocess), input_hw=hw)
+        return self.calibrations[hw]
 
     def artifact(self, kind: str, hw: tuple[int, int], batch: int, log: Callable[[str], None]) -> dict:
         if kind == "torch":
@@ -163,6 +234,18 @@ class Prepared:
         if hw not in self.gmacs:
             self.gmacs[hw] = count_gmacs(self.net, hw)
         return self.gmacs[hw]
+
+
+def _quant_summary(meta: dict) -> dict:
+    """The provenance a record keeps of a quantized artifact (the full metadata is its sidecar)."""
+    keep = ("variant", "target", "format", "method", "per_channel", "activation_type", "weight_type",
+            "reduce_range", "calibration", "versions", "size_ratio", "note", "int8_ops", "float_convs")
+    out = {k: meta[k] for k in keep if k in meta}
+    out["parent_sha256"] = (meta.get("parent") or {}).get("sha256")
+    graph = meta.get("graph") or {}
+    out["graph"] = {k: graph[k] for k in ("quantized_convs", "float_convs", "quantize_linear", "dequantize_linear",
+                                          "conv_integer", "zero_points_all_zero") if k in graph}
+    return out
 
 
 def _describe(art: dict) -> dict:
@@ -374,8 +457,8 @@ def _planned(cfg: BenchConfig) -> tuple[list[str], list[str], list[str]]:
     pending = [v for v in variants if v not in IMPLEMENTED_VARIANTS]
     if pending:
         raise UsageError(
-            f"--quant {' '.join(pending)}: quantized variants arrive with issue #3 (quantization); "
-            "only --quant fp32 is implemented so far"
+            f"--quant {' '.join(pending)}: not implemented yet (QAT arrives with issue #3); "
+            f"implemented variants: {', '.join(IMPLEMENTED_VARIANTS)}"
         )
     backends = expand(cfg.backends, BACKENDS, "backend")
     names: list[str] = []
@@ -437,8 +520,11 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                             "threads": cfg.threads, "profile": cfg.profile, "profile_id": sweep.profile_id,
                             "images_subset": images_subset, "weights_sha256": prep.weights_sha256,
                         }
+                        rec["quant_config"] = quant_config(cfg, variant, backend)
                         rec["cell_key"] = key = cell_key(rec)
                         ok, reason = sweep.availability(backend)
+                        if ok:
+                            ok, reason = variant_support(variant, bcls)
                         if key in done_ok or (key in done_skipped and not ok):
                             old = done_ok.get(key) or done_skipped[key]
                             log(f"cell {short_id(rec)}: stored ({old['status']}, {Path(old['_path']).name}); "
@@ -461,7 +547,7 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
         result = {"status": "skipped", "error": reason}
     else:
         try:
-            artifact = prep.artifact(bcls.artifact_kind, hw, batch, log)
+            artifact = prep.variant_artifact(cfg, bcls.artifact_kind, variant, backend, hw, batch, log)
         except Exception as exc:  # noqa: BLE001 - an export that fails is this cell's failure, not the sweep's
             artifact = None
             first = (str(exc).strip().splitlines() or [""])[0]
@@ -535,7 +621,8 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
         "rss_delta_mb": result.get("rss_delta_mb"), "peak_reset": result.get("peak_reset"),
         "gpu_memory": result.get("gpu_memory"),
         "imports_torch": result.get("imports_torch"),
-        "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb")} if artifact else None),
+        "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb", "quant", "dynamic_quant")
+                      if k in artifact} if artifact else None),
         "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
         "reference": ({"status": "ok", "path": reference["path"], "miou": reference["metrics"]["miou"]}
                       if ref_ok else ({"status": "failed", "error": reference.get("error")} if reference else None)),

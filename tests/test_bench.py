@@ -128,3 +128,29 @@ def test_wrong_checkpoint_lists_keys(tiny_camvid, tmp_path):
     res = _bench(["--model", "ddrnet", "--weights", str(weights), "--data", "camvid", "--data-root", str(tiny_camvid)],
                  tmp_path, timeout=120)
     assert res.returncode == 2 and "does not fit" in res.stderr and "missing keys" in res.stderr
+
+
+def test_static_and_dynamic_variants(tmp_path):
+    from tests.conftest import write_segnet_split
+
+    data = tmp_path / "camvid16"
+    write_segnet_split(data, "train", 16, seed=3)  # calibration needs at least 16 images
+    write_segnet_split(data, "val", 2, seed=4)
+    res = _bench(["--model", "ddrnet", "--weights", "random", "--data", "camvid", "--data-root", str(data),
+                  "--quant", "fp32", "static", "dynamic", "--backend", "torch", "onnxruntime",
+                  "--calib-images", "16", "--calib-method", "minmax", *FAST], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = {(r["variant"], r["backend"]): r for r in _records(tmp_path)}
+    assert recs[("static", "torch")]["status"] == "skipped" and "issue #3" in recs[("static", "torch")]["error"]
+    for key in [("fp32", "onnxruntime"), ("static", "onnxruntime"), ("dynamic", "onnxruntime"), ("dynamic", "torch")]:
+        assert recs[key]["status"] == "ok", (key, recs[key]["error"])
+    static = recs[("static", "onnxruntime")]
+    quant = static["artifact"]["quant"]
+    assert quant["calibration"]["size"] == 16 and len(quant["calibration"]["sha256"]) == 64
+    assert quant["graph"]["quantized_convs"] > 0 and quant["parent_sha256"]
+    assert static["size_mb"] < 0.35 * recs[("fp32", "onnxruntime")]["size_mb"]
+    assert "minmax" in static["quant_config"]
+    dyn_torch = recs[("dynamic", "torch")]["artifact"]["quant"]
+    # Conv-only network: PyTorch dynamic quantization leaves it float, and the record says so.
+    assert dyn_torch["int8_modules"] == 0 and dyn_torch["is_int8"] is False
+    assert recs[("dynamic", "onnxruntime")]["artifact"]["quant"]["int8_ops"]["ConvInteger"] > 0

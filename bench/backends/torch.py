@@ -35,6 +35,12 @@ class TorchBackend:
         model = entry.build(num_classes=artifact["num_classes"], **kwargs).eval()
         state = torch.load(artifact["path"], map_location="cpu", weights_only=True)
         load_state(model, state, source=artifact["path"])
+        if artifact.get("dynamic_quant"):
+            # PyTorch dynamic quantization touches only Linear/LSTM layers; the artifact's "quant"
+            # metadata says how many were INT8 (zero for a conv-only network).
+            from quant.ptq_dynamic import quantize_dynamic_torch
+
+            model, _ = quantize_dynamic_torch(model)
         self._torch = torch
         self._device = torch.device(self.device)
         if self.device == "cuda":
