@@ -364,19 +364,20 @@ def test_synthetic_cache_regeneration(cache: Path, capfd: pytest.CaptureFixture)
 
 
 def test_synthetic_generation_speed(tmp_path: Path) -> None:
-    """The spec asks >= 50 images/s at 360x480 on one core incl. PNG writing; the assert is
-    tolerant (>= 25/s) because CI machines are shared and noisy; the real rate is printed."""
+    """The spec asks >= 50 images/s at 360x480 on one core incl. PNG writing. The rate is taken
+    from this thread's CPU time, which other processes on a busy machine cannot inflate (the
+    generator is single-threaded numpy/zlib work); the assert keeps a margin below 50."""
     syn.generate_sample(0, "test", 0)  # noise banks for this size, outside the timing
     n = 20
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for i in range(n):
         s = syn.generate_sample(0, "test", i)
         write_png(tmp_path / f"{i}.png", s["image"], photo=True)
         write_png(tmp_path / f"{i}_l.png", s["label"])
         write_png(tmp_path / f"{i}_i.png", s["instances"])
-    rate = n / (time.perf_counter() - t0)
-    print(f"synthetic generation: {rate:.1f} images/s at 360x480 (incl. PNG writing)")
-    assert rate >= 25
+    rate = n / (time.thread_time() - t0)
+    print(f"synthetic generation: {rate:.1f} images/s of CPU time at 360x480 (incl. PNG writing)")
+    assert rate >= 40
 
 
 # --------------------------------------------------------------------------------------------

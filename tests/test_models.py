@@ -132,7 +132,17 @@ def test_onnx_export_matches_pytorch(name):
     assert float(abs(torch.from_numpy(onnx_out) - ref).max()) < 1e-3
 
 
-@pytest.mark.parametrize("name", MODELS)
+def _fidelity_cases(field: str) -> list:
+    # A documented deviation (Published.params_deviation / gmacs_deviation) turns the check into a
+    # strict expected failure: it must keep failing for the stated reason, or the note is stale.
+    cases = []
+    for n in MODELS:
+        why = getattr(registry.get_entry(n).published, field)
+        cases.append(pytest.param(n, marks=[pytest.mark.xfail(reason=why, strict=True)] if why else []))
+    return cases
+
+
+@pytest.mark.parametrize("name", _fidelity_cases("params_deviation"))
 def test_param_count_matches_published(name):
     entry = registry.get_entry(name)
     with torch.device("meta"):
@@ -141,7 +151,7 @@ def test_param_count_matches_published(name):
     assert params_m == pytest.approx(entry.published.params_m, rel=0.01)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _fidelity_cases("gmacs_deviation"))
 def test_macs_match_published(name):
     # FlopCounterMode counts convolutions / matmuls as 2 FLOPs per MAC and ignores element-wise ops,
     # BN, pooling and resizing; the published figures agree with that within a few per cent.

@@ -1,2 +1,12 @@
 """Imports every family module so each registers its entries. Add new families here."""
-from zoo.seg import ddrnet, espnet  # noqa: F401
+from zoo.seg import (  # noqa: F401
+    bisenetv2,
+    ddrnet,
+    deeplabv3plus,
+    efficientps,
+    espnet,
+    fastdepthseg,
+    liteseg,
+    pidnet,
+    ppliteseg,
+)

@@ -30,6 +30,7 @@ def zoo_table(num_classes: int = 19) -> list[dict]:
             "published params M": f"{pub.params_m} ({pub.num_classes} cl.)",
             "published GMACs": f"{pub.gmacs} @{pub.gmacs_hw[0]}x{pub.gmacs_hw[1]}" if pub.gmacs else "-",
             "published mIoU": f"{pub.miou} {pub.miou_note}".strip() if pub.miou else "-",
+            "known deviation": "; ".join(d for d in (pub.params_deviation, pub.gmacs_deviation) if d) or "-",
             "source": pub.source,
         })
     return rows

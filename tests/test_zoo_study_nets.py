@@ -1,0 +1,90 @@
+"""Contract tests for the DeepLabV3+, LiteSeg, FastDepthSeg and EfficientPS-semantic entries.
+
+The same checks as tests/test_models.py, parametrized over these entries by name (importing the family
+modules registers them, whether or not zoo/families.py imports them yet).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo import registry
+from zoo.seg import deeplabv3plus, efficientps, fastdepthseg, liteseg  # noqa: F401  (registers)
+
+NAMES = ["deeplabv3plus_mobilenetv2", "deeplabv3plus_resnet101", "liteseg_mobilenetv2", "fastdepthseg",
+         "efficientps_b0_semantic"]
+NUM_CLASSES = 11
+HW = (64, 64)
+
+
+def _entry(name: str) -> registry.ModelEntry:
+    return registry._ENTRIES[name]
+
+
+def _build(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return _entry(name).build(num_classes=num_classes, **kwargs)
+
+
+def _calibrate_bn(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 128, 128))
+    return model.eval()
+
+
+def test_names_and_aliases_registered():
+    for name in NAMES:
+        assert name in registry._ENTRIES
+    assert registry._ALIASES["deeplabv3plus"] == "deeplabv3plus_mobilenetv2"
+    assert registry._ALIASES["liteseg"] == "liteseg_mobilenetv2"
+    assert registry._ALIASES["efficientps"] == "efficientps_b0_semantic"
+
+
+def test_fastdepthseg_dla_friendly_variant():
+    model = _build("fastdepthseg", dla_friendly=True).eval()
+    assert not any(isinstance(m, fastdepthseg.AdaptivePool)
+                   for m in model.modules())
+    for hw in (HW, (352, 480)):
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, *hw))
+        assert out.shape == (1, NUM_CLASSES, *hw) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"dla_friendly": True}], ids=["default", "dla"])
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_matches_pytorch(name, kwargs):
+    if kwargs and name != "fastdepthseg":
+        pytest.skip("dla_friendly is a FastDepthSeg option")
+    ort = pytest.importorskip("onnxruntime")
+    model = _calibrate_bn(_build(name, **kwargs))
+    x = torch.randn(1, 3, *HW)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, opset_version=17, dynamo=False,
+                          input_names=["images"], output_names=["logits"])
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    assert onnx_out.shape == tuple(ref.shape)
+    assert float(abs(torch.from_numpy(onnx_out) - ref).max()) < 1e-3
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (12, 15), (32, 64)])
+def test_fastdepthseg_export_pooling_equals_adaptive_pool(hw, monkeypatch):
+    x = torch.randn(1, 4, *hw)
+    ref = [F.adaptive_avg_pool2d(x, b) for b in (1, 2, 3, 6)]
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    for b, r in zip((1, 2, 3, 6), ref):
+        assert torch.allclose(fastdepthseg._adaptive_avg_pool(x, b), r, atol=1e-6)
