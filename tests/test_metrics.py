@@ -6,7 +6,7 @@ from zoo.metrics import ConfusionMatrix
 
 
 def test_miou_matches_torchmetrics_with_ignore_index():
-    torchmetrics = pytest.importorskip("torchmetrics", reason="torchmetrics is a [dev] extra")
+    pytest.importorskip("torchmetrics", reason="torchmetrics is a [dev] extra")
     from torchmetrics.classification import MulticlassJaccardIndex
 
     rng = np.random.default_rng(0)

@@ -2,9 +2,7 @@
 the output conventions, ONNX export, and its parameter / MAC counts against the published figures."""
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tests.conftest import assert_onnx_matches_torch, calibrate_bn
 from zoo import registry
 from zoo.profile import count_gmacs
 
@@ -28,22 +27,6 @@ def _build(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Module:
 
 def _no_aux_kwargs(entry: registry.ModelEntry) -> dict:
     return {"aux": False} if entry.aux_weights else {}
-
-
-def _calibrate_bn(model: nn.Module) -> nn.Module:
-    """Give BatchNorm realistic running statistics (one train-mode pass over random images).
-
-    With freshly initialised statistics (mean 0, var 1) deep residual nets produce logits in the
-    thousands, where float32 rounding alone exceeds any absolute ONNX tolerance.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: one pass sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, 128, 128))
-    return model.eval()
 
 
 def test_registry_not_empty_and_aliases_resolve():
@@ -116,20 +99,7 @@ def test_aux_off_removes_head(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_onnx_export_matches_pytorch(name):
-    ort = pytest.importorskip("onnxruntime")
-    model = _calibrate_bn(_build(name))
-    x = torch.randn(1, 3, *HW)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-        torch.onnx.export(model, (x,), buf, opset_version=17, dynamo=False,
-                          input_names=["images"], output_names=["logits"])
-    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"images": x.numpy()})
-    with torch.no_grad():
-        ref = model(x)
-    assert onnx_out.shape == tuple(ref.shape)
-    assert float(abs(torch.from_numpy(onnx_out) - ref).max()) < 1e-3
+    assert_onnx_matches_torch(calibrate_bn(_build(name)), HW)
 
 
 def _fidelity_cases(field: str) -> list:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import REPO
 from zoo.checkpoints import checkpoint_dir, read_checkpoint

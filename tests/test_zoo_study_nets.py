@@ -5,14 +5,13 @@ modules registers them, whether or not zoo/families.py imports them yet).
 """
 from __future__ import annotations
 
-import io
-import warnings
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tests.conftest import assert_onnx_matches_torch, calibrate_bn
 from zoo import registry
 from zoo.seg import deeplabv3plus, efficientps, fastdepthseg, liteseg  # noqa: F401  (registers)
 
@@ -29,17 +28,6 @@ def _entry(name: str) -> registry.ModelEntry:
 def _build(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Module:
     torch.manual_seed(0)
     return _entry(name).build(num_classes=num_classes, **kwargs)
-
-
-def _calibrate_bn(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, 128, 128))
-    return model.eval()
 
 
 def test_names_and_aliases_registered():
@@ -60,25 +48,9 @@ def test_fastdepthseg_dla_friendly_variant():
         assert out.shape == (1, NUM_CLASSES, *hw) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"dla_friendly": True}], ids=["default", "dla"])
-@pytest.mark.parametrize("name", NAMES)
-def test_onnx_export_matches_pytorch(name, kwargs):
-    if kwargs and name != "fastdepthseg":
-        pytest.skip("dla_friendly is a FastDepthSeg option")
-    ort = pytest.importorskip("onnxruntime")
-    model = _calibrate_bn(_build(name, **kwargs))
-    x = torch.randn(1, 3, *HW)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, opset_version=17, dynamo=False,
-                          input_names=["images"], output_names=["logits"])
-    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"images": x.numpy()})
-    with torch.no_grad():
-        ref = model(x)
-    assert onnx_out.shape == tuple(ref.shape)
-    assert float(abs(torch.from_numpy(onnx_out) - ref).max()) < 1e-3
+def test_fastdepthseg_dla_friendly_exports():
+    # The default build of every entry is covered by tests/test_models.py.
+    assert_onnx_matches_torch(calibrate_bn(_build("fastdepthseg", dla_friendly=True)), HW)
 
 
 @pytest.mark.parametrize("hw", [(2, 2), (12, 15), (32, 64)])
