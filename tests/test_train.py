@@ -77,3 +77,14 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert res.returncode == 2 and "unknown model 'nosuchnet'" in res.stderr and "Traceback" not in res.stderr
     res = _run(["-m", "zoo.train", "--model", "espnet", "--data", "camvid", "--data-root", str(tmp_path / "nope")])
     assert res.returncode == 2 and "Traceback" not in res.stderr and "nope" in res.stderr
+
+
+def test_class_balanced_loss_records_its_weights(tiny_camvid, tmp_path):
+    res = train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, epochs=1, batch_size=2,
+                            crop=(64, 96), eval_every=1, workers=0, artifacts=tmp_path, progress=False, threads=1,
+                            loss="cb_ce", seed=1))
+    meta = read_checkpoint(res["best"])["meta"]
+    weighting = meta["class_weighting"]
+    assert weighting["method"] == "effective" and len(weighting["weights"]) == 11
+    assert sum(weighting["weights"]) == pytest.approx(11, rel=1e-4)
+    assert meta["recipe"]["loss"] == "cb_ce"

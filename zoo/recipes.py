@@ -19,7 +19,7 @@ class Recipe:
     momentum: float = 0.9
     poly_power: float = 0.9           # lr = base * (1 - it/total) ** power
     warmup_iters: int = 0
-    loss: str = "ce"                  # "ce" | "ohem"
+    loss: str = "ce"                  # "ce" | "ohem" | "cb_ce" | "cb_focal" | "lovasz" (zoo.losses)
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     scale_range: tuple[float, float] = (0.5, 2.0)
     eval_every: int = 5               # epochs between validation runs

@@ -19,7 +19,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,6 +50,9 @@ class TrainConfig:
     crop: tuple[int, int] | None = None
     optimizer: str | None = None
     loss: str | None = None
+    class_weights: str | None = None     # none|effective|inverse|median|enet (None: effective for cb_*, else none)
+    beta: float | None = None            # None: zoo.class_weights.default_beta(counts)
+    count_source: str = "pixels"         # pixels|images|instances
     eval_every: int | None = None
     seed: int = 0
     resume: bool = False
@@ -167,7 +170,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     _seed_everything(cfg.seed)
     model = entry.build(num_classes=card.num_classes).to(device)
-    criterion = build_loss(recipe.loss, ignore_index=card.ignore_index, **recipe.loss_kwargs).to(device)
+    weight, weighting = _class_weights(cfg, recipe, card, is_main=is_main, distributed=distributed)
+    # A loss chosen on the command line does not inherit the recipe loss's own options
+    # (e.g. OHEM's thresh/min_kept would be invalid for cb_ce).
+    loss_kwargs = recipe.loss_kwargs if recipe.loss == get_recipe(recipe.name).loss else {}
+    criterion = build_loss(recipe.loss, ignore_index=card.ignore_index, weight=weight, **loss_kwargs).to(device)
     optimizer = _build_optimizer(model, recipe)
 
     out_dir = checkpoint_dir(entry.name, cfg.data, recipe.name, cfg.artifacts)
@@ -189,7 +196,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     meta_base = {
         "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
         "num_classes": card.num_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
-        "amp": cfg.amp,
+        "amp": cfg.amp, "class_weighting": weighting,
         "preprocess": pre.to_dict(),
     }
 
@@ -277,6 +284,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "seconds": prior_s + time.time() - t_start}
 
 
+def _class_weights(cfg: TrainConfig, recipe: Recipe, card, *, is_main: bool, distributed: bool):
+    """Per-class loss weights (or None) and a description of how they were made, for the metadata."""
+    from zoo.class_weights import class_weights_for, describe
+
+    method = cfg.class_weights or ("effective" if recipe.loss in ("cb_ce", "cb_focal") else "none")
+    if method == "none":
+        return None, {"method": "none"}
+    kwargs = dict(root=cfg.data_root, split="train", method=method, beta=cfg.beta, source=cfg.count_source,
+                  num_classes=card.num_classes, ignore_index=card.ignore_index)
+    # Rank 0 counts (and caches the counts atomically); the other ranks then read the cache.
+    weight = class_weights_for(cfg.data, progress=cfg.progress, **kwargs) if is_main else None
+    if distributed:
+        dist.barrier()
+        if not is_main:
+            weight = class_weights_for(cfg.data, progress=False, **kwargs)
+    if is_main:
+        print(f"[train] class weights ({method}, {cfg.count_source}): {describe(weight, card.classes)}",
+              file=sys.stderr, flush=True)
+    return weight, {"method": method, "beta": cfg.beta, "count_source": cfg.count_source,
+                    "weights": [round(float(w), 6) for w in weight]}
+
+
 def _worker_init(worker_id: int) -> None:
     # Each DataLoader worker derives numpy/python seeds from its torch seed (set per epoch by
     # the main process), so augmentation differs across workers and epochs yet is reproducible.
@@ -297,7 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--optimizer", choices=("sgd", "adamw"))
-    p.add_argument("--loss", choices=("ce", "ohem"))
+    p.add_argument("--loss", choices=("ce", "ohem", "cb_ce", "cb_focal", "lovasz"),
+                   help="cb_ce / cb_focal: class-balanced (Cui et al. 2019) with --class-weights effective")
+    p.add_argument("--class-weights", choices=("none", "effective", "inverse", "median", "enet"),
+                   help="per-class loss weights (default: effective for cb_* losses, else none)")
+    p.add_argument("--beta", type=float, help="class-balanced beta (default: 1 - 1/largest class count)")
+    p.add_argument("--count-source", choices=("pixels", "images", "instances"), default="pixels",
+                   help="what the class counts count (default pixels)")
     p.add_argument("--eval-every", type=int, help="epochs between validation runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from last.pt if it exists")
@@ -319,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop,
                       optimizer=args.optimizer, loss=args.loss, eval_every=args.eval_every, seed=args.seed,
                       resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
-                      save_every=args.save_every, progress=not args.no_progress, amp=args.amp)
+                      save_every=args.save_every, progress=not args.no_progress, amp=args.amp,
+                      class_weights=args.class_weights, beta=args.beta, count_source=args.count_source)
     with user_errors():
         try:
             result = train(cfg)

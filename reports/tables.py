@@ -1,0 +1,325 @@
+"""Comparison tables from stored result records (Markdown and CSV), torch-free.
+
+Every number comes from a record. Records are grouped into rows by network and measurement
+configuration (dataset, split, input size, batch, threads, weights sha256); within a row, each
+variant's cell is the newest `ok` record, or, when none is ok, the newest record of any status
+(so a failed or skipped cell shows its reason instead of a blank).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+INT8_VARIANTS = ("qat", "static", "dynamic")
+VARIANT_TITLES = {"fp32": "FP32", "qat": "QAT", "static": "static PTQ", "dynamic": "dynamic PTQ"}
+NOT_RUN = "not run"
+REASON_CHARS = 60
+UNSTABLE_MARK = "*"
+VERSION_KEYS = ("python", "torch", "onnxruntime", "onnx", "numpy", "tensorrt", "cuda")
+
+
+class ReportError(Exception):
+    """A results folder the reports cannot be built from, explained in one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# selection
+
+
+def row_key(rec: dict[str, Any]) -> tuple:
+    hw = rec.get("input_hw") or (None, None)
+    return (rec.get("model"), rec.get("dataset"), rec.get("split"), tuple(hw), rec.get("batch"),
+            rec.get("threads"), rec.get("weights_sha256") or "")
+
+
+def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return str(a.get("timestamp", "")) >= str(b.get("timestamp", ""))
+
+
+def pick(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest ok record, else the newest record of any status, else None."""
+    best_ok = best_any = None
+    for rec in records:
+        if rec.get("status") == "ok" and (best_ok is None or _newer(rec, best_ok)):
+            best_ok = rec
+        if best_any is None or _newer(rec, best_any):
+            best_any = rec
+    return best_ok or best_any
+
+
+@dataclass
+class Row:
+    """One network under one configuration on one backend: its chosen record per variant."""
+    key: tuple
+    label: str
+    cells: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.key[0]
+
+    def ok(self, variant: str) -> dict[str, Any] | None:
+        rec = self.cells.get(variant)
+        return rec if rec is not None and rec.get("status") == "ok" else None
+
+
+def build_rows(records: list[dict[str, Any]]) -> list[Row]:
+    """Rows for the records of one backend, sorted by network then configuration."""
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for rec in records:
+        groups.setdefault(row_key(rec), {}).setdefault(rec.get("variant"), []).append(rec)
+    per_model: dict[str, int] = {}
+    for key in groups:
+        per_model[key[0]] = per_model.get(key[0], 0) + 1
+    rows = []
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        model, _ds, _split, hw, batch, threads, sha = key
+        label = str(model)
+        if per_model[model] > 1:  # the same network measured under several configurations
+            label += f" ({hw[0]}x{hw[1]}, b{batch}, t{threads}, {sha[:8] or '-'})"
+        rows.append(Row(key, label, {v: pick(rs) for v, rs in groups[key].items()}))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# values
+
+
+def accuracy_name(records: Iterable[dict[str, Any]]) -> tuple[str, str]:
+    """(metrics key, column title): mIoU for segmentation, mAP where records carry it."""
+    for rec in records:
+        metrics = rec.get("metrics") or {}
+        if metrics.get("miou") is not None:
+            return "miou", "mIoU (%)"
+        if metrics.get("map") is not None:
+            return "map", "mAP (%)"
+    return "miou", "mIoU (%)"
+
+
+def accuracy(rec: dict[str, Any] | None, key: str = "miou") -> float | None:
+    if rec is None:
+        return None
+    value = (rec.get("metrics") or {}).get(key)
+    return None if value is None else float(value)
+
+
+def fps(rec: dict[str, Any]) -> float | None:
+    value = rec.get("images_per_s") if (rec.get("batch") or 1) > 1 else rec.get("fps")
+    if value is None:
+        value = rec.get("fps")
+    return None if value is None else float(value)
+
+
+def decrease_pct(base: Any, value: Any) -> float | None:
+    if base in (None, 0) or value is None:
+        return None
+    return 100.0 * (float(base) - float(value)) / float(base)
+
+
+def reason(rec: dict[str, Any] | None) -> str:
+    """Why a cell has no numbers: `failed: <error>` / `skipped: <error>`, shortened."""
+    if rec is None:
+        return NOT_RUN
+    text = " ".join(str(rec.get("error") or "no reason recorded").split())
+    if len(text) > REASON_CHARS:
+        text = text[: REASON_CHARS - 3].rstrip() + "..."
+    return f"{rec.get('status')}: {text}"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _gmacs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.{2 if value >= 1 else 3}f}"
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def _fps_text(rec: dict[str, Any]) -> str:
+    text = _num(fps(rec), 1)
+    return text + UNSTABLE_MARK if rec.get("unstable") else text
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+@dataclass
+class Table:
+    name: str          # file stem, e.g. table1_fp32_onnxruntime
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    csv_header: list[str]
+    csv_rows: list[list[Any]]
+    footer: list[str]
+
+    def markdown(self) -> str:
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        out = [f"### {self.title}", "", line(self.header),
+               "|" + "|".join("---" for _ in self.header) + "|"]
+        out += [line(r) for r in self.rows]
+        out += [""] + [f"- {f}" for f in self.footer]
+        return "\n".join(out) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.csv_header)
+        for r in self.csv_rows:
+            writer.writerow(["" if v is None else v for v in r])
+        return buf.getvalue()
+
+
+def _join(values: Iterable[Any]) -> str:
+    seen: list[str] = []
+    for v in values:
+        s = str(v)
+        if v not in (None, "") and s not in seen:
+            seen.append(s)
+    return ", ".join(seen) if seen else "unknown"
+
+
+def footer(records: list[dict[str, Any]], dataset: str, *, timings: bool = True) -> list[str]:
+    """Provenance of a table, from the records it shows."""
+    recs = [r for r in records if r is not None]
+    env = [r.get("env") or {} for r in recs]
+    sizes = _join(f"{r['input_hw'][0]}x{r['input_hw'][1]}" for r in recs if r.get("input_hw"))
+    cpus = _join((e.get("cpu") or {}).get("model") for e in env)
+    gpus = [e.get("gpu") for e in env if e.get("gpu")]
+    gpu = _join((g.get("name") if isinstance(g, dict) else g) for g in gpus) if gpus else "none"
+    versions = []
+    for k in VERSION_KEYS:
+        vals = _join(e.get(k) for e in env)
+        if vals != "unknown":
+            versions.append(f"{k} {vals}")
+    commits = []
+    for e in env:
+        git = e.get("git") or {}
+        if git.get("commit"):
+            c = str(git["commit"])[:12] + (" (dirty)" if git.get("dirty") else "")
+            if c not in commits:
+                commits.append(c)
+    dates = sorted(str(r.get("timestamp"))[:10] for r in recs if r.get("timestamp"))
+    date = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "unknown"
+    lines = [
+        f"Dataset: {dataset}, split {_join(r.get('split') for r in recs)}; input {sizes}; "
+        f"batch {_join(r.get('batch') for r in recs)}; threads {_join(r.get('threads') for r in recs)}; "
+        f"device {_join(r.get('device') for r in recs)}",
+        f"CPU: {cpus}; GPU: {gpu}",
+        f"Versions: {', '.join(versions) or 'unknown'}",
+        f"Commit: {', '.join(commits) or 'unknown'}; date: {date}; profile: {_join(r.get('profile') for r in recs)}",
+    ]
+    if timings:
+        thresholds = _join(r.get("cv_threshold") for r in recs)
+        lines.append(f"FPS{UNSTABLE_MARK}: unstable timing (model-only latency CV above {thresholds})")
+    return lines
+
+
+def table1(rows: list[Row], backend: str, dataset: str) -> Table:
+    acc_key, acc_title = accuracy_name(r.cells.get("fp32") or {} for r in rows)
+    header = ["network", "size (MB)", "FPS", acc_title, "params (M)", "GMACs"]
+    csv_header = ["network", "input_hw", "batch", "threads", "status", "note", "size_mb", "fps",
+                  "unstable", acc_key, "params", "gmacs"]
+    md, cs, used = [], [], []
+    for row in rows:
+        rec = row.cells.get("fp32")
+        if rec is None and not any(row.cells.values()):
+            continue
+        hw, batch, threads = row.key[3], row.key[4], row.key[5]
+        hw_text = f"{hw[0]}x{hw[1]}" if hw[0] is not None else ""
+        if rec is not None:
+            used.append(rec)
+        if rec is not None and rec.get("status") == "ok":
+            params = rec.get("params")
+            md.append([row.label, _num(rec.get("size_mb"), 2), _fps_text(rec),
+                       _num(None if accuracy(rec, acc_key) is None else 100 * accuracy(rec, acc_key), 2),
+                       _num(None if params is None else params / 1e6, 2), _gmacs(rec.get("gmacs"))])
+            cs.append([row.label, hw_text, batch, threads, "ok", "", rec.get("size_mb"), fps(rec),
+                       bool(rec.get("unstable")), accuracy(rec, acc_key), params, rec.get("gmacs")])
+        else:
+            why = reason(rec)
+            md.append([row.label, why] + ["-"] * 4)
+            cs.append([row.label, hw_text, batch, threads, rec.get("status") if rec else "missing", why,
+                       None, None, None, None, None, None])
+    return Table(f"table1_fp32_{backend}", f"Table 1: FP32 on {backend} ({dataset})", header, md,
+                 csv_header, cs, footer(used, dataset))
+
+
+def _variants_present(rows: list[Row]) -> list[str]:
+    """QAT, static and dynamic PTQ always get a column (QAT shows 'not run' until issue #3)."""
+    return list(INT8_VARIANTS)
+
+
+def table2(rows: list[Row], backend: str, dataset: str) -> Table:
+    acc_key, acc_title = accuracy_name(c for r in rows for c in r.cells.values() if c)
+    variants = _variants_present(rows)
+    short = acc_title.split(" ")[0]
+    header = ["network"] + [f"{VARIANT_TITLES[v]}: {short} / size / FPS" for v in variants]
+    csv_header = ["network", "variant", "status", "note", acc_key, "size_mb", "fps", "unstable"]
+    md, cs, used = [], [], []
+    for row in rows:
+        cells = [row.label]
+        for v in variants:
+            rec = row.cells.get(v)
+            if rec is not None:
+                used.append(rec)
+            if rec is not None and rec.get("status") == "ok":
+                acc = accuracy(rec, acc_key)
+                cells.append(f"{_num(None if acc is None else 100 * acc, 2)} / "
+                             f"{_num(rec.get('size_mb'), 2)} MB / {_fps_text(rec)}")
+                cs.append([row.label, v, "ok", "", acc, rec.get("size_mb"), fps(rec), bool(rec.get("unstable"))])
+            else:
+                cells.append(reason(rec))
+                cs.append([row.label, v, rec.get("status") if rec else "missing", reason(rec),
+                           None, None, None, None])
+        md.append(cells)
+    used = used or [c for r in rows for c in r.cells.values() if c]
+    return Table(f"table2_variants_{backend}", f"Table 2: INT8 variants on {backend} ({dataset})",
+                 header, md, csv_header, cs, footer(used, dataset))
+
+
+def table3(rows: list[Row], backend: str, dataset: str) -> Table:
+    acc_key, acc_title = accuracy_name(c for r in rows for c in r.cells.values() if c)
+    variants = _variants_present(rows)
+    short = acc_title.split(" ")[0]
+    header = ["network"] + [f"{VARIANT_TITLES[v]}: {short} change / size decrease / RAM decrease"
+                            for v in variants]
+    csv_header = ["network", "variant", "status", "note", f"{acc_key}_change_points",
+                  "size_decrease_pct", "ram_decrease_pct"]
+    md, cs, used = [], [], []
+    for row in rows:
+        base = row.ok("fp32")
+        cells = [row.label]
+        for v in variants:
+            rec = row.cells.get(v)
+            if rec is not None:
+                used.append(rec)
+            if rec is not None and rec.get("status") == "ok" and base is not None:
+                a, b = accuracy(rec, acc_key), accuracy(base, acc_key)
+                change = None if a is None or b is None else 100 * (a - b)
+                size = decrease_pct(base.get("size_mb"), rec.get("size_mb"))
+                ram = decrease_pct(base.get("peak_rss_mb"), rec.get("peak_rss_mb"))
+                cells.append(f"{_signed(change, 2)} / {_num(size, 1)}% / {_num(ram, 1)}%")
+                cs.append([row.label, v, "ok", "", change, size, ram])
+            else:
+                why = reason(rec) if rec is None or rec.get("status") != "ok" else \
+                    "no FP32 baseline: " + reason(row.cells.get("fp32"))
+                cells.append(why)
+                cs.append([row.label, v, rec.get("status") if rec else "missing", why, None, None, None])
+        if row.cells.get("fp32") is not None:
+            used.append(row.cells["fp32"])
+        md.append(cells)
+    used = used or [c for r in rows for c in r.cells.values() if c]
+    foot = footer(used, dataset, timings=False)
+    foot.append(f"Deltas against the FP32 record of the same network, backend, dataset, split, input size, "
+                f"batch, threads and weights; {short} change in points, RAM = peak RSS of the cell process")
+    return Table(f"table3_deltas_{backend}", f"Table 3: INT8 vs FP32 on {backend} ({dataset})",
+                 header, md, csv_header, cs, foot)

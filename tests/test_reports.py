@@ -1,0 +1,205 @@
+"""reports.build: golden tables from hand-made records in tests/fixtures/records (fast, torch-free)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.build import build_reports, main
+from reports.tables import ReportError
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "records"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+FOOTER = """\
+- Dataset: camvid, split val; input 360x480; batch 1; threads 2; device cpu
+- CPU: Test CPU 8-core; GPU: none
+- Versions: python 3.11.7, torch 2.4.0, onnxruntime 1.18.0, onnx 1.16.1, numpy 1.26.4
+- Commit: 0123456789ab; date: 2026-11-21; profile: release
+"""
+
+TABLE1 = """\
+### Table 1: FP32 on onnxruntime (camvid)
+
+| network | size (MB) | FPS | mIoU (%) | params (M) | GMACs |
+|---|---|---|---|---|---|
+| ddrnet23_slim | 22.76 | 25.0 | 72.15 | 5.70 | 4.52 |
+| espnet | 1.44 | 40.0 | 63.45 | 0.36 | 2.03 |
+
+""" + FOOTER + """\
+- FPS*: unstable timing (model-only latency CV above 0.1)
+"""
+
+TABLE3 = """\
+### Table 3: INT8 vs FP32 on onnxruntime (camvid)
+
+| network | QAT: mIoU change / size decrease / RAM decrease | static PTQ: mIoU change / size decrease / RAM decrease \
+| dynamic PTQ: mIoU change / size decrease / RAM decrease |
+|---|---|---|---|
+| ddrnet23_slim | not run | -1.13 / 74.0% / 50.0% | -0.26 / 74.5% / 37.5% |
+| espnet | not run | -3.34 / 66.7% / 16.7% | failed: cell process killed by SIGSEGV (signal 11) while running... |
+
+""" + FOOTER + """\
+- Deltas against the FP32 record of the same network, backend, dataset, split, input size, batch, threads \
+and weights; mIoU change in points, RAM = peak RSS of the cell process
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    paths = build_reports(FIXTURES, "camvid", out)
+    return out / "camvid", paths
+
+
+def test_layout(built):
+    folder, paths = built
+    expected = {f"{stem}_{b}.{ext}" for b in ("onnxruntime", "tensorrt")
+                for stem in ("table1_fp32", "table2_variants", "table3_deltas") for ext in ("md", "csv")}
+    expected |= {f"{p}_{b}.png" for b in ("onnxruntime", "tensorrt") for p in ("pareto", "per_class_iou")}
+    expected.add("README.md")
+    assert {p.name for p in paths} == expected
+    assert all(p.parent == folder for p in paths)
+    assert {p.name for p in folder.iterdir()} == expected   # no temporary files left behind
+
+
+def test_table1_golden(built):
+    assert (built[0] / "table1_fp32_onnxruntime.md").read_text() == TABLE1
+
+
+def test_table3_golden(built):
+    assert (built[0] / "table3_deltas_onnxruntime.md").read_text() == TABLE3
+
+
+def test_newest_ok_record_wins(built):
+    # the older ddrnet FP32 record (20 FPS, mIoU 70.00) is superseded by the newer one (25 FPS)
+    text = (built[0] / "table1_fp32_onnxruntime.md").read_text()
+    assert "| ddrnet23_slim | 22.76 | 25.0 |" in text and "70.00" not in text
+
+
+def test_table2_cells_and_unstable_mark(built):
+    text = (built[0] / "table2_variants_onnxruntime.md").read_text()
+    assert "| ddrnet23_slim | not run | 71.02 / 5.92 MB / 50.0* | 71.89 / 5.80 MB / 15.6 |" in text
+    assert "| espnet | not run | 60.11 / 0.48 MB / 62.5 | failed: cell process killed by SIGSEGV" in text
+    assert "- FPS*: unstable timing" in text
+
+
+def test_skipped_cell_shows_reason(built):
+    text = (built[0] / "table1_fp32_tensorrt.md").read_text()
+    assert "| ddrnet23_slim | skipped: tensorrt not installed: pip install tensorrt | - | - | - | - |" in text
+    assert "device cuda" in text
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_csv_columns_and_values(built):
+    folder = built[0]
+    t1 = _csv(folder / "table1_fp32_onnxruntime.csv")
+    assert list(t1[0]) == ["network", "input_hw", "batch", "threads", "status", "note", "size_mb", "fps",
+                           "unstable", "miou", "params", "gmacs"]
+    assert [r["network"] for r in t1] == ["ddrnet23_slim", "espnet"]
+    assert float(t1[0]["fps"]) == 25.0 and float(t1[0]["miou"]) == 0.7215 and t1[0]["params"] == "5695467"
+    t2 = _csv(folder / "table2_variants_onnxruntime.csv")
+    assert list(t2[0]) == ["network", "variant", "status", "note", "miou", "size_mb", "fps", "unstable"]
+    static = next(r for r in t2 if r["network"] == "ddrnet23_slim" and r["variant"] == "static")
+    assert static["unstable"] == "True"
+    failed = next(r for r in t2 if r["network"] == "espnet" and r["variant"] == "dynamic")
+    assert failed["status"] == "failed" and failed["note"].startswith("failed: cell process killed by SIGSEGV")
+    t3 = _csv(folder / "table3_deltas_onnxruntime.csv")
+    assert list(t3[0]) == ["network", "variant", "status", "note", "miou_change_points", "size_decrease_pct",
+                           "ram_decrease_pct"]
+    row = next(r for r in t3 if r["network"] == "espnet" and r["variant"] == "static")
+    assert float(row["miou_change_points"]) == pytest.approx(-3.34)
+    assert float(row["size_decrease_pct"]) == pytest.approx(100 * (1.44 - 0.48) / 1.44)
+    assert float(row["ram_decrease_pct"]) == pytest.approx(100 * 30 / 180)
+
+
+def test_pngs_written(built):
+    for name in ("pareto_onnxruntime.png", "per_class_iou_onnxruntime.png", "pareto_tensorrt.png",
+                 "per_class_iou_tensorrt.png"):
+        data = (built[0] / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, name
+
+
+def test_readme_index(built):
+    text = (built[0] / "README.md").read_text()
+    assert TABLE1 in text and TABLE3 in text
+    assert "](pareto_onnxruntime.png)" in text and "](per_class_iou_tensorrt.png)" in text
+    assert "](table2_variants_onnxruntime.csv)" in text
+
+
+def test_pareto_front():
+    from reports.plots import pareto_front
+
+    assert pareto_front([(10, 70), (20, 72), (15, 60), (30, 71), (5, 50)]) == [(5, 50), (10, 70), (20, 72)]
+
+
+def test_best_int8_is_highest_accuracy_ok_record():
+    from bench.results import read_records
+    from reports.plots import best_int8
+    from reports.tables import build_rows
+
+    rows = build_rows([r for r in read_records(FIXTURES) if r["backend"] == "onnxruntime"])
+    best = {row.model: best_int8(row) for row in rows}
+    assert best["ddrnet23_slim"]["variant"] == "dynamic"      # 71.89 > 71.02
+    assert best["espnet"]["variant"] == "static"              # dynamic failed
+
+
+def test_empty_folder_error(tmp_path):
+    with pytest.raises(ReportError, match="no result records"):
+        build_reports(tmp_path, "camvid", tmp_path / "out")
+
+
+def test_missing_folder_error(tmp_path):
+    with pytest.raises(ReportError, match="no results at"):
+        build_reports(tmp_path / "nope", "camvid", tmp_path / "out")
+
+
+def test_unknown_schema_error(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES, results)
+    rec = json.loads((FIXTURES / "espnet__fp32__onnxruntime.json").read_text())
+    rec["schema"] = 99
+    (results / "future.json").write_text(json.dumps(rec))
+    with pytest.raises(ReportError, match=r"unknown schema version \(99;.*future\.json"):
+        build_reports(results, "camvid", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_dataset_error(tmp_path):
+    with pytest.raises(ReportError, match="no records for dataset 'cityscapes'.*found: camvid"):
+        build_reports(FIXTURES, "cityscapes", tmp_path / "out")
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    assert main(["--results", str(FIXTURES), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "camvid" / "table1_fp32_onnxruntime.md").is_file()
+    capsys.readouterr()
+    assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no results at") and err.count("\n") == 1
+
+
+def test_cli_subprocess_is_torch_free(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code = ("import sys, runpy; sys.argv = ['reports.build', '--results', sys.argv[1], '--out', sys.argv[2]];\n"
+            "try:\n    runpy.run_module('reports.build', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"
+            "    raise\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "empty"), str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: no result records in")
+    proc = subprocess.run([sys.executable, "-c", "import sys, reports.build; "
+                           "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
