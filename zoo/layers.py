@@ -71,3 +71,19 @@ class BNAct(nn.Module):
 
     def forward(self, x):
         return self.act(self.bn(x))
+
+
+def init_conv_bn(root: nn.Module, *, nonlinearity: str = "relu", zero_bias: bool = True,
+                 skip_prefix: str | None = None) -> None:
+    """He (fan-out) init for convolutions, BN weight 1 / bias 0: the init of the ResNet-style
+    real-time nets. `skip_prefix` leaves a sub-tree (e.g. a torchvision backbone) untouched."""
+    for name, m in root.named_modules():
+        if skip_prefix and name.startswith(skip_prefix):
+            continue
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
+            if zero_bias and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.layers import init_conv_bn
 from zoo.registry import ModelEntry, Published, register
 
 
@@ -188,12 +189,7 @@ class DualResNet(nn.Module):
         self.seghead_extra = SegHead(hi, head_planes, num_classes) if aux else None
         self.final_layer = SegHead(planes * 4, head_planes, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_conv_bn(self, zero_bias=False)
 
     def _up(self, x: torch.Tensor, size) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)

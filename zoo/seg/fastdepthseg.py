@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.layers import ConvBNAct
+from zoo.layers import ConvBNAct, init_conv_bn
 from zoo.registry import ModelEntry, Published, register
 
 
@@ -168,14 +168,7 @@ class FastDepthSeg(nn.Module):
         self.fusion = FeatureFusion(64, 128, 128, dla_friendly)
         self.classifier = nn.Sequential(DSConv(128, 128), DSConv(128, 128), nn.Dropout(0.1),
                                         nn.Conv2d(128, num_classes, 1))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hi = self.downsample(x)

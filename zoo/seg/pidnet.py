@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.layers import init_conv_bn
 from zoo.registry import ModelEntry, Published, register
 from zoo.seg.ddrnet import BasicBlock, Bottleneck, SegHead, _bn, _bn_relu_conv, _stage
 
@@ -150,12 +151,7 @@ class PIDNet(nn.Module):
         self.seghead_p = SegHead(planes * 2, head_planes, num_classes) if aux else None
         self.final_layer = SegHead(planes * 4, head_planes, num_classes)
 
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(mod, nn.BatchNorm2d):
-                nn.init.constant_(mod.weight, 1)
-                nn.init.constant_(mod.bias, 0)
+        init_conv_bn(self, zero_bias=False)
 
     def _up(self, x: torch.Tensor, size) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.layers import ConvBNAct
+from zoo.layers import ConvBNAct, init_conv_bn
 from zoo.registry import ModelEntry, Published, register
 
 
@@ -205,14 +205,7 @@ class PPLiteSeg(nn.Module):
         self.seg_heads = nn.ModuleList([SegHead(c, m, num_classes)
                                         for c, m in list(zip(arm_out_chs, seg_head_inter_chs))[:n_heads]])
 
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-                if mod.bias is not None:
-                    nn.init.zeros_(mod.bias)
-            elif isinstance(mod, nn.BatchNorm2d):
-                nn.init.ones_(mod.weight)
-                nn.init.zeros_(mod.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor):
         size = x.shape[-2:]
