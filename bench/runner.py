@@ -567,8 +567,14 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
         reference = sweep.reference(prep, hw, base_spec)
         spec = {**base_spec, "reference": reference if reference.get("status") == "ok" else None}
         log(f"cell {short_id(rec)}: measuring in a separate process ...")
+        load_before = _load_average()
+        if load_before is not None and load_before > (os.cpu_count() or 1) - cfg.threads + 0.5:
+            log(f"  warning: load average {load_before:.1f} on {os.cpu_count()} cores: other processes compete "
+                "with this cell, so its timings are not trustworthy (stop them for reportable numbers)")
         t0 = time.time()
         result = run_cell_process(spec, cfg.timeout)
+        rec["machine_load"] = {"load_1m_before": load_before, "load_1m_after": _load_average(),
+                               "cores": os.cpu_count()}
     rec.update(_fill(rec, result, prep, hw, batch, artifact, reference, ev, cfg))
     rec.update(cell_wall_s=time.time() - t0, env=env, timestamp=now_iso())
     path = sweep.write(rec)
@@ -576,6 +582,14 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
     status = rec["status"] if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}"
     log(f"  -> {status} ({path})")
     return rec
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: other work on the cores skews a cell's timings (recorded)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _card(cfg: BenchConfig):
