@@ -461,9 +461,18 @@ def _planned(cfg: BenchConfig) -> tuple[list[str], list[str], list[str]]:
             f"implemented variants: {', '.join(IMPLEMENTED_VARIANTS)}"
         )
     backends = expand(cfg.backends, BACKENDS, "backend")
+    from zoo.data import load_card
+
+    task = load_card(cfg.data).task
     names: list[str] = []
     for m in cfg.models:
-        names.extend(list_models() if m == "all" else [get_entry(m).name])
+        # "all" means every network of the dataset's task; a named network of another task is an error.
+        names.extend(list_models(task=task) if m == "all" else [get_entry(m).name])
+    wrong = [n for n in names if get_entry(n).task != task]
+    if wrong:
+        raise UsageError(f"--model {' '.join(wrong)}: {get_entry(wrong[0]).task} network(s) on the {task} "
+                         f"dataset {cfg.data!r}; pick a {get_entry(wrong[0]).task} dataset or one of: "
+                         f"{', '.join(list_models(task=task))}")
     return list(dict.fromkeys(names)), variants, backends
 
 

@@ -22,6 +22,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from PIL import Image
 
+from zoo.errors import UsageError
+
 from zoo.data import DataError, Preprocess, build_dataset
 
 # Our names -> onnxruntime.quantization.CalibrationMethod member names.
@@ -29,7 +31,7 @@ METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 MIN_IMAGES = 16
 
 
-class QuantError(Exception):
+class QuantError(UsageError):
     """A quantization input or setting that cannot work, explained in one line with the fix."""
 
 

@@ -81,7 +81,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # --------------------------------------------------------------------------------------------
 
 def test_list_datasets() -> None:
-    assert list_datasets() == ["camvid", "cityscapes", "synthetic"]
+    assert list_datasets() == ["camvid", "cityscapes", "coco", "synthetic", "synthetic-det"]
 
 
 @pytest.mark.parametrize("name,n,size", [("camvid", 11, (360, 480)),
@@ -113,7 +113,7 @@ def test_unknown_dataset_lists_valid_ones() -> None:
     with pytest.raises(DataError) as e:
         load_card("camvd")
     msg = str(e.value)
-    assert "camvid, cityscapes, synthetic" in msg and "did you mean 'camvid'" in msg
+    assert "camvid, cityscapes, coco, synthetic, synthetic-det" in msg and "did you mean 'camvid'" in msg
     assert "\n" not in msg
     with pytest.raises(DataError, match="valid datasets"):
         build_dataset("nope")

@@ -146,13 +146,25 @@ def _infer_num_classes(entry: ModelEntry, path: Path, ckpt: dict[str, Any], defa
 def load_weights(entry: ModelEntry, path: str | Path, *, num_classes: int, **build_kwargs: Any) -> LoadedWeights:
     """Build `entry` with the class count the checkpoint was trained for and load it strictly."""
     path = Path(path)
-    ckpt = read_checkpoint(path)
+    ckpt = entry.checkpoint_reader(path) if entry.checkpoint_reader else None
+    if ckpt is None:
+        ckpt = read_checkpoint(path)
     n = _infer_num_classes(entry, path, ckpt, num_classes)
     meta = dict(ckpt.get("meta", {}))
     if meta.get("model") and meta["model"] != entry.name:
         raise CheckpointError(
             f"checkpoint {path} was trained for model {meta['model']!r}, not {entry.name!r}; pass --model {meta['model']}"
         )
+    # Builder options the keys cannot show (an activation has no weights) may be recorded by the
+    # reader; a caller asking for something else would silently get a different network.
+    recorded = meta.get("build_kwargs") or {}
+    clash = sorted(k for k in recorded if k in build_kwargs and build_kwargs[k] != recorded[k])
+    if clash:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with " + ", ".join(f"{k}={recorded[k]!r}" for k in clash)
+            + ", not " + ", ".join(f"{k}={build_kwargs[k]!r}" for k in clash)
+        )
+    build_kwargs = {**recorded, **build_kwargs}
     state = _strip_prefix(ckpt["model"])
     if not entry.aux_weights:
         model = entry.build(num_classes=n, **build_kwargs)

@@ -1,4 +1,5 @@
 """Imports every family module so each registers its entries. Add new families here."""
+from zoo.det import yolov5  # noqa: F401
 from zoo.seg import (  # noqa: F401
     bisenetv2,
     ddrnet,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch.nn as nn
@@ -27,6 +28,8 @@ class Published:
     gmacs_hw: tuple[int, int] | None = None
     miou: float | None = None
     miou_note: str = ""
+    map50_95: float | None = None  # detection: COCO mAP50-95 (%), conditions in map_note
+    map_note: str = ""
     source: str = ""
     # Why our counted params / MACs differ from the published ones, when they knowingly do (the
     # fidelity tests then expect the mismatch instead of hiding it, and the zoo table shows it).
@@ -62,6 +65,10 @@ class ModelEntry:
     aux_weights: tuple[float, ...] = ()
     official_weights: tuple[OfficialWeights, ...] = ()
     recipe: str = ""  # training recipe name (zoo.recipes); empty means the family's name
+    # Reads the family's official checkpoint format when it is not a tensor state dict (YOLOv5's
+    # pickled modules): path -> {"model": state_dict, "meta": {...}}, or None for a file it does
+    # not claim, which `zoo.checkpoints.read_checkpoint` then reads.
+    checkpoint_reader: Callable[[Path], dict[str, Any] | None] | None = None
 
     @property
     def default_recipe(self) -> str:

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,6 +64,25 @@ class TrainConfig:
     progress: bool = True
     val_split: str = "val"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainHooks:
+    """Extension points for training variants of a network (quantization-aware training lives in
+    `quant.qat` and plugs in here, so `zoo` never imports `quant`).
+
+    `build_kwargs` go to the network builder; `prepare_model` replaces the built network (e.g. by
+    a fake-quantized graph initialised from FP32 weights) before the optimizer sees it;
+    `on_epoch_start(model, epoch, epochs)` runs before every epoch, resumed ones included (freeze
+    schedules); `run_name` names the checkpoint folder instead of the recipe; `meta` is added to
+    every checkpoint's metadata.
+    """
+
+    build_kwargs: dict[str, Any] = field(default_factory=dict)
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None
+    on_epoch_start: Callable[[nn.Module, int, int], None] | None = None
+    run_name: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -132,10 +151,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     """Train (or resume) and return {"best": Path, "last": Path, "best_miou": float, "history": [...]}."""
     from zoo import data as zdata
 
+    hooks = hooks or TrainHooks()
     rank, world = _dist_info()
     distributed = world > 1
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
@@ -169,7 +189,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     total_iters = recipe.epochs * n_steps
 
     _seed_everything(cfg.seed)
-    model = entry.build(num_classes=card.num_classes).to(device)
+    model = entry.build(num_classes=card.num_classes, **hooks.build_kwargs)
+    if hooks.prepare_model is not None:
+        model = hooks.prepare_model(model)
+    model = model.to(device)
     weight, weighting = _class_weights(cfg, recipe, card, is_main=is_main, distributed=distributed)
     # A loss chosen on the command line does not inherit the recipe loss's own options
     # (e.g. OHEM's thresh/min_kept would be invalid for cb_ce).
@@ -177,7 +200,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     criterion = build_loss(recipe.loss, ignore_index=card.ignore_index, weight=weight, **loss_kwargs).to(device)
     optimizer = _build_optimizer(model, recipe)
 
-    out_dir = checkpoint_dir(entry.name, cfg.data, recipe.name, cfg.artifacts)
+    out_dir = checkpoint_dir(entry.name, cfg.data, hooks.run_name or recipe.name, cfg.artifacts)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     start_epoch, start_step, best_miou, history = 0, 0, -1.0, []
     if cfg.resume and last_path.is_file():
@@ -197,7 +220,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
         "num_classes": card.num_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
         "amp": cfg.amp, "class_weighting": weighting,
-        "preprocess": pre.to_dict(),
+        "preprocess": pre.to_dict(), **hooks.meta,
     }
 
     def save_last(epoch: int, step: int) -> None:
@@ -215,6 +238,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     kill_at = int(os.environ["EDGEZOO_FAULT_KILL_AT_STEP"]) if os.environ.get("EDGEZOO_FAULT_KILL_AT_STEP") else None
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(model, epoch, recipe.epochs)
         first = start_step if epoch == start_epoch else 0
         sampler = EpochBatches(len(train_set), per_rank_batch, seed=cfg.seed, epoch=epoch, rank=rank, world=world, start=first)
         loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.workers,

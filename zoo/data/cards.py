@@ -27,6 +27,14 @@ _REQUIRED = (
     "input_size", "default_root", "splits",
 )
 _OPTIONAL = ("thing_classes",)
+TASKS = ("segmentation", "detection")
+# Detection cards need no ignore index, palette or statistics: boxes have no void pixels, a
+# palette is only for drawing, and detectors are usually fed RGB/255 (YOLO convention). Missing
+# ones get the defaults below; the schema (DatasetCard) stays the same for both tasks.
+_REQUIRED_DETECTION = ("name", "task", "classes", "num_classes", "input_size", "default_root",
+                       "splits")
+_DETECTION_DEFAULTS = {"ignore_index": 255, "mean": [0.0, 0.0, 0.0],
+                       "std": [255.0, 255.0, 255.0]}
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,16 @@ def card_from_dict(raw: Any, *, source: str = "<dict>") -> DatasetCard:
     """Build a card from parsed YAML, with one-line errors naming the card file and the key."""
     if not isinstance(raw, dict):
         raise DataError(f"dataset card '{source}' must be a YAML mapping")
+    if "task" in raw and raw["task"] not in TASKS:
+        raise DataError(f"dataset card '{source}': task must be one of {', '.join(TASKS)} "
+                        f"(got {raw['task']!r})")
+    if raw.get("task") == "detection":
+        missing = [k for k in _REQUIRED_DETECTION if k not in raw]
+        if missing:
+            raise DataError(f"dataset card '{source}' lacks key(s): {', '.join(missing)}")
+        raw = {**_DETECTION_DEFAULTS, **raw}
+        if "palette" not in raw:
+            raw["palette"] = default_palette(len(raw["classes"] or ()))
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise DataError(f"dataset card '{source}' lacks key(s): {', '.join(missing)}")
@@ -148,9 +166,36 @@ def card_from_dict(raw: Any, *, source: str = "<dict>") -> DatasetCard:
     if unknown_things:
         raise bad("thing_classes", f"names classes not in the class list: {unknown_things}")
     extra = {k: v for k, v in raw.items() if k not in _REQUIRED and k not in _OPTIONAL}
+    if raw["task"] == "detection":
+        _check_category_ids(extra, num_classes, source)
     return DatasetCard(
         name=str(raw["name"]), task=str(raw["task"]), classes=classes, num_classes=num_classes,
         ignore_index=ignore_index, palette=palette, mean=mean, std=std,  # type: ignore[arg-type]
         input_size=input_size, default_root=str(raw["default_root"]),  # type: ignore[arg-type]
         splits=splits, thing_classes=things, extra=extra,
     )
+
+
+def default_palette(n: int) -> list[list[int]]:
+    """Distinct, deterministic colours for cards that do not list a palette (detection)."""
+    import colorsys
+
+    # Golden-ratio hue steps keep neighbouring class indices far apart in colour.
+    return [[int(round(255 * v)) for v in colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0,
+                                                              0.75, 0.95)] for i in range(n)]
+
+
+def _check_category_ids(extra: dict[str, Any], num_classes: int, source: str) -> None:
+    """``category_ids``: the annotation-file id of each contiguous class index (COCO: 1..90)."""
+    ids = extra.get("category_ids")
+    if ids is None:
+        return
+    try:
+        ids = [int(v) for v in ids]
+    except (TypeError, ValueError):
+        raise DataError(f"dataset card '{source}': category_ids must be integers "
+                        f"(got {extra['category_ids']!r})") from None
+    if len(ids) != num_classes or len(set(ids)) != len(ids):
+        raise DataError(f"dataset card '{source}': category_ids must list {num_classes} distinct "
+                        f"ids, one per class (got {len(ids)}, {len(set(ids))} distinct)")
+    extra["category_ids"] = ids

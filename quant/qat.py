@@ -1,0 +1,211 @@
+"""Quantization-aware training: fine-tune an FP32 checkpoint with fake INT8 quantization.
+
+    python -m quant.qat --model ddrnet --data camvid --data-root ../shared/data/camvid
+    python -m quant.qat --model ddrnet --data synthetic --epochs 2          # quick check
+    torchrun --nproc_per_node=2 -m quant.qat --model ddrnet --data synthetic --epochs 2
+
+The scheme (`quant.fx_quant`): symmetric per-channel INT8 weights and symmetric per-tensor INT8
+activations, which TensorRT, ONNX Runtime and PyTorch's x86 kernels all run. Conv-BN pairs are
+fused into QAT modules that fold BN into the quantized weight; BN statistics are frozen after
+`freeze_bn_epoch` epochs and the quantizers' ranges after `freeze_observer_epoch`, so the last
+epochs train against the exact integer grid that inference will use.
+
+The fine-tuning reuses `zoo.train` (recipe, loss, progress, periodic validation, best / last
+checkpoints, mid-epoch `--resume`, torchrun) through its `TrainHooks`: about a tenth of the FP32
+recipe's epochs at a tenth of its learning rate. Checkpoints go to
+<artifacts>/checkpoints/<model>/<data>/qat-<fp32 recipe>/ and hold the fake-quantized graph's
+state dict; `load_qat` rebuilds it, and `quant.fx_quant.export_qdq_onnx` / `convert_int8` turn it
+into a QDQ ONNX file or real PyTorch INT8 kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from quant import fx_quant
+from quant.calibrate import QuantError
+
+PREPARE_HW = (64, 64)  # the FX trace is shape-agnostic; a small example input keeps it fast
+
+
+@dataclass
+class QATConfig:
+    model: str
+    data: str = "synthetic"
+    data_root: str | Path | None = None
+    weights: str | Path | None = None      # FP32 parent; default: the cached FP32 checkpoint
+    epochs: int | None = None              # default: a tenth of the parent recipe's (at least 2)
+    lr: float | None = None                # default: a tenth of the parent recipe's
+    batch_size: int | None = None
+    crop: tuple[int, int] | None = None
+    freeze_bn_epoch: int | None = None     # default: a third of the epochs
+    freeze_observer_epoch: int | None = None  # default: half of the epochs
+    scheme: str = "symmetric"
+    seed: int = 0
+    resume: bool = False
+    artifacts: str | Path | None = None
+    workers: int = 1
+    threads: int | None = None
+    eval_every: int | None = None
+    progress: bool = True
+
+
+def qat_run_name(parent_recipe: str) -> str:
+    return f"qat-{parent_recipe}"
+
+
+def schedule(epochs: int, freeze_bn_epoch: int | None, freeze_observer_epoch: int | None) -> tuple[int, int]:
+    """Epoch indices (0-based) from which BN statistics and quantizer ranges are frozen."""
+    bn = max(1, epochs // 3) if freeze_bn_epoch is None else freeze_bn_epoch
+    obs = max(1, epochs // 2) if freeze_observer_epoch is None else freeze_observer_epoch
+    if not (0 <= bn <= epochs and 0 <= obs <= epochs):
+        raise QuantError(f"freeze epochs must lie in 0..{epochs} (got BN {bn}, observers {obs})")
+    return bn, obs
+
+
+def _parent(cfg: QATConfig):
+    from zoo.api import find_fp32_checkpoint
+    from zoo.checkpoints import CheckpointError, load_weights
+    from zoo.data import load_card
+    from zoo.registry import get_entry
+
+    entry = get_entry(cfg.model)
+    path = cfg.weights or find_fp32_checkpoint(entry.name, cfg.data, cfg.artifacts)
+    if path is None:
+        raise CheckpointError(f"no FP32 checkpoint of {entry.name} on {cfg.data} to fine-tune; train one with "
+                              f"python -m zoo.train --model {entry.name} --data {cfg.data}, or pass --weights PATH")
+    card = load_card(cfg.data)
+    return entry, load_weights(entry, path, num_classes=card.num_classes)
+
+
+def qat_finetune(cfg: QATConfig) -> dict[str, Any]:
+    """Fine-tune with fake quantization; returns zoo.train's result (best / last checkpoint paths)."""
+    from zoo.recipes import get_recipe
+    from zoo.train import TrainConfig, TrainHooks, train
+
+    entry, parent = _parent(cfg)
+    parent_recipe_name = (parent.meta.get("recipe") or {}).get("name") if isinstance(parent.meta.get("recipe"), dict) else None
+    recipe = get_recipe(parent_recipe_name or entry.default_recipe)
+    epochs = cfg.epochs or max(2, recipe.epochs // 10)
+    lr = cfg.lr or recipe.lr / 10
+    bn_epoch, obs_epoch = schedule(epochs, cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)
+    build_kwargs = {"aux": False} if entry.aux_weights else {}
+    parent_state = {k: v for k, v in parent.model.state_dict().items()}
+
+    def prepare_model(model: nn.Module) -> nn.Module:
+        from zoo.checkpoints import load_state
+
+        load_state(model, parent_state, source=str(parent.path))
+        return fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme)
+
+    def on_epoch_start(model: nn.Module, epoch: int, total: int) -> None:
+        if epoch >= bn_epoch:
+            fx_quant.freeze_bn_stats(model)
+        if epoch >= obs_epoch:
+            fx_quant.freeze_observers(model)
+
+    qat_meta = {"variant": "qat", "scheme": cfg.scheme, "freeze_bn_epoch": bn_epoch,
+                "freeze_observer_epoch": obs_epoch, "prepare_hw": list(PREPARE_HW), "build_kwargs": build_kwargs,
+                "parent": {"path": str(parent.path), "sha256": parent.sha256,
+                           "recipe": parent_recipe_name, "metrics": parent.meta.get("metrics", {})},
+                "versions": {"torch": torch.__version__}}
+    hooks = TrainHooks(build_kwargs=build_kwargs, prepare_model=prepare_model, on_epoch_start=on_epoch_start,
+                       run_name=qat_run_name(recipe.name), meta={"qat": qat_meta})
+    tcfg = TrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name, epochs=epochs,
+                       lr=lr, batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed, resume=cfg.resume, artifacts=cfg.artifacts,
+                       workers=cfg.workers, threads=cfg.threads, progress=cfg.progress,
+                       eval_every=cfg.eval_every or max(1, epochs // 5))
+    print(f"[qat] {entry.name} on {cfg.data}: {epochs} epochs at lr {lr:.2e} from {parent.path} "
+          f"(BN frozen from epoch {bn_epoch + 1}, ranges from epoch {obs_epoch + 1})", file=sys.stderr, flush=True)
+    return train(tcfg, hooks)
+
+
+def find_qat_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None) -> Path | None:
+    """The best QAT checkpoint for (model, dataset): from the family recipe's parent first, then `quick`'s."""
+    from zoo.checkpoints import checkpoint_dir
+    from zoo.registry import get_entry
+
+    entry = get_entry(model)
+    for recipe in (entry.default_recipe, "quick"):
+        path = checkpoint_dir(entry.name, dataset, qat_run_name(recipe), artifacts) / "best.pt"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_qat(model: str, path: str | Path, *, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the fake-quantized graph of a QAT checkpoint (eval mode, ranges frozen) and its metadata."""
+    from zoo.checkpoints import CheckpointError, read_checkpoint
+    from zoo.registry import get_entry
+
+    state = read_checkpoint(path)
+    meta = state.get("meta", {})
+    qat_meta = meta.get("qat")
+    if not qat_meta:
+        raise CheckpointError(f"'{path}' is not a QAT checkpoint (no 'qat' metadata); make one with "
+                              f"python -m quant.qat --model {model}")
+    entry = get_entry(model)
+    if meta.get("model") not in (None, entry.name):
+        raise CheckpointError(f"'{path}' holds {meta.get('model')}, not {entry.name}")
+    net = entry.build(num_classes=num_classes, **qat_meta.get("build_kwargs", {}))
+    prepared = fx_quant.prepare(net, qat=True, input_hw=tuple(qat_meta.get("prepare_hw", PREPARE_HW)),
+                                scheme=qat_meta.get("scheme", "symmetric"))
+    result = prepared.load_state_dict(state["model"], strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"QAT checkpoint '{path}' does not fit {entry.name}: missing {missing[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    prepared.eval()
+    fx_quant.freeze_observers(prepared)
+    fx_quant.freeze_bn_stats(prepared)
+    return prepared, meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m quant.qat", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-root")
+    p.add_argument("--weights", help="FP32 parent checkpoint (default: the cached one for --model/--data)")
+    p.add_argument("--epochs", type=int, help="default: a tenth of the FP32 recipe's epochs (at least 2)")
+    p.add_argument("--lr", type=float, help="default: a tenth of the FP32 recipe's learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training crop (default: the recipe's)")
+    p.add_argument("--freeze-bn-epoch", type=int, help="freeze BN statistics from this epoch (0-based; default epochs//3)")
+    p.add_argument("--freeze-observer-epoch", type=int, help="freeze quantizer ranges from this epoch (default epochs//2)")
+    p.add_argument("--scheme", choices=fx_quant.SCHEMES, default="symmetric",
+                   help="activation scheme: symmetric (TensorRT-compatible, default) or affine")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--artifacts")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from zoo.errors import user_errors
+
+    args = build_parser().parse_args(argv)
+    cfg = QATConfig(model=args.model, data=args.data, data_root=args.data_root, weights=args.weights,
+                    epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, crop=args.crop, freeze_bn_epoch=args.freeze_bn_epoch,
+                    freeze_observer_epoch=args.freeze_observer_epoch, scheme=args.scheme, seed=args.seed,
+                    resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
+                    eval_every=args.eval_every, progress=not args.no_progress)
+    with user_errors():
+        result = qat_finetune(cfg)
+    print(f"[qat] best val mIoU {100 * result['best_miou']:.2f} -> {result['best']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Graph passes that turn an exported fake-quantized ONNX graph into a deployable QDQ model.
+
+PyTorch exports a fake-quantized weight as ``QuantizeLinear(float W) -> DequantizeLinear``: the
+file still holds every weight in float32 (no size gain) and each session re-quantizes them.
+`fold_weight_quantizers` stores the quantized weights as int8 initializers instead, which is the
+layout ONNX Runtime's own quantizer writes and TensorRT's explicit-quantization parser expects.
+
+`to_trt_qdq` re-encodes the uint8 / zero-point-128 activations of the symmetric scheme as int8 /
+zero-point 0 (the same levels and scale; TensorRT accepts only zero point 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def _constant_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX QuantizeLinear semantics: round half to even, saturate to the zero point's type."""
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    info = np.iinfo(zero_point.dtype)
+    q = np.rint(x.astype(np.float64) / scale.astype(np.float64)) + zero_point.astype(np.int64)
+    return np.clip(q, info.min, info.max).astype(zero_point.dtype)
+
+
+def fold_weight_quantizers(proto: onnx.ModelProto) -> int:
+    """Replace QuantizeLinear nodes of constant inputs by quantized initializers; returns the count."""
+    values = _constant_values(proto)
+    graph = proto.graph
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    folded, keep = 0, []
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and all(i in values for i in node.input[:3] if i) and len(node.input) >= 3:
+            x, scale, zp = (values[i] for i in node.input[:3])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            q = _quantize(x, scale, zp, axis if axis >= 0 else axis + x.ndim)
+            graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
+            folded += 1
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    _drop_unused(proto)
+    return folded
+
+
+def _drop_unused(proto: onnx.ModelProto) -> None:
+    """Remove initializers and Constant nodes nothing reads any more (the float weights)."""
+    graph = proto.graph
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(keep_nodes)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep_inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits)
+
+
+def to_trt_qdq(proto: onnx.ModelProto) -> int:
+    """Re-encode uint8 zero-point-128 Q/DQ pairs as int8 zero-point-0 ones; returns how many
+    zero points changed. Raises if any uint8 zero point is not 128 (not a symmetric scheme)."""
+    graph = proto.graph
+    values = _constant_values(proto)
+    zp_names = {n.input[2] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
+    changed = 0
+    replacements: dict[str, onnx.TensorProto] = {}
+    for name in zp_names:
+        zp = values.get(name)
+        if zp is None or zp.dtype != np.uint8:
+            continue
+        if np.any(zp != 128):
+            raise ValueError(f"zero point {name!r} is not 128 (values {np.unique(zp)[:4]}): the graph is not "
+                             "symmetric, so TensorRT cannot run it; quantize with the symmetric scheme")
+        replacements[name] = numpy_helper.from_array(np.zeros(zp.shape, np.int8), name)
+        changed += 1
+    inits = [replacements.pop(t.name, t) for t in graph.initializer]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    for node in graph.node:  # zero points that came as Constant nodes
+        if node.op_type == "Constant" and node.output[0] in replacements:
+            node.attribute[0].t.CopyFrom(replacements.pop(node.output[0]))
+    # uint8 value_info entries (if any) must follow the new type
+    for vi in graph.value_info:
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.UINT8:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    return changed

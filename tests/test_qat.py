@@ -1,0 +1,118 @@
+"""Quantization-aware training end to end on tiny data: fine-tune, rebuild, export, run INT8."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from quant import fx_quant
+from quant.qdq_onnx import _constant_values
+from quant.qat import QATConfig, find_qat_checkpoint, load_qat, qat_finetune, schedule
+from quant.calibrate import QuantError
+from zoo.train import TrainConfig, train
+
+TINY = dict(batch_size=2, crop=(64, 96), workers=0, progress=False, threads=1)
+
+
+@pytest.fixture(scope="module")
+def fp32_and_qat(tiny_camvid, tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("qat_artifacts")
+    fp32 = train(TrainConfig(model="ddrnet", data="camvid", data_root=tiny_camvid, recipe="quick", epochs=2,
+                             eval_every=1, artifacts=artifacts, **TINY))
+    qat = qat_finetune(QATConfig(model="ddrnet", data="camvid", data_root=tiny_camvid, epochs=2, eval_every=1,
+                                 freeze_bn_epoch=0, freeze_observer_epoch=1, artifacts=artifacts, **TINY))
+    return artifacts, fp32, qat
+
+
+def _images(n=3, hw=(64, 96)):
+    torch.manual_seed(0)
+    return torch.randn(n, 3, *hw)
+
+
+def test_schedule_defaults_and_bounds():
+    assert schedule(30, None, None) == (10, 15)
+    assert schedule(2, None, None) == (1, 1)
+    with pytest.raises(QuantError, match="freeze epochs"):
+        schedule(4, 9, None)
+
+
+def test_qat_checkpoint_has_provenance_and_rebuilds(fp32_and_qat, tiny_camvid):
+    artifacts, fp32, qat = fp32_and_qat
+    path = find_qat_checkpoint("ddrnet", "camvid", artifacts)
+    assert path == qat["best"] and path.parent.name == "qat-quick"
+    model, meta = load_qat("ddrnet", path, num_classes=11)
+    q = meta["qat"]
+    assert q["scheme"] == "symmetric" and q["parent"]["sha256"] and q["freeze_bn_epoch"] == 0
+    assert meta["recipe"]["epochs"] == 2 and meta["recipe"]["lr"] == pytest.approx(2e-4)
+    counts = fx_quant.count_quantizers(model)
+    assert counts["weight_quantizers"] > 20 and counts["activation_quantizers"] > 20
+    # Every activation quantizer is symmetric uint8 around 128 (= int8 for TensorRT).
+    zps = {int(m.zero_point.reshape(-1)[0]) for n, m in model.named_modules()
+           if isinstance(m, torch.ao.quantization.FakeQuantizeBase) and not n.endswith("weight_fake_quant")}
+    assert zps == {128}
+
+
+def _conv_weights_are_int8(proto: onnx.ModelProto) -> None:
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:
+        dq = producer.get(conv.input[1])
+        assert dq is not None and dq.op_type == "DequantizeLinear", f"{conv.name}: float weight"
+        assert inits[dq.input[0]].dtype == np.int8
+
+
+@pytest.mark.parametrize("target", ["ort", "trt"])
+def test_export_qdq_runs_in_onnxruntime_and_matches_fake_quant(fp32_and_qat, tmp_path, target):
+    import onnxruntime as ort
+
+    _, _, qat = fp32_and_qat
+    model, _ = load_qat("ddrnet", qat["best"], num_classes=11)
+    out = tmp_path / f"qat_{target}.onnx"
+    info = fx_quant.export_qdq_onnx(model, out, input_hw=(64, 96), target=target)
+    proto = onnx.load(str(out))
+    _conv_weights_are_int8(proto)
+    assert info["folded_weights"] == sum(1 for n in proto.graph.node if n.op_type == "Conv")
+    values = _constant_values(proto)
+    act_zps = [values[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zps
+    if target == "trt":  # TensorRT: int8, zero point 0 everywhere
+        assert info["recoded_zero_points"] >= 1
+        assert all(z.dtype == np.int8 and not z.any() for z in act_zps)
+    else:  # as trained: uint8 around 128 (the same levels)
+        assert all(z.dtype == np.uint8 and (z == 128).all() for z in act_zps)
+    x = _images()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert (got.argmax(1) == ref.argmax(1)).mean() > 0.95
+
+
+def test_pytorch_int8_kernels_agree_with_fake_quant(fp32_and_qat):
+    _, _, qat = fp32_and_qat
+    model, _ = load_qat("ddrnet", qat["best"], num_classes=11)
+    int8 = fx_quant.convert_int8(model)
+    assert any("quantized" in type(m).__module__ for m in int8.modules())
+    x = _images()
+    with torch.no_grad():
+        ref, got = model(x), int8(x)
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.95
+
+
+def test_load_qat_refuses_an_fp32_checkpoint(fp32_and_qat):
+    from zoo.checkpoints import CheckpointError
+
+    _, fp32, _ = fp32_and_qat
+    with pytest.raises(CheckpointError, match="not a QAT checkpoint"):
+        load_qat("ddrnet", fp32["best"], num_classes=11)
+
+
+def test_qat_without_parent_gives_one_line_error(tmp_path):
+    from zoo.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no FP32 checkpoint"):
+        qat_finetune(QATConfig(model="ddrnet", data="camvid", data_root=tmp_path, artifacts=tmp_path, **TINY))
