@@ -9,6 +9,8 @@ unless --force.
 
 Examples:
     python -m bench.run --model ddrnet --quant fp32
+    python -m bench.run --model ddrnet --quant qat          # fine-tunes a QAT checkpoint first if none is cached
+    python -m bench.run --model ddrnet --quant all --backend torch onnxruntime
     python -m bench.run --model ddrnet espnet --backend onnxruntime --threads 2
     python -m bench.run --model all --weights random --backend torch onnxruntime --input-size 360x480 720x960
     python -m bench.run --model ddrnet --weights random --batch 1 4 --profile ci
@@ -22,7 +24,8 @@ Timing profiles (warm-up, then timed: at least N iterations and S seconds):
     release  max(50 it, 5 s), max(1000 it, 30 s)    use this for published numbers
 
 With no checkpoint for (model, data) in the artifact cache, an FP32 model is first trained with
-the quick recipe (announced, a few minutes on a CPU, then cached). Results: one JSON record per
+the quick recipe (announced, a few minutes on a CPU, then cached); likewise `--quant qat`
+fine-tunes a QAT checkpoint from it (python -m quant.qat) when none is cached. Results: one JSON record per
 cell under --out, and a Markdown table on stdout. Compare two result sets with
 `python -m bench.compare BASELINE CANDIDATE`.
 """
@@ -95,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), default="entropy",
                    help="static PTQ calibration (default entropy: kept more FP32 mIoU than minmax here)")
     p.add_argument("--calib-seed", type=int, default=0)
+    p.add_argument("--qat-epochs", type=int,
+                   help="QAT fine-tuning epochs when no QAT checkpoint exists (default: a tenth of the FP32 recipe's, >= 2)")
     p.add_argument("--dla-core", type=int, help="tensorrt/onnxruntime-trt: run on this DLA core (GPU fallback)")
     p.add_argument("--trt-precision", choices=("fp16", "fp32"), default="fp16",
                    help="precision of TensorRT engines built from the FP32 ONNX (default fp16)")
@@ -116,7 +121,8 @@ def config_from_args(args: argparse.Namespace):
                        warmup=args.warmup, trials=args.trials, cv_threshold=args.cv_threshold,
                        timing_images=args.timing_images, force=args.force, progress=not args.no_progress,
                        train_epochs=args.train_epochs, dla_core=args.dla_core, trt_precision=args.trt_precision,
-                       calib_images=args.calib_images, calib_method=args.calib_method, calib_seed=args.calib_seed)
+                       calib_images=args.calib_images, calib_method=args.calib_method, calib_seed=args.calib_seed,
+                       qat_epochs=args.qat_epochs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,25 +51,36 @@ from zoo.io import sha256_file
 from zoo.profile import count_gmacs, count_params
 from zoo.registry import get_entry, list_models
 
-IMPLEMENTED_VARIANTS = ("fp32", "static", "dynamic")
+IMPLEMENTED_VARIANTS = ("fp32", "qat", "static", "dynamic")
 # Backends that consume the TensorRT flavour of a static QDQ model (symmetric INT8, Q/DQ on inputs).
 TRT_TARGET_BACKENDS = ("tensorrt", "onnxruntime-trt")
 
 
-def variant_support(variant: str, backend_cls: type) -> tuple[bool, str]:
-    """Whether `backend` can run `variant` yet; the reason becomes the skipped cell's error."""
-    if variant == "static" and backend_cls.artifact_kind == "torch":
-        return False, ("static INT8 on the PyTorch backend (torchao PT2E / FX x86 kernels) is not "
-                       "implemented yet (issue #3); measure it on onnxruntime or tensorrt")
+def variant_support(variant: str, backend_cls: type, cfg: "BenchConfig | None" = None) -> tuple[bool, str]:
+    """Whether `backend` can run `variant`; the reason becomes the skipped cell's error."""
+    if variant in ("static", "qat") and backend_cls.artifact_kind == "torch" and backend_cls.device != "cpu":
+        return False, ("PyTorch's INT8 kernels (fbgemm / x86, FX graph mode) run on the CPU only; "
+                       "measure INT8 on a GPU with tensorrt or onnxruntime-trt")
+    if variant == "qat" and cfg is not None and cfg.weights == "random":
+        return False, "QAT fine-tunes trained FP32 weights; --weights random has none (use a checkpoint)"
     return True, ""
 
 
 def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
-    """What, besides the weights, determines a quantized artifact (part of the cell key)."""
-    if variant != "static":
-        return ""
+    """What, besides the FP32 weights, determines a quantized artifact (part of the cell key).
+
+    For QAT the fine-tuned checkpoint itself is the identity: it is added to the key once known
+    (`Prepared.qat_checkpoint`), so a new fine-tuning never reuses an old cell.
+    """
     target = "trt" if backend in TRT_TARGET_BACKENDS else "ort"
-    return f"{target}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
+    torch_backend = get_backend(backend).artifact_kind == "torch"
+    if variant == "static":
+        if torch_backend:  # FX PTQ: histogram observers on the same calibration images
+            return f"fx-histogram-{cfg.calib_images}img-seed{cfg.calib_seed}"
+        return f"{target}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
+    if variant == "qat":
+        return "fx-int8" if torch_backend else f"qdq-{target}"
+    return ""
 REFERENCE_MIN_TIMEOUT = 600.0
 KILL_AFTER_ENV = "EDGEZOO_BENCH_KILL_AFTER"
 KILL_IN_WRITE_ENV = "EDGEZOO_BENCH_KILL_IN_WRITE"
@@ -112,6 +123,7 @@ class BenchConfig:
     calib_images: int = 256           # static PTQ: calibration images from the train split
     calib_method: str = "entropy"     # minmax | percentile | entropy
     calib_seed: int = 0
+    qat_epochs: int | None = None     # QAT fine-tuning when no QAT checkpoint exists (default: recipe's tenth)
     trt_precision: str = "fp16"       # precision of TensorRT engines built from the FP32 ONNX
     trt_workspace_mb: int = 1024
 
@@ -173,7 +185,9 @@ class Prepared:
         """The artifact a backend loads for `variant`; quantized ones are made once and cached."""
         if variant == "fp32":
             return self.artifact(kind, hw, batch, log)
-        if kind == "torch":  # dynamic only (static is gated by variant_support)
+        if variant == "qat":
+            return self.qat_artifact(cfg, kind, backend, hw, batch, log)
+        if kind == "torch" and variant == "dynamic":
             from quant.ptq_dynamic import quantize_dynamic_torch
 
             _, meta = quantize_dynamic_torch(self.net)
@@ -181,6 +195,9 @@ class Prepared:
         config = quant_config(cfg, variant, backend)
         key = (variant, config, hw[0], hw[1], batch)
         if key in self.quantized:
+            return self.quantized[key]
+        if kind == "torch":  # static: FX post-training quantization, converted in the cell
+            self.quantized[key] = self.torch_static_artifact(cfg, config, hw, log)
             return self.quantized[key]
         fp32 = self.artifact("onnx", hw, batch, log)
         if variant == "dynamic":
@@ -203,6 +220,88 @@ class Prepared:
                 quantize_static_onnx(fp32["path"], path, calib, target=target, method=cfg.calib_method)
         meta = json.loads(path.with_suffix(".json").read_text())
         self.quantized[key] = _describe({"kind": "onnx", "path": str(path), "quant": _quant_summary(meta)})
+        return self.quantized[key]
+
+    def torch_static_artifact(self, cfg: "BenchConfig", config: str, hw: tuple[int, int],
+                              log: Callable[[str], None]) -> dict:
+        """FX PTQ: observers calibrated here; the cell converts them to INT8 kernels (`fx_int8`)."""
+        calib = self.calibration(cfg, hw, log)
+        path = self.export_dir / f"static_{config}-{calib.sha256[:10]}_{hw[0]}x{hw[1]}.pt"
+        if not path.is_file():
+            from quant.torch_ptq import quantize_static_torch
+
+            log(f"static PTQ (PyTorch FX, x86 kernels, histogram calibration on {calib.size} images) -> {path}")
+            build_kwargs = {"aux": False} if get_entry(self.model).aux_weights else {}
+            quantize_static_torch(self.net, calib, path, parent_sha256=self.weights_sha256, build_kwargs=build_kwargs)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return _describe({"kind": "torch", "path": str(path), "model": self.model, "num_classes": self.num_classes,
+                          "fx_int8": {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
+                                      "build_kwargs": meta["build_kwargs"]},
+                          "quant": _quant_summary(meta)})
+
+    def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
+        """The QAT checkpoint fine-tuned from exactly these FP32 weights (made when missing)."""
+        if getattr(self, "_qat_path", None) is not None:
+            return self._qat_path
+        if getattr(self, "_qat_error", None) is not None:
+            raise self._qat_error  # fine-tune once per sweep, even when it fails
+        from quant.qat import QATConfig, find_qat_checkpoint, qat_finetune
+        from zoo.checkpoints import read_checkpoint
+
+        path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts)
+        parent_sha = None
+        if path is not None:
+            parent_sha = (read_checkpoint(path).get("meta", {}).get("qat", {}).get("parent") or {}).get("sha256")
+        if path is None or parent_sha != self.weights_sha256:
+            why = "none cached" if path is None else "the cached one was fine-tuned from other FP32 weights"
+            log(f"QAT: {why}; fine-tuning {self.model} from {self.weights_path} (announced: this trains)")
+            try:
+                result = qat_finetune(QATConfig(model=self.model, data=cfg.data, data_root=cfg.data_root,
+                                                weights=self.weights_path, epochs=cfg.qat_epochs,
+                                                artifacts=cfg.artifacts, threads=cfg.threads, progress=cfg.progress))
+            except Exception as exc:
+                self._qat_error = RuntimeError(f"QAT fine-tuning failed: {type(exc).__name__}: {exc}")
+                raise self._qat_error from exc
+            path = result["best"]
+        self._qat_path = Path(path)
+        return self._qat_path
+
+    def qat_artifact(self, cfg: "BenchConfig", kind: str, backend: str, hw: tuple[int, int], batch: int,
+                     log: Callable[[str], None]) -> dict:
+        from quant.qat import load_qat
+
+        ckpt = self.qat_checkpoint(cfg, log)
+        ckpt_sha = sha256_file(ckpt)
+        config = quant_config(cfg, "qat", backend)
+        key = ("qat", config, ckpt_sha, hw[0], hw[1], batch)
+        if key in self.quantized:
+            return self.quantized[key]
+        prepared, meta = load_qat(self.model, ckpt, num_classes=self.num_classes)
+        qat_meta = meta["qat"]
+        summary = {"variant": "qat", "scheme": qat_meta["scheme"], "checkpoint": str(ckpt), "checkpoint_sha256": ckpt_sha,
+                   "parent_sha256": qat_meta["parent"]["sha256"], "epochs": meta.get("epoch"),
+                   "val_miou_at_training": (meta.get("metrics") or {}).get("miou"),
+                   "freeze_bn_epoch": qat_meta["freeze_bn_epoch"], "freeze_observer_epoch": qat_meta["freeze_observer_epoch"]}
+        if kind == "torch":
+            art = {"kind": "torch", "path": str(ckpt), "model": self.model, "num_classes": self.num_classes,
+                   "fx_int8": {"mode": "qat"}, "quant": summary}
+        else:
+            from quant.fx_quant import export_qdq_onnx
+
+            target = config.rsplit("-", 1)[-1]
+            path = self.export_dir / f"qat_{target}-{ckpt_sha[:10]}_{hw[0]}x{hw[1]}_b{batch}.onnx"
+            if not path.is_file():
+                log(f"QAT -> QDQ ONNX for {target} ({hw[0]}x{hw[1]}, batch {batch}) -> {path}")
+                info = export_qdq_onnx(prepared, path, input_hw=hw, batch=batch, target=target)
+                parent_bytes = os.path.getsize(self.artifact("onnx", hw, batch, log)["path"])
+                write_json(path.with_suffix(".json"), {**summary, "target": target, **info,
+                                                        "size_ratio": info["graph"]["file_bytes"] / parent_bytes})
+            info = json.loads(path.with_suffix(".json").read_text())
+            summary.update(target=target, size_ratio=info.get("size_ratio"),
+                           graph={k: info["graph"][k] for k in ("quantized_convs", "float_convs", "quantize_linear",
+                                                                 "dequantize_linear") if k in info["graph"]})
+            art = {"kind": "onnx", "path": str(path), "quant": summary}
+        self.quantized[key] = _describe(art)
         return self.quantized[key]
 
     def calibration(self, cfg: "BenchConfig", hw: tuple[int, int], log: Callable[[str], None]):
@@ -530,10 +629,16 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                             "images_subset": images_subset, "weights_sha256": prep.weights_sha256,
                         }
                         rec["quant_config"] = quant_config(cfg, variant, backend)
-                        rec["cell_key"] = key = cell_key(rec)
                         ok, reason = sweep.availability(backend)
                         if ok:
-                            ok, reason = variant_support(variant, bcls)
+                            ok, reason = variant_support(variant, bcls, cfg)
+                        if ok and variant == "qat":
+                            # The fine-tuned checkpoint is part of the cell's identity.
+                            try:
+                                rec["quant_config"] += "-" + sha256_file(prep.qat_checkpoint(cfg, log))[:12]
+                            except Exception:  # noqa: BLE001 - raised again (cached) when the cell prepares
+                                pass           # its artifact, which makes it a failed record
+                        rec["cell_key"] = key = cell_key(rec)
                         if key in done_ok or (key in done_skipped and not ok):
                             old = done_ok.get(key) or done_skipped[key]
                             log(f"cell {short_id(rec)}: stored ({old['status']}, {Path(old['_path']).name}); "
@@ -644,7 +749,7 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
         "rss_delta_mb": result.get("rss_delta_mb"), "peak_reset": result.get("peak_reset"),
         "gpu_memory": result.get("gpu_memory"),
         "imports_torch": result.get("imports_torch"),
-        "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb", "quant", "dynamic_quant")
+        "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb", "quant", "dynamic_quant", "fx_int8")
                       if k in artifact} if artifact else None),
         "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
         "reference": ({"status": "ok", "path": reference["path"], "miou": reference["metrics"]["miou"]}

@@ -233,7 +233,10 @@ def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
 
 
 def count_quantizers(model: nn.Module) -> dict[str, int]:
-    """How many weight and activation quantizers a prepared model holds (recorded in artifacts)."""
+    """How many weight and activation quantizers a prepared model holds (recorded in artifacts).
+
+    A PTQ graph observes weights inside the graph too, so for it "activation_quantizers" counts
+    every observer (weights are quantized per module at conversion)."""
     from torch.ao.quantization import FakeQuantizeBase, ObserverBase
 
     weights = sum(1 for m in model.modules() if hasattr(m, "weight_fake_quant"))

@@ -200,6 +200,8 @@ def quantize_static_onnx(
     nodes_to_exclude: Sequence[str] | None = None,
     extra_options: dict[str, Any] | None = None,
     float_head: bool | None = None,
+    calibration_cache: str | Path | None = None,
+    pre_processed: bool = False,
 ) -> dict[str, Any]:
     """Quantize ``fp32_onnx`` into a QDQ INT8 ONNX at ``out``; returns (and writes) its metadata.
 
@@ -211,6 +213,10 @@ def quantize_static_onnx(
     ``float_head`` leaves `output_head_nodes` (classifier conv, final upsampling) unquantized so
     the logits stay float; default True for "ort" (for "trt" the logits are float anyway: no
     output Q/DQ on convs).
+    ``calibration_cache``: a JSON file of calibrated ranges (ORT's ``calibration_cache_path``),
+    written on first use and reused after, so repeated quantizations of one model (the
+    sensitivity search) calibrate once. ``pre_processed``: ``fp32_onnx`` already went through
+    `ort_pre_process` (node names in ``nodes_to_exclude`` then refer to it unchanged).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -251,8 +257,9 @@ def quantize_static_onnx(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgezoo-ptq-") as tmp_dir:
         tmp = Path(tmp_dir)
-        pre = tmp / "fp32_pre.onnx"
-        ort_pre_process(fp32_onnx, pre)
+        pre = fp32_onnx if pre_processed else tmp / "fp32_pre.onnx"
+        if not pre_processed:
+            ort_pre_process(fp32_onnx, pre)
         excluded = list(nodes_to_exclude or [])
         if keep_head_float:
             excluded += [n for n in output_head_nodes(onnx.load(str(pre))) if n not in excluded]
@@ -270,6 +277,7 @@ def quantize_static_onnx(
                 nodes_to_exclude=excluded,
                 calibrate_method=calibrate_method,
                 extra_options=options,
+                calibration_cache_path=str(calibration_cache) if calibration_cache else None,
             )
         proto = drop_unused_opsets(onnx.load(str(result)))
         onnx.checker.check_model(proto)

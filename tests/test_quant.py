@@ -111,7 +111,12 @@ def tiny_val(synthetic_root, preprocess) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory, synthetic_root, preprocess) -> Path:
+def tiny_onnx(tmp_path_factory, tiny_model) -> Path:
+    return export_onnx(tiny_model, tmp_path_factory.mktemp("tiny") / "fp32.onnx", input_hw=TINY_HW)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(synthetic_root, preprocess) -> nn.Module:
     """TinyNet trained for 40 full-batch steps on the 16 tiny training images (~3 s)."""
     ds = build_dataset("synthetic", root=synthetic_root, split="train", **TINY)
     samples = [ds.load(i) for i in range(len(ds))]
@@ -131,7 +136,7 @@ def tiny_onnx(tmp_path_factory, synthetic_root, preprocess) -> Path:
             opt.step()
     finally:
         torch.set_num_threads(threads)
-    return export_onnx(model.eval(), tmp_path_factory.mktemp("tiny") / "fp32.onnx", input_hw=TINY_HW)
+    return model.eval()
 
 
 def _miou(path: Path, val) -> float:
@@ -335,3 +340,70 @@ def test_dynamic_torch_says_conv_nets_stay_float():
     qmixed, meta = quantize_dynamic_torch(mixed)
     assert meta["int8_modules"] == 1 and meta["float_convs"] == 1 and meta["is_int8"]
     assert qmixed(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+
+
+# --- PyTorch INT8 kernels (FX static PTQ) ----------------------------------------------------
+
+
+def test_torch_static_ptq_runs_int8_kernels_and_agrees(tiny_model, tiny_calib, tiny_val, tmp_path):
+    from quant.torch_ptq import load_static_torch, quantize_static_torch
+
+    meta = quantize_static_torch(tiny_model, tiny_calib, tmp_path / "static.pt", parent_sha256="abc")
+    assert meta["calibrated_batches"] == tiny_calib.size and meta["quantizers"]["activation_quantizers"] >= 3
+    assert json.loads((tmp_path / "static.json").read_text())["parent"]["sha256"] == "abc"
+    int8 = load_static_torch(TinyNet(), tmp_path / "static.pt", reduce_range=meta["reduce_range"])
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.modules())
+    x = torch.from_numpy(np.concatenate([v[0] for v in tiny_val]))
+    with torch.no_grad():
+        agree = (int8(x).argmax(1) == tiny_model(x).argmax(1)).float().mean().item()
+    assert agree > 0.95
+
+
+# --- sensitivity and mixed precision ---------------------------------------------------------
+
+
+def test_layer_errors_rank_quantized_nodes(ddrnet_onnx, calib, tmp_path):
+    from quant.ptq_static import ort_pre_process
+    from quant.sensitivity import layer_errors
+
+    pre = tmp_path / "pre.onnx"
+    ort_pre_process(ddrnet_onnx, pre)
+    quantize_static_onnx(pre, tmp_path / "int8.onnx", calib, method="minmax", pre_processed=True)
+    errors = layer_errors(pre, tmp_path / "int8.onnx", calib, images=2)
+    names = {n.name for n in onnx.load(str(pre)).graph.node}
+    assert len(errors) > 20 and all(e.node in names for e in errors)
+    assert all(np.isfinite(e.sqnr_db) and np.isfinite(e.added_noise_db) for e in errors)
+    assert [e.added_noise_db for e in errors] == sorted((e.added_noise_db for e in errors), reverse=True)
+    assert {e.op_type for e in errors} >= {"Conv"}
+
+
+def _float_convs(path: Path) -> int:
+    return inspect_onnx(path)["float_convs"]
+
+
+def test_mixed_precision_search_keeps_the_fewest_layers_in_float(tiny_onnx, tiny_calib, tmp_path):
+    from quant.sensitivity import search_mixed_precision
+
+    base = tmp_path / "base.onnx"
+    quantize_static_onnx(tiny_onnx, base, tiny_calib, method="minmax")
+    baseline = _float_convs(base)
+    # A score that only the model with two more float convolutions reaches: the search has to
+    # find exactly the smallest such set of ranked layers.
+    result = search_mixed_precision(tiny_onnx, tmp_path / "mixed.onnx", tiny_calib,
+                                    lambda p: _float_convs(p) - baseline, fp32_score=2.0, target_retention=1.0,
+                                    method="minmax", log=lambda m: None)
+    assert result.score >= 2 and _float_convs(tmp_path / "mixed.onnx") == baseline + 2
+    k = len(result.kept_float)
+    steps = {s["float_layers"]: s["score"] for s in result.steps}
+    assert steps[k] >= 2 and all(v < 2 for j, v in steps.items() if j < k)
+    meta = json.loads((tmp_path / "mixed.json").read_text())
+    assert meta["mixed_precision"]["kept_float"] == result.kept_float and meta["mixed_precision"]["reached"]
+    assert set(result.kept_float) <= set(meta["nodes_to_exclude"])
+
+
+def test_mixed_precision_rejects_bad_target(tiny_onnx, tiny_calib, tmp_path):
+    from quant.sensitivity import search_mixed_precision
+
+    with pytest.raises(QuantError, match="target-retention"):
+        search_mixed_precision(tiny_onnx, tmp_path / "x.onnx", tiny_calib, lambda p: 1.0, fp32_score=1.0,
+                               target_retention=1.5)

@@ -371,7 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _detection_model(argv: list[str]) -> bool:
+    """Whether --model names a detection network (then zoo.det.train takes the whole command)."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--model")
+    known, _ = peek.parse_known_args(argv)
+    try:
+        return bool(known.model) and get_entry(known.model).task == "detection"
+    except KeyError:  # unknown name: the full parser path reports it
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _detection_model(argv):
+        from zoo.det.train import main as det_main
+
+        return det_main(argv, prog="python -m zoo.train")
     args = build_parser().parse_args(argv)
     from zoo.errors import user_errors
 

@@ -1,6 +1,8 @@
 """PyTorch eager backend: `torch` on the CPU, `torch-cuda` on the first CUDA GPU."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from bench.backends import BackendUnavailable
@@ -32,9 +34,27 @@ class TorchBackend:
             pass
         entry = get_entry(artifact["model"])
         kwargs = {"aux": False} if entry.aux_weights else {}
-        model = entry.build(num_classes=artifact["num_classes"], **kwargs).eval()
-        state = torch.load(artifact["path"], map_location="cpu", weights_only=True)
-        load_state(model, state, source=artifact["path"])
+        self.convert_s = None
+        fx_int8 = artifact.get("fx_int8")
+        if fx_int8 and fx_int8["mode"] == "qat":
+            from quant.fx_quant import convert_int8
+            from quant.qat import load_qat
+
+            prepared, _ = load_qat(entry.name, artifact["path"], num_classes=artifact["num_classes"])
+            t0 = time.perf_counter()
+            model = convert_int8(prepared)
+            self.convert_s = time.perf_counter() - t0
+        else:
+            model = entry.build(num_classes=artifact["num_classes"], **kwargs).eval()
+        if fx_int8 and fx_int8["mode"] == "ptq":
+            from quant.torch_ptq import load_static_torch
+
+            t0 = time.perf_counter()
+            model = load_static_torch(model, artifact["path"], reduce_range=fx_int8["reduce_range"])
+            self.convert_s = time.perf_counter() - t0
+        elif not fx_int8:
+            state = torch.load(artifact["path"], map_location="cpu", weights_only=True)
+            load_state(model, state, source=artifact["path"])
         if artifact.get("dynamic_quant"):
             # PyTorch dynamic quantization touches only Linear/LSTM layers; the artifact's "quant"
             # metadata says how many were INT8 (zero for a conv-only network).
@@ -59,6 +79,8 @@ class TorchBackend:
     def info(self) -> dict:
         torch = self._torch
         out = {"torch_threads": torch.get_num_threads(), "device": self.device}
+        if self.convert_s is not None:  # FX INT8: graph conversion + weight packing ("compile" time)
+            out.update(int8_convert_s=round(self.convert_s, 3), quantized_engine=torch.backends.quantized.engine)
         if self.device == "cuda":
             out["gpu"] = torch.cuda.get_device_name(0)
         return out

@@ -1,0 +1,67 @@
+"""Static post-training quantization for PyTorch's own INT8 CPU kernels (FX graph mode, x86 engine).
+
+The artifact is the *calibrated observer state* of the prepared graph (a tensor-only state dict,
+loadable with ``weights_only=True``), not a converted model: converted modules hold packed fbgemm
+weights that only pickle as opaque objects. `load_static_torch` rebuilds the graph, restores the
+observers and converts it to INT8 kernels; the benchmark records that conversion apart from
+inference as the variant's compile time.
+
+Activations are per-tensor affine uint8 from histogram observers (the x86 backend's own choice,
+which keeps the full range after ReLUs); weights per-channel symmetric int8. On CPUs without
+VNNI, activations use 7 bits (`reduce_range`) so fbgemm's int16 pair sums cannot saturate.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from quant import fx_quant
+from quant.calibrate import CalibrationData, QuantError
+from quant.ptq_static import cpu_has_vnni
+from zoo.io import atomic_path, sha256_file, write_json
+
+PREPARE_HW = (64, 64)
+
+
+def quantize_static_torch(model: nn.Module, calib: CalibrationData, out: str | Path, *,
+                          parent_sha256: str = "", build_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Calibrate FX observers on `calib` and save their state to `out` (+ a JSON sidecar); returns the metadata."""
+    if calib.size == 0:
+        raise QuantError("calibration data is empty; build it with quant.calibrate.build_calibration")
+    out = Path(out)
+    reduce_range = not cpu_has_vnni()
+    started = time.perf_counter()
+    prepared = fx_quant.prepare(model, qat=False, input_hw=PREPARE_HW, scheme="affine", reduce_range=reduce_range)
+    n = fx_quant.calibrate(prepared, calib.arrays)
+    with atomic_path(out) as tmp:
+        torch.save(prepared.state_dict(), tmp)
+    meta = {
+        "variant": "static", "target": "torch-fx", "engine": fx_quant.ENGINE, "scheme": "affine",
+        "method": "histogram", "per_channel": True, "activation_type": "QUInt8", "weight_type": "QInt8",
+        "reduce_range": reduce_range, "calibrated_batches": n, "build_kwargs": build_kwargs or {},
+        "quantizers": fx_quant.count_quantizers(prepared), "calibration": calib.as_dict(),
+        "parent": {"sha256": parent_sha256}, "path": str(out), "sha256": sha256_file(out),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(out.with_suffix(".json"), meta)
+    return meta
+
+
+def load_static_torch(model: nn.Module, path: str | Path, *, reduce_range: bool) -> nn.Module:
+    """Rebuild the calibrated graph of `model` (an FP32 network with its weights) from `path` and
+    convert it to INT8 kernels."""
+    from zoo.checkpoints import CheckpointError
+
+    prepared = fx_quant.prepare(model, qat=False, input_hw=PREPARE_HW, scheme="affine", reduce_range=reduce_range)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    result = prepared.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"calibration state '{path}' does not fit this network: missing "
+                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return fx_quant.convert_int8(prepared)
