@@ -46,7 +46,7 @@ def test_registry_not_empty_and_aliases_resolve():
 @pytest.mark.parametrize("name", MODELS)
 def test_entry_schema(name):
     entry = registry.get_entry(name)
-    assert entry.name == name and entry.task in ("segmentation", "detection") and entry.family
+    assert entry.name == name and entry.task in ("segmentation", "detection", "instance") and entry.family
     assert entry.citation.strip()
     pub = entry.published
     assert pub.params_m > 0 and pub.num_classes > 0
@@ -54,6 +54,8 @@ def test_entry_schema(name):
     assert pub.gmacs_hw is not None and len(pub.gmacs_hw) == 2
     if entry.task == "segmentation":
         assert pub.miou is not None and pub.miou_note and pub.source
+    elif entry.task == "instance":
+        assert pub.pq is not None and pub.pq_note and pub.source
     else:
         assert pub.map50_95 is not None and pub.map_note and pub.source
     assert all(0 < w <= 1 for w in entry.aux_weights)

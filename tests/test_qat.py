@@ -116,3 +116,21 @@ def test_qat_without_parent_gives_one_line_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="no FP32 checkpoint"):
         qat_finetune(QATConfig(model="ddrnet", data="camvid", data_root=tmp_path, artifacts=tmp_path, **TINY))
+
+
+def test_zoo_load_gives_every_variant_on_its_backend(fp32_and_qat, tiny_camvid):
+    import zoo
+
+    artifacts, fp32, qat = fp32_and_qat
+    common = dict(dataset="camvid", data_root=tiny_camvid, artifacts=artifacts, weights=fp32["best"],
+                  input_hw=(64, 96), threads=1, progress=False)
+    x = _images(1).numpy()
+    q = zoo.load("ddrnet", "qat", backend="torch", **common)
+    assert q.path == qat["best"] and q.artifact["quant"]["parent_sha256"]
+    assert any("quantized" in type(m).__module__ for m in q.model.modules())
+    dyn = zoo.load("ddrnet", "dynamic", backend="onnxruntime", **common)
+    assert dyn.path.suffix == ".onnx" and dyn.runner.infer(x).shape == (1, 11, 64, 96)
+    qdq = zoo.load("ddrnet", "qat", backend="onnxruntime", **common)
+    assert qdq.artifact["quant"]["target"] == "ort" and qdq.runner.infer(x).shape == (1, 11, 64, 96)
+    with pytest.raises(ValueError, match="valid variants"):
+        zoo.load("ddrnet", "int4", backend="torch", **common)

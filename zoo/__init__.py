@@ -4,6 +4,8 @@
     zoo.list_models()                      # registered networks
     net = zoo.build("ddrnet", num_classes=11)
     loaded = zoo.load("espnet", weights="espnet_p_2_q_8_camvid.pth", dataset="camvid")
+    int8 = zoo.load("ddrnet", "static", backend="onnxruntime")   # cached or produced (announced)
+    int8.runner.infer(batch)                                     # logits; int8.path, int8.artifact
 
 The public names are imported lazily, so light submodules (`zoo.io`, `zoo.data.cards`) can be
 used without importing torch (the benchmark's ONNX Runtime cells rely on that).

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,72 @@ def load_fp32(
     return load_weights(entry, weights, num_classes=card.num_classes)
 
 
-def load(model: str, variant: str = "fp32", **kwargs: Any) -> LoadedWeights:
-    """Load `model` in one of the four variants (only fp32 is implemented so far)."""
+@dataclass
+class LoadedVariant:
+    """A network in one variant, ready for one backend.
+
+    `runner` is the loaded benchmark backend (``runner.infer(batch_nchw_float32) -> logits``);
+    `model` is the ``nn.Module`` for the PyTorch backends (real INT8 kernels for static / QAT);
+    `path` is the artifact file (checkpoint, ONNX / QDQ ONNX) and `artifact` its provenance
+    (parent FP32 sha256, calibration hash and method, library versions, ...).
+    """
+
+    name: str
+    variant: str
+    backend: str
+    path: Path
+    artifact: dict[str, Any]
+    runner: Any
+    model: Any = None
+    num_classes: int = 0
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def load(model: str, variant: str = "fp32", *, backend: str | None = None, dataset: str = "synthetic",
+         weights: str | Path | None = None, artifacts: str | Path | None = None,
+         data_root: str | Path | None = None, input_hw: tuple[int, int] | None = None, batch: int = 1,
+         threads: int = 2, calib_images: int = 256, calib_method: str = "entropy",
+         progress: bool = True, **kwargs: Any) -> Any:
+    """Load `model` in one of the four variants.
+
+    Without `backend` and with variant "fp32" this is `load_fp32` (a `LoadedWeights` with the
+    ``nn.Module``). With a `backend` ("torch", "onnxruntime", "tensorrt", ...) it returns a
+    `LoadedVariant`: the cached artifact for (model, dataset, variant, backend, input size),
+    produced first when missing (announced: export, calibration, or QAT fine-tuning), loaded on
+    that backend. The artifacts are exactly the ones `python -m bench.run` measures.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
-    if variant != "fp32":
-        raise NotImplementedError(f"variant {variant!r} is not implemented yet (quantization: issue #3); use fp32")
-    return load_fp32(model, **kwargs)
+    if backend is None and variant == "fp32":
+        return load_fp32(model, dataset=dataset, weights=weights, artifacts=artifacts, data_root=data_root,
+                         progress=progress, **kwargs)
+    # The variant producers live in `quant` and the backends in `bench`, above `zoo` in the
+    # layering; this one entry point reaches up to them lazily (nothing in `zoo` imports them at
+    # import time), so the public API can offer every variant from one place.
+    from bench.backends import get_backend
+    from bench.runner import BenchConfig, prepare_model
+    from zoo.data import load_card
+
+    backend = backend or "torch"
+    cfg = BenchConfig(models=[model], variants=[variant], backends=[backend], data=dataset,
+                      data_root=str(data_root) if data_root else None, weights=str(weights) if weights else None,
+                      artifacts=str(artifacts) if artifacts else None, threads=threads, calib_images=calib_images,
+                      calib_method=calib_method, progress=progress)
+    bcls = get_backend(backend)
+    ok, reason = bcls.available()
+    if not ok:
+        raise RuntimeError(f"backend {backend!r} is not available here: {reason}")
+    from bench.runner import variant_support
+
+    ok, reason = variant_support(variant, bcls, cfg)
+    if not ok:
+        raise ValueError(f"{variant} on {backend}: {reason}")
+    log = (lambda m: print(f"[edgezoo] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    prep = prepare_model(cfg, model)
+    hw = tuple(input_hw) if input_hw else tuple(load_card(dataset).input_size)
+    art = prep.variant_artifact(cfg, bcls.artifact_kind, variant, backend, hw, batch, log)
+    runner = bcls()
+    runner.load(art, threads=threads)
+    return LoadedVariant(name=prep.model, variant=variant, backend=backend, path=Path(art["path"]), artifact=art,
+                         runner=runner, model=getattr(runner, "model", None), num_classes=prep.num_classes,
+                         preprocess=prep.preprocess)

@@ -11,3 +11,4 @@ from zoo.seg import (  # noqa: F401
     pidnet,
     ppliteseg,
 )
+from zoo.instances import net as instance_net  # noqa: F401

@@ -44,6 +44,8 @@ def _published_accuracy(pub) -> str:
         return f"mIoU {pub.miou} {pub.miou_note}".strip()
     if getattr(pub, "map50_95", None) is not None:
         return f"mAP50-95 {pub.map50_95} {pub.map_note}".strip()
+    if getattr(pub, "pq", None) is not None:
+        return f"PQ {pub.pq} {pub.pq_note}".strip()
     return "-"
 
 

@@ -48,6 +48,15 @@ RECIPES: dict[str, Recipe] = {
         name="espnet", epochs=300, batch_size=8, crop=(360, 480), optimizer="adamw", lr=5e-4,
         weight_decay=5e-4, loss="ce", poly_power=0.9, eval_every=10, notes="ESPNet recipe (Adam, poly, CE)",
     ),
+    # Panoptic-DeepLab-lite (zoo.instances, `python -m zoo.instances.train`): trained from scratch
+    # on pseudo-instances with AdamW like the other CPU recipes; 256x256 crops of the randomly
+    # scaled 360x480 scenes (things are small, so no down-scaling below 0.75). The semantic loss
+    # is Panoptic-DeepLab's hard-pixel CE (top 20 %); centre / offset weights live in zoo.instances.
+    "panoptic_lite": Recipe(
+        name="panoptic_lite", epochs=60, batch_size=8, crop=(256, 256), optimizer="adamw", lr=2e-3,
+        weight_decay=1e-4, warmup_iters=100, loss="ce", scale_range=(0.75, 1.5), eval_every=60,
+        notes="Panoptic-DeepLab-lite from pseudo-instances (zoo.instances.train), from scratch, 256x256 crops",
+    ),
     # A few minutes on 2 CPU cores: enough for a meaningful benchmark cell on the synthetic data,
     # not a converged model. bench.run announces when it uses it.
     "quick": Recipe(

@@ -12,7 +12,9 @@ from typing import Any, Callable, Literal
 
 import torch.nn as nn
 
-Task = Literal["segmentation", "detection"]
+# "instance": bottom-up instance segmentation (zoo.instances); one output tensor holding semantic
+# logits, centre heat and offsets, scored by PQ rather than mIoU.
+Task = Literal["segmentation", "detection", "instance"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Published:
     miou_note: str = ""
     map50_95: float | None = None  # detection: COCO mAP50-95 (%), conditions in map_note
     map_note: str = ""
+    pq: float | None = None  # instance: panoptic quality (%), conditions in pq_note
+    pq_note: str = ""
     source: str = ""
     # Why our counted params / MACs differ from the published ones, when they knowingly do (the
     # fidelity tests then expect the mismatch instead of hiding it, and the zoo table shows it).

@@ -65,8 +65,11 @@ def _builder(name: str) -> Callable[..., SegmentationFiles]:
     if name == "synthetic":
         from zoo.data.synthetic import build_synthetic
         return build_synthetic
+    if name == "synthetic-lt":
+        from zoo.data.synthetic import build_synthetic_lt
+        return build_synthetic_lt
     raise DataError(f"dataset {name!r} has a card but no loader; loaders exist for: "
-                    "camvid, cityscapes, synthetic")
+                    "camvid, cityscapes, synthetic, synthetic-lt")
 
 
 def default_root(name: str) -> Path:
@@ -86,7 +89,8 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str = "tr
     Items are ``transform(sample)`` or, without a transform, `Sample` objects. The dataset has
     ``.card`` and ``.files`` (list of (image_path, label_path)). ``split`` may join splits with
     '+' (e.g. "train+val"). Dataset-specific options go in ``kw`` (synthetic: ``num_images``,
-    ``seed``, ``size``, ``progress``; cityscapes: ``labels``).
+    ``seed``, ``size``, ``progress``; synthetic-lt: those plus ``keep``, ``temperature``,
+    ``select_seed``; cityscapes: ``labels``).
 
     Detection cards give a `DetectionDataset` (items `DetSample`); options: ``format`` to
     override the card's (``coco``/``yolo``/``synthetic``), coco: ``images``/``annotations``

@@ -324,6 +324,127 @@ def build_synthetic(card: DatasetCard, root: str | Path | None = None, split: st
 
 
 # --------------------------------------------------------------------------------------------
+# long-tailed variant (card ``synthetic-lt``, issue #8): a subset of the same training images
+# --------------------------------------------------------------------------------------------
+
+LONG_TAIL_DEFAULTS: dict[str, float] = {"keep": 0.4, "temperature": 0.1, "seed": 0}
+_LT_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _label_histograms(ds: SegmentationFiles, num_classes: int) -> np.ndarray:
+    """[N, C] labelled pixels per class of every image of ``ds`` (labels only, no images)."""
+    from zoo.data.base import read_index_png
+
+    hist = np.zeros((len(ds), num_classes), dtype=np.int64)
+    for i, (_, lab_path) in enumerate(ds.files):
+        lab = ds._lut[read_index_png(lab_path, what="synthetic")]
+        hist[i] = np.bincount(lab[lab < num_classes].ravel(), minlength=num_classes)[:num_classes]
+    return hist
+
+
+def long_tail_selection(hist: np.ndarray, *, keep: float, temperature: float,
+                        seed: int) -> np.ndarray:
+    """Indices (ascending) of the images kept for a steeper long tail.
+
+    Each image gets a *rare-content score* s_i = mean_c(share_ic / f_c): share_ic is class c's
+    share of the image's labelled pixels, f_c the class's pixel share over all images (present
+    classes only), so an image full of rare classes scores high. ``round(keep * N)`` images are
+    drawn without replacement with probability decreasing in the standardised score (Gumbel
+    top-k with keys -z_i / temperature + Gumbel noise from ``seed``): temperature -> 0 keeps the
+    images with the least rare content (steepest tail), a large temperature approaches a
+    uniform random subset (the parent's class profile). Deterministic in (hist, keep,
+    temperature, seed).
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    n = hist.shape[0]
+    if not 0.0 < keep <= 1.0:
+        raise DataError(f"synthetic-lt keep must be a fraction in (0, 1], got {keep}")
+    if temperature < 0:
+        raise DataError(f"synthetic-lt temperature must be >= 0, got {temperature}")
+    m = min(n, max(2, int(round(keep * n))))  # 2: one training batch of two at least
+    total = hist.sum(axis=0)
+    present = total > 0
+    freq = total[present] / total.sum()
+    per_image = hist[:, present] / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    score = (per_image / freq).mean(axis=1)
+    z = (score - score.mean()) / (score.std() or 1.0)
+    gumbel = np.random.default_rng([int(seed), 0x4C54]).gumbel(size=n)
+    key = -z / temperature + gumbel if temperature > 0 else -z
+    chosen = np.argsort(-key, kind="stable")[:m]
+    return np.sort(chosen)
+
+
+def tail_share(hist: np.ndarray, k: int = 5, classes: np.ndarray | None = None) -> float:
+    """Share of the labelled pixels of ``hist`` ([N, C] or [C]) that belong to ``classes``
+    (default: the k rarest classes of ``hist`` itself)."""
+    total = np.asarray(hist, dtype=np.float64).reshape(-1, np.shape(hist)[-1]).sum(axis=0)
+    if classes is None:
+        classes = np.argsort(total, kind="stable")[:k]
+    return float(total[np.asarray(classes)].sum() / max(total.sum(), 1.0))
+
+
+def build_synthetic_lt(card: DatasetCard, root: str | Path | None = None, split: str = "train",
+                       transform: Callable | None = None, *, keep: float | None = None,
+                       temperature: float | None = None, select_seed: int | None = None,
+                       **kw: Any) -> SyntheticDataset:
+    """The synthetic scenes with a steeper long tail in the *training* split (card ``synthetic-lt``).
+
+    Nothing new is generated and the parent dataset (card ``source``, default ``synthetic``) is
+    read, never modified: ``train`` is the subset of the parent's training images chosen by
+    `long_tail_selection` (settings: the card's ``long_tail`` section, overridden by ``keep``,
+    ``temperature``, ``select_seed``); ``val`` and ``test`` are the parent's splits unchanged,
+    so results are measured on the usual class profile. Other options (``num_images``, ``seed``,
+    ``size``, ``progress``) go to `build_synthetic`; ``num_images`` counts the *pool* the
+    training subset is drawn from. The returned dataset's ``long_tail`` dict records the
+    settings and the measured pixel profile of the pool and of the subset.
+    """
+    from zoo.data.cards import load_card
+
+    parent = load_card(str(card.extra.get("source", "synthetic")))
+    opts = {**LONG_TAIL_DEFAULTS, **dict(card.extra.get("long_tail") or {})}
+    for key, value in (("keep", keep), ("temperature", temperature), ("seed", select_seed)):
+        if value is not None:
+            opts[key] = value
+    parts = [p.strip() for p in split.split("+")]
+    files: list[tuple[Path, Path]] = []
+    info: dict[str, Any] = {}
+    base = None
+    for part in parts:
+        sub = build_synthetic(parent, root, part, None, **kw)
+        if base is None:
+            base = sub
+        pairs = list(sub.files)
+        if part == "train":
+            key = (tuple(str(p[1]) for p in pairs), float(opts["keep"]), float(opts["temperature"]),
+                   int(opts["seed"]))
+            if key not in _LT_CACHE:
+                hist = _label_histograms(sub, card.num_classes)
+                chosen = long_tail_selection(hist, keep=float(opts["keep"]),
+                                             temperature=float(opts["temperature"]),
+                                             seed=int(opts["seed"]))
+                _LT_CACHE[key] = (hist, chosen)
+            hist, chosen = _LT_CACHE[key]
+            pairs = [pairs[i] for i in chosen]
+            pool_px, kept_px = hist.sum(axis=0), hist[chosen].sum(axis=0)
+            rare = np.argsort(pool_px, kind="stable")[:5]
+            present = kept_px > 0
+            info = {**opts, "pool_images": len(hist), "train_images": len(chosen),
+                    "pool_pixel_frequency": [round(float(v), 6) for v in pool_px / pool_px.sum()],
+                    "train_pixel_frequency": [round(float(v), 6) for v in kept_px / kept_px.sum()],
+                    "pool_tail_share": round(tail_share(pool_px, classes=rare), 6),
+                    "train_tail_share": round(tail_share(kept_px, classes=rare), 6),
+                    "train_imbalance": round(float(kept_px.max() / kept_px[present].min()), 1)}
+        files.extend(pairs)
+    assert base is not None
+    lut, valid = camvid_lut(card.num_classes, VOID, card.ignore_index)
+    ds = SyntheticDataset(card, files, lut=lut, valid_raw=valid, what="synthetic-lt",
+                          transform=transform, root=base.root, split=split)
+    ds.manifest = base.manifest
+    ds.long_tail = info
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
 # noise banks (shared by all images of one seed and size)
 # --------------------------------------------------------------------------------------------
 
