@@ -234,10 +234,13 @@ class Prepared:
             build_kwargs = {"aux": False} if get_entry(self.model).aux_weights else {}
             quantize_static_torch(self.net, calib, path, parent_sha256=self.weights_sha256, build_kwargs=build_kwargs)
         meta = json.loads(path.with_suffix(".json").read_text())
-        return _describe({"kind": "torch", "path": str(path), "model": self.model, "num_classes": self.num_classes,
-                          "fx_int8": {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
-                                      "build_kwargs": meta["build_kwargs"]},
-                          "quant": _quant_summary(meta)})
+        art = _describe({"kind": "torch", "path": str(path), "model": self.model, "num_classes": self.num_classes,
+                         "fx_int8": {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
+                                     "build_kwargs": meta["build_kwargs"]},
+                         "quant": _quant_summary(meta)})
+        from quant.torch_ptq import load_static_torch
+
+        return _int8_deploy_size(art, load_static_torch(self.net, path, reduce_range=meta["reduce_range"]))
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
         """The QAT checkpoint fine-tuned from exactly these FP32 weights (made when missing)."""
@@ -283,8 +286,13 @@ class Prepared:
                    "val_miou_at_training": (meta.get("metrics") or {}).get("miou"),
                    "freeze_bn_epoch": qat_meta["freeze_bn_epoch"], "freeze_observer_epoch": qat_meta["freeze_observer_epoch"]}
         if kind == "torch":
-            art = {"kind": "torch", "path": str(ckpt), "model": self.model, "num_classes": self.num_classes,
-                   "fx_int8": {"mode": "qat"}, "quant": summary}
+            from quant.fx_quant import convert_int8
+
+            art = _int8_deploy_size(_describe({"kind": "torch", "path": str(ckpt), "model": self.model,
+                                               "num_classes": self.num_classes, "fx_int8": {"mode": "qat"},
+                                               "quant": summary}), convert_int8(prepared))
+            self.quantized[key] = art
+            return art
         else:
             from quant.fx_quant import export_qdq_onnx
 
@@ -345,6 +353,19 @@ def _quant_summary(meta: dict) -> dict:
     out["graph"] = {k: graph[k] for k in ("quantized_convs", "float_convs", "quantize_linear", "dequantize_linear",
                                           "conv_integer", "zero_points_all_zero") if k in graph}
     return out
+
+
+def _int8_deploy_size(art: dict, int8_model: torch.nn.Module) -> dict:
+    """Size of what a PyTorch INT8 deployment ships: the converted model's state dict (packed int8
+    weights, qparams). The artifact file itself holds the float calibration / QAT state it is
+    converted from, so its bytes would overstate the variant's size."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(int8_model.state_dict(), buffer)
+    art.update(file_bytes=art["bytes"], bytes=buffer.tell(), size_mb=buffer.tell() / 1e6,
+               size_basis="converted INT8 state dict (the file holds the float state it is converted from)")
+    return art
 
 
 def _describe(art: dict) -> dict:
@@ -749,7 +770,8 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
         "rss_delta_mb": result.get("rss_delta_mb"), "peak_reset": result.get("peak_reset"),
         "gpu_memory": result.get("gpu_memory"),
         "imports_torch": result.get("imports_torch"),
-        "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb", "quant", "dynamic_quant", "fx_int8")
+        "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb", "quant", "dynamic_quant", "fx_int8",
+                                                                          "file_bytes", "size_basis")
                       if k in artifact} if artifact else None),
         "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
         "reference": ({"status": "ok", "path": reference["path"], "miou": reference["metrics"]["miou"]}

@@ -248,7 +248,8 @@ def count_quantizers(model: nn.Module) -> dict[str, int]:
 def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], batch: int = 1,
                     target: str = "ort") -> dict[str, Any]:
     """Export a QAT-trained (or calibrated) prepared model to a QDQ ONNX file for `target`
-    ("ort": as trained; "trt": symmetric int8 Q/DQ). Returns graph statistics for the artifact."""
+    ("ort": uint8 as trained, ReLU outputs re-encoded with zero point 0 so ORT fuses them;
+    "trt": symmetric int8 Q/DQ). Returns graph statistics for the artifact."""
     import tempfile
     from pathlib import Path
 
@@ -256,7 +257,7 @@ def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], bat
 
     from quant.export import export_onnx
     from quant.onnx_inspect import inspect_onnx
-    from quant.qdq_onnx import fold_weight_quantizers, to_trt_qdq
+    from quant.qdq_onnx import fold_weight_quantizers, relu_outputs_to_zero_point_0, to_trt_qdq
     from zoo.io import atomic_path
 
     if target not in ("ort", "trt"):
@@ -268,7 +269,7 @@ def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], bat
         export_onnx(module, raw, input_hw=input_hw, batch=batch)
         proto = onnx.load(str(raw))
     folded = fold_weight_quantizers(proto)
-    recoded = to_trt_qdq(proto) if target == "trt" else 0
+    recoded = to_trt_qdq(proto) if target == "trt" else relu_outputs_to_zero_point_0(proto)
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp_out:
         onnx.save(proto, str(tmp_out))

@@ -99,3 +99,39 @@ def to_trt_qdq(proto: onnx.ModelProto) -> int:
         if vi.type.tensor_type.elem_type == onnx.TensorProto.UINT8:
             vi.type.tensor_type.elem_type = onnx.TensorProto.INT8
     return changed
+
+
+def relu_outputs_to_zero_point_0(proto: onnx.ModelProto) -> int:
+    """ONNX Runtime target: re-encode symmetric (uint8, zero point 128) quantizers of ReLU outputs
+    with zero point 0 and the same scale; returns how many quantizers changed.
+
+    Why: ORT drops a Relu between an op and its QuantizeLinear only when the zero point equals the
+    type's minimum (the clamp then *is* the ReLU); with zero point 128 the Relu stays, so the
+    preceding Conv cannot fuse into QLinearConv and runs in float. Every value in [0, 127*scale]
+    keeps exactly its level; only values above it, which the symmetric grid clipped at 127*scale,
+    are now representable up to 255*scale (the observer's range rarely leaves such values).
+    """
+    graph = proto.graph
+    values = _constant_values(proto)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    changed = 0
+    for relu in [n for n in graph.node if n.op_type == "Relu"]:
+        quantizers = consumers.get(relu.output[0], [])
+        if not quantizers or any(q.op_type != "QuantizeLinear" or len(q.input) < 3 for q in quantizers):
+            continue
+        for q in quantizers:
+            zp = values.get(q.input[2])
+            if zp is None or zp.dtype != np.uint8 or zp.size != 1 or int(zp.reshape(-1)[0]) != 128:
+                continue
+            name = f"{q.output[0]}_zero_point_u8_0"
+            graph.initializer.append(numpy_helper.from_array(np.zeros(zp.shape, np.uint8), name))
+            q.input[2] = name
+            for dq in consumers.get(q.output[0], []):
+                if dq.op_type == "DequantizeLinear" and len(dq.input) >= 3:
+                    dq.input[2] = name
+            changed += 1
+    _drop_unused(proto)
+    return changed

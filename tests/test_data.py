@@ -81,7 +81,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # --------------------------------------------------------------------------------------------
 
 def test_list_datasets() -> None:
-    assert list_datasets() == ["camvid", "cityscapes", "coco", "synthetic", "synthetic-det"]
+    assert list_datasets() == ["camvid", "cityscapes", "coco", "synthetic", "synthetic-det", "synthetic-lt"]
 
 
 @pytest.mark.parametrize("name,n,size", [("camvid", 11, (360, 480)),

@@ -194,6 +194,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     card = zdata.load_card(cfg.data)
     entry = get_entry(cfg.model)
+    if entry.task == "instance":
+        raise UsageError(f"{entry.name} is an instance network, scored by PQ: use python -m zoo.instances.evaluate")
     if entry.task != card.task:
         raise UsageError(f"{entry.name} is a {entry.task} model but dataset {card.name!r} is for "
                          f"{card.task}; pick a {entry.task} dataset")

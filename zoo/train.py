@@ -168,6 +168,8 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     is_main = rank == 0
 
     entry = get_entry(cfg.model)
+    if entry.task == "instance":  # its output is not per-pixel logits; cross-entropy would run on it silently
+        raise ValueError(f"{entry.name} is an instance network: train it with python -m zoo.instances.train")
     recipe = get_recipe(cfg.recipe or entry.default_recipe).with_overrides(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, crop=tuple(cfg.crop) if cfg.crop else None,
         optimizer=cfg.optimizer, loss=cfg.loss, eval_every=cfg.eval_every,
@@ -371,23 +373,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _detection_model(argv: list[str]) -> bool:
-    """Whether --model names a detection network (then zoo.det.train takes the whole command)."""
+def _model_task(argv: list[str]) -> str | None:
+    """The task of the network --model names (detection and instance networks have their own
+    trainers, which then take the whole command)."""
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--model")
     known, _ = peek.parse_known_args(argv)
     try:
-        return bool(known.model) and get_entry(known.model).task == "detection"
+        return get_entry(known.model).task if known.model else None
     except KeyError:  # unknown name: the full parser path reports it
-        return False
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if _detection_model(argv):
+    task = _model_task(argv)
+    if task == "detection":
         from zoo.det.train import main as det_main
 
         return det_main(argv, prog="python -m zoo.train")
+    if task == "instance":
+        from zoo.instances.train import main as instance_main
+
+        return instance_main(argv, prog="python -m zoo.train")
     args = build_parser().parse_args(argv)
     from zoo.errors import user_errors
 

@@ -522,7 +522,8 @@ def build_parser(prog: str = "python -m zoo.det.train") -> argparse.ArgumentPars
     p.add_argument("--lr-schedule", choices=("linear", "cos"))
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from last.pt if it exists")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from last.pt if it exists (its weights take the place of --weights)")
     p.add_argument("--run-name", help="checkpoint folder name (default: the recipe's name)")
     p.add_argument("--artifacts", help="artifact cache (default ./artifacts or $EDGEZOO_ARTIFACTS)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")

@@ -1,0 +1,292 @@
+"""Instance segmentation from semantic labels (issue #10): pseudo-labels, copy-paste, grouping,
+baselines, PQ, the network, a smoke training and the evaluation CLI, on hand-made arrays."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from zoo import registry
+from zoo.instances.baselines import cc_instances, watershed_instances
+from zoo.instances.metrics import MaskAP, pq_things, touching_instances
+from zoo.instances.net import split_outputs
+from zoo.instances.postprocess import GroupConfig, find_centres, group_pixels, panoptic_instances
+from zoo.instances.pseudo import (CleanFilter, InstanceBank, Instances, PasteConfig, Patch, dt_peaks, make_targets,
+                                  paste_touching, pseudo_instances, solidity, touching_offset)
+
+CAR = 8
+YY, XX = np.mgrid[0:60, 0:80]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one intra-op thread is faster, and on a loaded 2-core machine two threads
+    # spin-wait on each other (measured: 10 s instead of 0.1 s for the first forward/backward).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _disk(cy, cx, r):
+    return (YY - cy) ** 2 + (XX - cx) ** 2 <= r * r
+
+
+def _sem(*masks, cls=CAR):
+    sem = np.zeros(YY.shape, np.uint8)
+    for m in masks:
+        sem[m] = cls
+    return sem
+
+
+# --- pseudo-labels -----------------------------------------------------------------------------
+
+def test_two_blobs_give_two_ids_centres_are_means_and_offsets_point_to_them():
+    a, b = _disk(20, 20, 8), np.zeros_like(YY, bool)
+    b[30:50, 50:60] = True
+    inst = pseudo_instances(_sem(a, b), [CAR])
+    assert inst.count == 2 and list(inst.classes[1:]) == [CAR, CAR]
+    assert inst.clean[1:].all(), inst.reasons
+    assert {len(np.unique(inst.ids[m])) for m in (a, b)} == {1}
+    t = make_targets(inst.ids, inst.clean, sigma=3.0)
+    for m in (a, b):
+        cy, cx = YY[m].mean(), XX[m].mean()
+        np.testing.assert_allclose(YY[m] + t.offset[0][m], cy, atol=1e-4)
+        np.testing.assert_allclose(XX[m] + t.offset[1][m], cx, atol=1e-4)
+        peak = np.unravel_index(np.argmax(np.where(m, t.heat, 0)), m.shape)
+        assert abs(peak[0] - cy) <= 0.5 and abs(peak[1] - cx) <= 0.5
+    assert t.heat.max() <= 1.0 and (t.offset_weight == (inst.ids > 0)).all()
+    assert (t.offset[:, inst.ids == 0] == 0).all()
+
+
+def test_clean_filter_rejects_non_convex_and_two_peaked_blobs():
+    filt = CleanFilter(min_area=10)
+    c_shape = np.zeros(YY.shape, bool)
+    c_shape[10:50, 10:50] = True
+    c_shape[20:40, 20:50] = False                      # a "C": solidity 0.625
+    assert solidity(c_shape) < 0.7 and filt.check(c_shape) == "solidity"
+    dumbbell = _disk(30, 25, 10) | _disk(30, 41, 10)   # two overlapping disks: convex-ish, two DT peaks
+    assert solidity(dumbbell) > 0.9
+    assert len(dt_peaks(dumbbell)) == 2 and filt.check(dumbbell) == "peaks"
+    ellipse = ((YY - 30) / 8.0) ** 2 + ((XX - 40) / 25.0) ** 2 <= 1   # digitised ridge: still one peak
+    bar = np.zeros(YY.shape, bool)
+    bar[10:14, 5:70] = True                                            # DT plateau: one peak
+    assert filt.check(ellipse) == "clean" and filt.check(bar) == "clean"
+    tiny = np.zeros(YY.shape, bool)
+    tiny[5:7, 5:7] = True
+    assert filt.check(tiny) == "small"
+    # unclean components get no centre / offset supervision
+    inst = pseudo_instances(_sem(c_shape), [CAR], filt)
+    t = make_targets(inst.ids, inst.clean)
+    assert not inst.clean[1] and t.heat.max() == 0 and (t.heat_weight[c_shape] == 0).all()
+    assert (t.heat_weight[~c_shape] == 1).all() and t.offset_weight.sum() == 0
+
+
+def test_touching_offset_places_patch_beside_without_overlap():
+    anchor = np.zeros((40, 60), bool)
+    anchor[10:30, 20:35] = True
+    patch = np.ones((12, 8), bool)
+    for side in (-1, 1):
+        x = touching_offset(anchor, patch, 15, side)
+        placed = np.zeros_like(anchor)
+        placed[15:27, x:x + 8] = True
+        assert not (placed & anchor).any()
+        assert touching_instances(anchor.astype(np.int32) + 2 * placed, np.array([-1, CAR, CAR]), gap=0)[1:].all()
+
+
+def test_copy_paste_builds_touching_clusters_with_exact_ids():
+    rng = np.random.default_rng(0)
+    sem = np.zeros((60, 80), np.uint8)
+    sem[30:50, 10:25] = CAR                          # one clean anchor
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[sem == CAR] = 200
+    inst = pseudo_instances(sem, [CAR])
+    assert inst.clean[1]
+    bank = InstanceBank(min_area=4)
+    patch_mask = np.ones((10, 6), bool)
+    bank.by_class[CAR] = [Patch(image=np.full((10, 6, 3), 77, np.uint8), mask=patch_mask, cls=CAR)]
+    cfg = PasteConfig(prob=1.0, max_clusters=1, max_neighbours=3, max_overlap=0.0)
+    img2, sem2, out = paste_touching(image, sem, inst, bank, rng, cfg)
+    pasted = [k for k in range(2, out.count + 1) if (out.ids == k).any()]
+    assert pasted and all(out.clean[k] and out.classes[k] == CAR for k in pasted)
+    # ids are exact: every car pixel has exactly one id, pasted pixels carry the pasted colour
+    assert ((out.ids > 0) == (sem2 == CAR)).all()
+    for k in pasted:
+        assert (img2[out.ids == k] == 77).all()
+    assert (out.ids == 1).sum() == (sem == CAR).sum()  # no overlap: the anchor kept every pixel
+    # the anchor and the pasted instances form one touching cluster that CC cannot split
+    assert touching_instances(out.ids, out.classes, gap=0)[[1, *pasted]].all()
+    cc_ids, _ = cc_instances(sem2, [CAR])
+    assert len(np.unique(cc_ids[out.ids > 0])) < 1 + len(pasted)
+    # original inputs untouched
+    assert (sem == CAR).sum() == 300 and inst.count == 1
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def _two_instances():
+    gt = np.zeros((20, 40), np.int32)
+    gt[2:12, 2:12] = 1
+    gt[2:12, 20:30] = 2
+    return gt, np.array([-1, CAR, CAR])
+
+
+def test_pq_hand_computed_cases():
+    gt, cls = _two_instances()
+    r = pq_things(gt, cls, gt, cls, [CAR])
+    assert (r.pq, r.sq, r.rq) == (1.0, 1.0, 1.0)
+    # one false positive: a prediction where there is nothing -> RQ = 2 / (2 + 0.5)
+    pred = gt.copy()
+    pred[14:18, 2:6] = 3
+    r = pq_things(gt, cls, pred, np.array([-1, CAR, CAR, CAR]), [CAR])
+    assert r.counts == {"tp": 2, "fp": 1, "fn": 0} and r.pq == pytest.approx(2 / 2.5)
+    # one false negative -> RQ = 1 / (1 + 0.5); the TP's IoU 80/100 -> PQ = 0.8 * 2/3
+    pred = np.zeros_like(gt)
+    pred[2:10, 2:12] = 1
+    r = pq_things(gt, cls, pred, np.array([-1, CAR]), [CAR])
+    assert r.counts == {"tp": 1, "fp": 0, "fn": 1}
+    assert r.sq == pytest.approx(0.8) and r.rq == pytest.approx(2 / 3) and r.pq == pytest.approx(0.8 * 2 / 3)
+    # merging two objects: IoU 100/200 = 0.5 is not a match -> 1 FP, 2 FN, PQ 0
+    merged = np.zeros_like(gt)
+    merged[2:12, 2:12] = merged[2:12, 20:30] = 1
+    r = pq_things(gt, cls, merged, np.array([-1, CAR]), [CAR])
+    assert r.counts == {"tp": 0, "fp": 1, "fn": 2} and r.pq == 0.0
+    # a wrong class never matches
+    r = pq_things(gt, cls, gt, np.array([-1, CAR, 9]), [CAR, 9])
+    assert r.per_class[str(CAR)]["tp"] == 1 and r.per_class["9"]["fp"] == 1
+
+
+def test_pq_void_and_touching_subset():
+    gt, cls = _two_instances()
+    void = np.zeros(gt.shape, bool)
+    void[14:18, :] = True
+    pred = gt.copy()
+    pred[14:18, 2:6] = 3                       # lies on void: not a false positive
+    pred[12, 2:12] = 1                         # spills onto unlabelled background: IoU 100/110
+    r = pq_things(gt, cls, pred, np.array([-1, CAR, CAR, CAR]), [CAR], void=void)
+    assert r.counts == {"tp": 2, "fp": 0, "fn": 0} and r.sq == pytest.approx((100 / 110 + 1) / 2)
+    # restricted to instance 2: instance 1 is ignored; a far-away prediction is no FP
+    counted = np.array([False, False, True])
+    pred = gt.copy()
+    pred[16:19, 35:39] = 3
+    r = pq_things(gt, cls, np.where(gt == 1, 0, pred), np.array([-1, CAR, CAR, CAR]), [CAR], counted=counted)
+    assert r.counts == {"tp": 1, "fp": 0, "fn": 0}
+
+
+def test_touching_instances_and_mask_ap():
+    ids = np.zeros((10, 20), np.int32)
+    ids[1:5, 1:5] = 1
+    ids[1:5, 6:9] = 2                          # one-pixel gap to 1 (a void outline)
+    ids[7:9, 15:18] = 3
+    cls = np.array([-1, CAR, CAR, CAR])
+    assert list(touching_instances(ids, cls, gap=1)) == [False, True, True, False]
+    assert not touching_instances(ids, cls, gap=0).any()
+    ap = MaskAP([CAR])
+    ap.add(ids, cls, ids, cls, np.array([0, 0.9, 0.8, 0.7]))
+    assert ap.result()["ap"] == pytest.approx(1.0)
+
+
+# --- grouping and baselines --------------------------------------------------------------------
+
+def test_centre_nms_and_grouping_follow_the_offsets():
+    heat = np.zeros((30, 40), np.float32)
+    for cy, cx, v in ((10, 10, 0.9), (10, 30, 0.6), (11, 11, 0.5)):   # (11, 11) is suppressed by NMS
+        heat = np.maximum(heat, v * np.exp(-((np.mgrid[0:30, 0:40][0] - cy) ** 2 + (np.mgrid[0:30, 0:40][1] - cx) ** 2) / 8))
+    centres, scores = find_centres(heat, threshold=0.1, nms_kernel=5)
+    assert centres.tolist() == [[10, 10], [10, 30]] and scores[0] > scores[1]
+    thing = np.zeros((30, 40), bool)
+    thing[5:15, 5:35] = True
+    yy, xx = np.mgrid[0:30, 0:40]
+    # pixels left of column 25 vote for (10, 10), the others for (10, 30): not the spatially
+    # nearest split (column 20), so grouping must use the offsets
+    ty, tx = 10.0, np.where(xx < 25, 10.0, 30.0)
+    offset = np.stack([ty - yy, tx - xx]).astype(np.float32)
+    labels = group_pixels(thing, offset, centres)
+    assert (labels[thing & (xx < 25)] == 1).all() and (labels[thing & (xx >= 25)] == 2).all()
+    assert (labels[~thing] == 0).all()
+    sem = np.where(thing, CAR, 0).astype(np.uint8)
+    ids, cls, score = panoptic_instances(sem, heat, offset, [CAR], GroupConfig(nms_kernel=5))
+    assert ids.max() == 2 and list(cls) == [-1, CAR, CAR]
+    assert len(np.unique(ids[thing & (xx < 25)])) == 1 and score[1:].min() > 0.5
+    # no centre at all: every component stays whole (connected-component fallback)
+    ids, cls, _ = panoptic_instances(sem, np.zeros_like(heat), offset, [CAR])
+    assert ids.max() == 1 and (ids[thing] == 1).all()
+
+
+def test_cc_merges_and_watershed_splits_two_touching_squares():
+    sem = np.zeros((44, 50), np.uint8)
+    sem[5:25, 5:25] = CAR
+    sem[19:39, 25:45] = CAR          # touches the first square along six rows
+    cc, _ = cc_instances(sem, [CAR])
+    ws, ws_cls = watershed_instances(sem, [CAR])
+    assert cc.max() == 1
+    assert ws.max() == 2 and list(ws_cls) == [-1, CAR, CAR]
+    assert ws[10, 10] != ws[30, 40] and (ws[sem == CAR] > 0).all()
+    gt = np.zeros_like(ws)
+    gt[5:25, 5:25], gt[19:39, 25:45] = 1, 2
+    assert pq_things(gt, ws_cls, ws, ws_cls, [CAR]).rq == 1.0
+    assert pq_things(gt, ws_cls, cc, np.array([-1, CAR]), [CAR]).pq == 0.0
+
+
+# --- network, training, evaluation -------------------------------------------------------------
+
+def test_network_forward_backward_and_registry():
+    entry = registry.get_entry("panoptic_lite")
+    assert entry.task == "instance" and "panoptic_lite_fastdepthseg" in registry.list_models(task="instance")
+    torch.manual_seed(0)
+    model = entry.build(num_classes=11).train()
+    out = model(torch.randn(2, 3, 64, 96))
+    assert out.shape == (2, 14, 64, 96)
+    sem, heat, off = split_outputs(out, 11)
+    assert sem.shape[1] == 11 and heat.shape[1] == 1 and off.shape[1] == 2
+    assert heat.abs().max() == 0 and off.abs().max() == 0      # zero-initialised regressors
+    from zoo.instances.train import instance_loss
+
+    target = torch.randint(0, 11, (2, 64, 96))
+    loss, parts = instance_loss(out, target, torch.rand(2, 1, 64, 96), torch.ones(2, 1, 64, 96),
+                                torch.randn(2, 2, 64, 96), torch.ones(2, 1, 64, 96), num_classes=11)
+    loss.backward()
+    assert math.isfinite(loss.item()) and set(parts) == {"semantic", "center", "offset"}
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One epoch on 4 tiny synthetic images, shared by the training and evaluation tests."""
+    from zoo.instances.train import InstanceTrainConfig, train
+
+    base = tmp_path_factory.mktemp("inst")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEZOO_CACHE", str(base / "cache"))
+        cfg = InstanceTrainConfig(num_images=4, size=(96, 128), epochs=1, batch_size=2, crop=(64, 64),
+                                  artifacts=base / "artifacts", workers=0, progress=False)
+        yield cfg, train(cfg), base / "cache"
+
+
+def test_smoke_training_writes_checkpoints_and_resumes(tiny_run):
+    from zoo.checkpoints import read_checkpoint
+    from zoo.instances.train import train
+
+    cfg, res, cache = tiny_run
+    assert res["best"].is_file() and res["last"].is_file() and len(res["history"]) == 1
+    meta = read_checkpoint(res["best"])["meta"]
+    assert meta["task"] == "instance" and meta["num_classes"] == 11 and meta["thing_classes"]
+    assert meta["supervision"].startswith("semantic labels only")
+    assert sum(meta["pseudo_instances"]["components"].values()) > 0
+    cfg.epochs, cfg.resume = 2, True
+    res2 = train(cfg)
+    assert [h["epoch"] for h in res2["history"]] == [1, 2]
+
+
+def test_evaluation_cli_prints_pq_for_all_methods(tiny_run, capsys, monkeypatch):
+    from zoo.instances.evaluate import main
+
+    cfg, res, cache = tiny_run
+    monkeypatch.setenv("EDGEZOO_CACHE", str(cache))
+    assert main(["--weights", str(res["best"]), "--num-images", "2", "--size", "96", "128", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for method in ("learned", "cc", "watershed"):
+        assert f"{method:<10} all" in out and f"{method:<10} touching" in out
+    assert "PQ" in out and "mask AP" in out
