@@ -252,6 +252,20 @@ def test_network_forward_backward_and_registry():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_network_exports_to_onnx_and_decodes():
+    from tests.conftest import assert_onnx_matches_torch, calibrate_bn
+    from zoo.instances.postprocess import decode_output
+
+    torch.manual_seed(0)
+    model = calibrate_bn(registry.build("panoptic_lite", num_classes=5))
+    assert_onnx_matches_torch(model, (64, 64))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))[0].numpy()
+    probs, heat, off = decode_output(out, 5)
+    assert probs.shape == (5, 64, 64) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    assert (heat == out[5]).all() and (off == out[6:]).all()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One epoch on 4 tiny synthetic images, shared by the training and evaluation tests."""

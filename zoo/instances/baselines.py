@@ -64,8 +64,15 @@ def watershed(mask: np.ndarray, priority: np.ndarray, markers: np.ndarray) -> np
     return flat_l.reshape(h, w)
 
 
-def watershed_instances(semantic: np.ndarray, thing_classes: Sequence[int], *, h_abs: float = 1.0,
-                        h_rel: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+# Chosen on the synthetic *val* split (first 30 images, ground-truth semantic masks) for the best
+# PQ on touching instances: h_rel 0.2 / 0.35 / 0.5 gave 39.7 / 40.6 / 38.2 (CC: 38.2); the test
+# split was not looked at.
+WATERSHED_H_ABS = 1.0
+WATERSHED_H_REL = 0.35
+
+
+def watershed_instances(semantic: np.ndarray, thing_classes: Sequence[int], *, h_abs: float = WATERSHED_H_ABS,
+                        h_rel: float = WATERSHED_H_REL) -> tuple[np.ndarray, np.ndarray]:
     """B1: split each connected component at the watershed lines of -distance between the
     significant peaks of its distance transform (h-maxima: dynamic >= max(h_abs, h_rel * depth))."""
     comp, comp_cls = connected_components(semantic, thing_classes)

@@ -35,11 +35,10 @@ from tqdm import tqdm
 
 from zoo.checkpoints import CheckpointError, read_checkpoint
 from zoo.data import Preprocess
-from zoo.instances.baselines import cc_instances, watershed_instances
+from zoo.instances.baselines import WATERSHED_H_ABS, WATERSHED_H_REL, cc_instances, watershed_instances
 from zoo.instances.data import InstanceData, open_data
 from zoo.instances.metrics import MaskAP, PQAccumulator, touching_instances
-from zoo.instances.net import split_outputs
-from zoo.instances.postprocess import GroupConfig, mean_class_probability, panoptic_instances
+from zoo.instances.postprocess import GroupConfig, decode_output, mean_class_probability, panoptic_instances
 from zoo.registry import get_entry
 
 METHODS = ("learned", "cc", "watershed")
@@ -56,8 +55,8 @@ class InstanceEvalConfig:
     size: tuple[int, int] | None = None
     semantic: str = "pred"             # "pred" | "gt"
     group: GroupConfig = field(default_factory=GroupConfig)
-    ws_h_abs: float = 1.0
-    ws_h_rel: float = 0.2
+    ws_h_abs: float = WATERSHED_H_ABS
+    ws_h_rel: float = WATERSHED_H_REL
     gap: int = 1
     threads: int | None = None
     progress: bool = True
@@ -75,17 +74,15 @@ def load_instance_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, An
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, pre: Preprocess, image: np.ndarray, num_classes: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(class probabilities (C, H, W), centre heat (H, W), offsets (2, H, W)) for one image; the
-    input is padded to a multiple of 32 and the outputs cropped back."""
+def predict(model: torch.nn.Module, pre: Preprocess, image: np.ndarray) -> np.ndarray:
+    """The raw output (C + 3, H, W) for one image; the input is padded to a multiple of 32 and the
+    output cropped back. Decode it with `zoo.instances.postprocess.decode_output`."""
     x = pre(image)[None]
     h, w = x.shape[-2:]
     ph, pw = (-h) % 32, (-w) % 32
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph))  # zeros = the mean colour after normalisation
-    logits, heat, off = split_outputs(model(x)[..., :h, :w], num_classes)
-    return logits.softmax(1)[0].numpy(), heat[0, 0].numpy(), off[0].numpy()
+    return model(x)[0, :, :h, :w].numpy()
 
 
 def _summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -126,7 +123,7 @@ def evaluate_one(data: InstanceData, cfg: InstanceEvalConfig, model: torch.nn.Mo
         probs = None
         if model is not None:
             t = time.perf_counter()
-            probs, heat, off = predict(model, pre, s.image, data.num_classes)
+            probs, heat, off = decode_output(predict(model, pre, s.image), data.num_classes)
             seconds["learned"] += time.perf_counter() - t
         sem = s.semantic if cfg.semantic == "gt" else probs.argmax(0).astype(np.uint8)
         results = {}
@@ -217,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=GroupConfig.threshold, help="centre heat threshold")
     p.add_argument("--nms-kernel", type=int, default=GroupConfig.nms_kernel)
     p.add_argument("--min-fragment", type=int, default=GroupConfig.min_fragment)
-    p.add_argument("--ws-h-abs", type=float, default=1.0, help="watershed: minimum peak dynamic (px)")
-    p.add_argument("--ws-h-rel", type=float, default=0.2, help="watershed: minimum peak dynamic / depth")
+    p.add_argument("--ws-h-abs", type=float, default=WATERSHED_H_ABS, help="watershed: minimum peak dynamic (px)")
+    p.add_argument("--ws-h-rel", type=float, default=WATERSHED_H_REL,
+                   help="watershed: minimum peak dynamic / depth (default tuned on synthetic val)")
     p.add_argument("--gap", type=int, default=1, help="touching: at most this many pixels apart")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", metavar="PATH", help="also write the full result as JSON")

@@ -120,6 +120,17 @@ def panoptic_instances(semantic: np.ndarray, heat: np.ndarray, offset: np.ndarra
     return ids, classes, score
 
 
+def decode_output(out: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw network output (C + 3, H, W), from any backend, -> (class probabilities
+    (C, H, W), centre heat (H, W), offsets (2, H, W)); see `zoo.instances.net` for the layout."""
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim != 3 or out.shape[0] != num_classes + 3:
+        raise ValueError(f"expected a ({num_classes + 3}, H, W) output, got {out.shape}")
+    logits = out[:num_classes]
+    e = np.exp(logits - logits.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True), out[num_classes], out[num_classes + 1:]
+
+
 def mean_class_probability(probs: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Mean softmax probability of each instance's class over its pixels (index 0: 0). The
     instance score of all three methods for COCO AP (the learned one times its centre score)."""
