@@ -19,6 +19,24 @@ Order of work:
 `mode: "reference"` runs the same accuracy pass and saves the argmax masks (the PyTorch FP32
 reference of bench.runner) instead of timing.
 
+Detection cells (`task: "detection"`, `run_det_cell`) differ in three ways:
+
+* Images are letterboxed to the cell's one fixed input size (`bench.imageops.letterbox`).
+* NMS is `torchvision.ops.batched_nms` (through `zoo.det.postprocess`; the project does not
+  hand-write NMS), so post-processing needs torch. The cell therefore measures the *model phase*
+  first, with torch not imported in ONNX Runtime / TensorRT-free cells: baseline RSS -> load ->
+  first inference -> model-only timing -> `peak_rss_mb` (the high-water mark of exactly that).
+  Only then does it import torch (`torch_import_s`) and run the accuracy pass, and the end-to-end
+  timing; the high-water mark at the very end is `peak_rss_e2e_mb`. Both are honest: the first
+  is what the runtime and the model cost, the second what this Python deployment (with torch for
+  NMS) costs. `imports_torch_model_phase` says whether torch was loaded during the model phase.
+* The cell does not score: it writes its detections (two NMS presets: "map" for COCO mAP,
+  "deploy" for parity) to `detections_out` (.npz), and the parent scores them with pycocotools
+  and matches them against the PyTorch FP32 reference. That keeps pycocotools and the ground
+  truth out of the measured process, and a few hundred boxes per image are small to hand over.
+  Post-processing time (NMS + mapping boxes back) is measured inside each end-to-end iteration
+  and reported on its own (`postprocess_latency_ms`), as is pre-processing (`preprocess_latency_ms`).
+
 Test hook: EDGEZOO_BENCH_FAULT="ACTION:PATTERN[,ACTION:PATTERN...]" makes a cell whose id
 (model/variant/backend/HxW/bN, or reference/model/HxW) matches the fnmatch PATTERN fail right
 after loading: ACTION is segv (a real segmentation fault), abort, exit (os._exit(139)), hang or
@@ -87,6 +105,8 @@ def _groups(n: int, batch: int) -> list[list[int]]:
 
 
 def run_cell(spec: dict) -> dict:
+    if spec.get("task") == "detection":
+        return run_det_cell(spec)
     import numpy as np
 
     from bench import imageops
@@ -198,6 +218,157 @@ def run_cell(spec: dict) -> dict:
         "runtime": backend.info() if hasattr(backend, "info") else {},
         "imports_torch": "torch" in sys.modules,
         **memory,
+    }
+
+
+def _save_detections(path: str, per_image: dict[str, list]) -> dict[str, int]:
+    """Per preset, the images' (K, 6) detections concatenated plus per-image counts, atomically."""
+    import numpy as np
+
+    from zoo.io import atomic_path
+
+    arrays = {}
+    for name, dets in per_image.items():
+        arrays[name] = (np.concatenate(dets).astype(np.float32) if dets else np.zeros((0, 6), np.float32))
+        arrays[f"{name}_counts"] = np.asarray([len(d) for d in dets], dtype=np.int64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return {name: int(len(arrays[name])) for name in per_image}
+
+
+def run_det_cell(spec: dict) -> dict:
+    """One detection cell (see the module docstring): model phase, then torch, NMS, accuracy pass,
+    end-to-end timing."""
+    import numpy as np
+
+    from bench import imageops
+    from bench.backends import get_backend
+    from bench.memory import PeakMemory, peak_rss_mb
+    from bench.timing import TimingProfile, measure, summarize
+
+    mode = spec.get("mode", "cell")
+    hw = (int(spec["input_hw"][0]), int(spec["input_hw"][1]))
+    batch = int(spec.get("batch", 1))
+    threads = int(spec["threads"])
+    cell_id = spec.get("cell_id", "cell")
+
+    # -- data, decoded and letterboxed before the memory baseline ----------------------------
+    images = [imageops.read_rgb(p) for p in spec["evalset"]["images"]]
+    if not images:
+        raise RuntimeError("the detection evaluation set lists no images")
+    if imageops.cv2 is not None:
+        imageops.cv2.setNumThreads(threads)  # the letterbox resize stays within the cell's threads
+    pre = imageops.DetPreprocessor(spec["preprocess"], hw)
+    n_timing = max(1, min(len(images), int(spec.get("timing_images", 16))))
+    n_batches = max(1, math.ceil(n_timing / batch))
+    e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
+    model_inputs = [pre(g)[0] for g in e2e_inputs]
+
+    backend_cls = get_backend(spec["backend"])
+    ok, reason = backend_cls.available()
+    if not ok:
+        return {"status": "skipped", "error": reason}
+    backend = backend_cls()
+    options = {**(spec.get("backend_options") or {}), "variant": spec["variant"],
+               "int8": spec["variant"] != "fp32"}
+    build = None
+    if hasattr(backend, "prepare"):  # TensorRT engine build: its memory is not the runtime's
+        build = backend.prepare(spec["artifact"], options=options)
+
+    # -- model phase: load, first inference, model-only timing (torch not imported by ORT cells)
+    mem = PeakMemory()
+    t0 = time.perf_counter()
+    backend.load(spec["artifact"], threads=threads, options=options)
+    load_s = time.perf_counter() - t0
+    maybe_fault(cell_id)
+    t0 = time.perf_counter()
+    backend.infer(model_inputs[0])
+    first_ms = (time.perf_counter() - t0) * 1000
+    profile = TimingProfile(**spec["timing_profile"])
+    model = None
+    device_ms: list = []
+    if mode == "cell":
+        if hasattr(backend, "reset_device_times"):
+            backend.reset_device_times()
+        model = measure(backend.infer, model_inputs, profile)
+        device_ms = list(getattr(backend, "device_times_ms", []) or [])
+    model_phase = mem.stop()
+    torch_in_model_phase = "torch" in sys.modules
+
+    # -- post-processing needs torch: torchvision.ops.batched_nms via zoo.det.postprocess -----
+    t0 = time.perf_counter()
+    import torch
+
+    from zoo.det.postprocess import NMSConfig, non_max_suppression
+    torch_import_s = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    presets = {name: NMSConfig(**cfg) for name, cfg in spec["nms"].items()}  # "map", "deploy"
+
+    def postprocess(out: np.ndarray, infos: list, cfg: "NMSConfig") -> list[np.ndarray]:
+        """Decoded predictions (B, N, 5 + nc) -> per image (K, 6) boxes in original pixels."""
+        dets = non_max_suppression(torch.as_tensor(out), cfg.conf_thres, cfg.iou_thres, cfg.max_det,
+                                   cfg.multi_label, max_nms=cfg.max_nms)
+        result = []
+        for d, info in zip(dets, infos):
+            d = d.numpy().astype(np.float32, copy=True)
+            d[:, :4] = imageops.unletterbox_boxes(d[:, :4], info)
+            result.append(d)
+        return result
+
+    # -- accuracy pass through the end-to-end pipeline: pixels -> boxes (both NMS presets) ----
+    per_image: dict[str, list] = {name: [] for name in presets}
+    for idx in _groups(len(images), batch):
+        group = [images[i] for i in idx]
+        group += [group[-1]] * (batch - len(group))  # static batch: pad, then drop the extra outputs
+        x, infos = pre(group)
+        out = backend.infer(x)[: len(idx)]
+        for name, cfg in presets.items():
+            per_image[name].extend(postprocess(out, infos[: len(idx)], cfg))
+    counts = _save_detections(spec["detections_out"], per_image)
+    common = {"status": "ok", "error": None, "metrics": {}, "images": len(images),
+              "detections_file": spec["detections_out"], "detections": counts,
+              "load_s": load_s, "first_inference_ms": first_ms, "torch_import_s": torch_import_s,
+              "imports_torch_model_phase": torch_in_model_phase, **model_phase}
+    if mode == "reference":
+        return {**common, "imports_torch": "torch" in sys.modules,
+                "peak_rss_e2e_mb": peak_rss_mb(), "rss_delta_e2e_mb": peak_rss_mb() - model_phase["baseline_rss_mb"]}
+
+    # -- end to end: letterbox + normalise, the model, NMS ("deploy" preset) + boxes back -----
+    deploy = presets["deploy"]
+    split_ns: list[tuple[int, int]] = []
+
+    def end_to_end(group: list) -> object:
+        t_0 = time.perf_counter_ns()
+        x, infos = pre(group)
+        t_1 = time.perf_counter_ns()
+        out = backend.infer(x)
+        t_2 = time.perf_counter_ns()
+        dets = postprocess(out, infos, deploy)
+        split_ns.append((t_1 - t_0, time.perf_counter_ns() - t_2))
+        return dets
+
+    e2e_profile = TimingProfile(name=profile.name + "-e2e", warmup_iters=max(1, profile.warmup_iters // 10),
+                                warmup_s=0.0, iters=profile.iters, min_time_s=profile.min_time_s,
+                                trials=profile.trials)
+    e2e = measure(end_to_end, e2e_inputs, e2e_profile)
+    timed = split_ns[len(split_ns) - int(e2e["stats"]["n"]):]  # the warm-up calls come first
+    pre_ms = [a / 1e6 for a, _ in timed]
+    post_ms = [b / 1e6 for _, b in timed]
+    end_peak = peak_rss_mb()
+    return {
+        **common,
+        "latency_ms": model["stats"], "samples_ms": model["samples_ms"],
+        "e2e_latency_ms": e2e["stats"], "e2e_samples_ms": e2e["samples_ms"],
+        "postprocess_latency_ms": summarize(post_ms), "postprocess_samples_ms": post_ms,
+        "preprocess_latency_ms": summarize(pre_ms),
+        "gpu_compute_ms": summarize(device_ms) if device_ms else None,
+        "timing_profile": spec["timing_profile"], "e2e_timing_profile": e2e_profile.__dict__,
+        "build": build,
+        "gpu_memory": backend.gpu_memory() if hasattr(backend, "gpu_memory") else None,
+        "runtime": backend.info() if hasattr(backend, "info") else {},
+        "imports_torch": "torch" in sys.modules,
+        "peak_rss_e2e_mb": end_peak, "rss_delta_e2e_mb": end_peak - model_phase["baseline_rss_mb"],
     }
 
 

@@ -17,6 +17,15 @@ Examples:
     python -m bench.run --model espnet --weights ../shared/weights/espnet_p_2_q_8_camvid.pth \\
         --data camvid --data-root ../shared/data/camvid --profile release
     python -m bench.run --model ddrnet --backend tensorrt --dla-core 0        # Jetson, TensorRT installed
+    python -m bench.run --model yolov5n --data coco --data-root ../shared/data/coco-tiny \
+        --weights ../shared/weights/yolov5n.pt --quant fp32 static dynamic --backend torch onnxruntime
+    python -m bench.run --model yolov5n --data synthetic-det --weights random --input-size 320x320
+
+Detection datasets (COCO-format, synthetic-det): each cell letterboxes to one fixed input size
+(default: the card's long side as a square, 640x640 for coco; sides must be multiples of 32) and
+records COCO mAP50-95 / mAP50 (pycocotools), box agreement with the PyTorch FP32 reference, and
+model-only, NMS (post-processing) and end-to-end latency apart. QAT and PyTorch static INT8 are
+not available for detectors yet (skipped cells with the reason).
 
 Timing profiles (warm-up, then timed: at least N iterations and S seconds):
     quick    max(10 it, 1 s), max(50 it, 5 s)       default, for development
@@ -24,7 +33,8 @@ Timing profiles (warm-up, then timed: at least N iterations and S seconds):
     release  max(50 it, 5 s), max(1000 it, 30 s)    use this for published numbers
 
 With no checkpoint for (model, data) in the artifact cache, an FP32 model is first trained with
-the quick recipe (announced, a few minutes on a CPU, then cached); likewise `--quant qat`
+the quick recipe (announced, a few minutes on a CPU, then cached; detectors use the quick
+detection recipe of python -m zoo.det.train; --weights skips it); likewise `--quant qat`
 fine-tunes a QAT checkpoint from it (python -m quant.qat) when none is cached. Results: one JSON record per
 cell under --out, and a Markdown table on stdout. Compare two result sets with
 `python -m bench.compare BASELINE CANDIDATE`.
@@ -75,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="checkpoint path, or 'random' for seeded untrained weights (speed and size only)")
     p.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
     p.add_argument("--input-size", nargs="+", metavar="HxW",
-                   help="one or more sizes as 'H W' pairs or HxW (default: the dataset card's)")
+                   help="one or more sizes as 'H W' pairs or HxW (default: the dataset card's; detection: "
+                        "its long side as a square, e.g. 640x640 for coco)")
     p.add_argument("--batch", type=int, nargs="+", default=[1],
                    help="batch sizes (default 1); > 1 stacks images and reports images/s")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every backend (default 2)")
@@ -90,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-images", type=int, default=16, help="validation images cycled by the timing loops")
     p.add_argument("--max-images", type=int, help="evaluate accuracy on the first N images only")
     p.add_argument("--train-epochs", type=int,
-                   help="epochs of the quick FP32 training done when no checkpoint exists (default: the recipe's 12)")
+                   help="epochs of the quick FP32 training done when no checkpoint exists (default: the recipe's: "
+                        "12 for segmentation; see zoo.recipes.DET_RECIPES['quick'] for detection)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell (default 1800)")
     p.add_argument("--force", action="store_true", help="rerun cells already stored in --out")
     p.add_argument("--calib-images", type=int, default=256,

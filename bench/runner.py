@@ -11,6 +11,23 @@ Preparation happens here, once, and is cached in the artifact folder:
   own process, saving its argmax masks; every cell compares its masks with them
   (`metrics.pixel_agreement`) and its mIoU with the reference's (`metrics.miou_delta_vs_fp32_torch`).
 
+Detection datasets (issue #7) follow the same plan with task-specific pieces, each explained
+where it is made:
+
+* one fixed, square input size per cell (engines and static ONNX exports are built for one
+  shape): the card's long side rounded up to the stride, 640x640 for COCO, unless
+  `--input-size`; images are letterboxed to it (`bench.imageops.letterbox`). The reference
+  protocol of `zoo.evaluate` letterboxes each image to its own "rect" shape instead, so a cell's
+  mAP differs slightly from `python -m zoo.evaluate`; each record states its `protocol`;
+* the evaluation set is the image list, their COCO image ids and a COCO-format ground-truth json;
+* the cell writes its detections (NMS presets "map" and "deploy") and the parent scores them:
+  `metrics.map50_95` / `metrics.map50` with pycocotools (`zoo.det.coco_eval`), and
+  `metrics.box_agreement` against the PyTorch FP32 reference's deploy-preset boxes
+  (`bench.metrics.BoxAgreement`), so neither pycocotools nor the ground truth sits in the
+  measured process;
+* static INT8 keeps the Detect head's three 1x1 convolutions and the whole decode subgraph after
+  them (sigmoid, grid and anchor arithmetic, concat) in float (see `Prepared.variant_artifact`).
+
 Each cell process only loads and measures. A crash, a timeout or a missing backend becomes a
 record (`status` skipped/failed with the reason) and the sweep goes on; every record is written
 (atomically) as soon as its cell ends, so a sweep killed at any point loses no finished cell, and
@@ -25,8 +42,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import signal
+import warnings
 import subprocess
 import sys
 import tempfile
@@ -63,7 +82,36 @@ def variant_support(variant: str, backend_cls: type, cfg: "BenchConfig | None" =
                        "measure INT8 on a GPU with tensorrt or onnxruntime-trt")
     if variant == "qat" and cfg is not None and cfg.weights == "random":
         return False, "QAT fine-tunes trained FP32 weights; --weights random has none (use a checkpoint)"
+    if cfg is not None and _task(cfg) == "detection":
+        if variant == "qat":
+            return False, ("QAT for detection is not implemented yet (quant.qat fine-tunes with the "
+                           "segmentation loss; issue #7 part 7): measure static or dynamic PTQ")
+        if variant == "static" and backend_cls.artifact_kind == "torch":
+            # torch.fx symbolic tracing fails on YOLOv5 (TraceError: "Proxy object cannot be
+            # iterated", from the Concat / Detect modules that take lists of feature maps).
+            return False, ("PyTorch FX INT8 cannot trace YOLOv5 (torch.fx TraceError in the Detect / "
+                           "Concat list inputs); measure static INT8 on onnxruntime or tensorrt")
     return True, ""
+
+
+def _task(cfg: "BenchConfig") -> str:
+    from zoo.data import load_card
+
+    return load_card(cfg.data).task
+
+
+# Detectors need input sides that are multiples of their largest stride (YOLOv5: 32).
+DET_STRIDE = 32
+
+
+def default_sizes(cfg: "BenchConfig", card) -> list[tuple[int, int]]:
+    """The sizes a sweep measures. Detection: one fixed square per cell, the card's long side
+    rounded up to the stride (640x640 for COCO, 480x480 for synthetic-det), because ONNX exports
+    and TensorRT engines are built for one shape; images are letterboxed into it."""
+    if card.task == "detection" and cfg.input_hw is None:
+        side = int(math.ceil(max(card.input_size) / DET_STRIDE) * DET_STRIDE)
+        return [(side, side)]
+    return cfg.sizes(card.input_size)
 
 
 def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
@@ -179,6 +227,7 @@ class Prepared:
     gmacs: dict = field(default_factory=dict)   # (h, w) -> GMACs per image
     quantized: dict = field(default_factory=dict)  # (variant, config, h, w, batch) -> artifact
     calibrations: dict = field(default_factory=dict)  # (h, w) -> CalibrationData
+    task: str = "segmentation"
 
     def variant_artifact(self, cfg: "BenchConfig", kind: str, variant: str, backend: str, hw: tuple[int, int],
                          batch: int, log: Callable[[str], None]) -> dict:
@@ -217,7 +266,16 @@ class Prepared:
 
                 target = config.split("-")[0]
                 log(f"static PTQ ({target} QDQ, {cfg.calib_method} calibration on {calib.size} images) -> {path}")
-                quantize_static_onnx(fp32["path"], path, calib, target=target, method=cfg.calib_method)
+                # Detection: `float_head` keeps `output_head_nodes` in float for both targets:
+                # the Detect head's three 1x1 convs and the decode subgraph after them (sigmoid,
+                # grid / anchor arithmetic, concat; ~50 nodes). The decode mixes pixel
+                # coordinates (0..640) with probabilities (0..1) in one tensor, which one 8-bit
+                # scale cannot hold, and TensorRT's op list would otherwise quantize its Adds.
+                # The three convs (~8 % of yolov5n's MACs at 640) feed raw box / objectness /
+                # class logits of very different ranges into that decode; kept float like a
+                # segmentation classifier. (Issue #7: "the head's large-range nodes kept in float".)
+                head = {"float_head": True} if self.task == "detection" else {}
+                quantize_static_onnx(fp32["path"], path, calib, target=target, method=cfg.calib_method, **head)
         meta = json.loads(path.with_suffix(".json").read_text())
         self.quantized[key] = _describe({"kind": "onnx", "path": str(path), "quant": _quant_summary(meta)})
         return self.quantized[key]
@@ -318,9 +376,12 @@ class Prepared:
             from zoo.data import Preprocess
 
             log(f"calibration set: {cfg.calib_images} {cfg.data}/train images at {hw[0]}x{hw[1]} (seed {cfg.calib_seed})")
-            self.calibrations[hw] = build_calibration(
-                cfg.data, root=cfg.data_root, split="train", num_images=cfg.calib_images, seed=cfg.calib_seed,
-                preprocess=Preprocess.from_dict(self.preprocess), input_hw=hw)
+            if self.task == "detection":
+                self.calibrations[hw] = det_calibration(cfg, hw, self.preprocess, log)
+            else:
+                self.calibrations[hw] = build_calibration(
+                    cfg.data, root=cfg.data_root, split="train", num_images=cfg.calib_images, seed=cfg.calib_seed,
+                    preprocess=Preprocess.from_dict(self.preprocess), input_hw=hw)
         return self.calibrations[hw]
 
     def artifact(self, kind: str, hw: tuple[int, int], batch: int, log: Callable[[str], None]) -> dict:
@@ -375,13 +436,77 @@ def _describe(art: dict) -> dict:
     return art
 
 
+def det_calibration(cfg: BenchConfig, hw: tuple[int, int], preprocess: dict, log: Callable[[str], None]):
+    """Static-PTQ calibration for a detector: the seeded train-split subset that
+    `quant.calibrate.build_calibration` draws (same selection rule), but letterboxed to `hw` exactly
+    as the cells feed images (`bench.imageops.letterbox`), not stretched: grey bands and the
+    aspect ratio are part of the activation ranges the INT8 model will see."""
+    from quant.calibrate import MIN_IMAGES, CalibrationData, QuantError, _hash
+
+    from bench.imageops import RESIZE_BACKEND, Preprocessor, letterbox
+    from zoo import data as zdata
+
+    ds = zdata.build_dataset(cfg.data, root=cfg.data_root, split="train")
+    order = sorted(range(len(ds)), key=lambda i: str(ds.files[i]))
+    available, wanted = len(order), int(cfg.calib_images)
+    if available < min(wanted, MIN_IMAGES):
+        raise QuantError(f"calibration split 'train' of {cfg.data} has {available} images, fewer than the "
+                         f"minimum {MIN_IMAGES}; add training images or lower --calib-images")
+    if available <= wanted:
+        if available < wanted:
+            log(f"  calibration: {cfg.data}/train has {available} images, {wanted} requested; using all {available}")
+        chosen = list(order)
+    else:
+        picks = np.random.default_rng(cfg.calib_seed).choice(available, size=wanted, replace=False)
+        chosen = [order[i] for i in sorted(int(v) for v in picks)]
+    norm = Preprocessor(preprocess, hw)
+    arrays, names = [], []
+    for index in chosen:
+        sample = ds.load(index)
+        arrays.append(norm.normalize([letterbox(sample.image, hw)[0]]))
+        names.append(sample.name)
+    pre = {**preprocess, "letterbox": f"fixed {hw[0]}x{hw[1]}, grey 114, {RESIZE_BACKEND}"}
+    digest = _hash(cfg.data, "train", names, pre, hw, int(cfg.calib_seed), arrays)
+    return CalibrationData(arrays=arrays, names=names, sha256=digest, dataset=cfg.data, split="train",
+                           seed=int(cfg.calib_seed), input_hw=hw, preprocess=pre, requested=wanted)
+
+
+def _det_checkpoint(cfg: BenchConfig, entry) -> str:
+    """A detector's FP32 checkpoint when none was given: the cached one, else quick-trained with
+    the detection trainer (announced; `zoo.api.load_fp32` only knows the segmentation trainer)."""
+    from zoo.api import find_fp32_checkpoint
+
+    path = find_fp32_checkpoint(entry.name, cfg.data, cfg.artifacts)
+    if path is not None:
+        return str(path)
+    try:
+        from zoo.det.train import DetTrainConfig, train_detector
+    except ImportError as exc:
+        raise UsageError(f"no FP32 checkpoint for {entry.name} on {cfg.data} and no detection trainer to make one "
+                         f"({exc}); pass --weights PATH (e.g. ../shared/weights/yolov5n.pt) or --weights random") from None
+    print(f"[edgezoo] no FP32 checkpoint for {entry.name} on {cfg.data}: training one with the quick detection "
+          "recipe (python -m zoo.det.train --recipe quick; slow on a CPU, cached for next time; --weights PATH "
+          "skips it)", file=sys.stderr, flush=True)
+    result = train_detector(DetTrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe="quick",
+                                           epochs=cfg.train_epochs, artifacts=cfg.artifacts, threads=cfg.threads,
+                                           progress=cfg.progress))
+    best = Path(result["best"])
+    if not best.is_file():
+        raise UsageError(f"the quick detection training of {entry.name} on {cfg.data} saved no best.pt (no validation "
+                         f"mAP above 0?); train longer with python -m zoo.det.train, or pass --weights PATH")
+    return str(best)
+
+
 def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
     """FP32 weights (cached, trained with the quick recipe if missing, or seeded random)."""
     from zoo import data as zdata
 
     entry = get_entry(model)
     card = zdata.load_card(cfg.data)
-    kwargs = dict(dataset=cfg.data, weights=cfg.weights, artifacts=cfg.artifacts, data_root=cfg.data_root,
+    weights = cfg.weights
+    if weights is None and card.task == "detection":
+        weights = _det_checkpoint(cfg, entry)
+    kwargs = dict(dataset=cfg.data, weights=weights, artifacts=cfg.artifacts, data_root=cfg.data_root,
                   threads=cfg.threads, progress=cfg.progress, train_epochs=cfg.train_epochs)
     if cfg.weights == "random":
         with torch.random.fork_rng(devices=[]):
@@ -404,7 +529,7 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
                            "num_classes": loaded.num_classes})
     return Prepared(model=entry.name, num_classes=loaded.num_classes, preprocess=preprocess,
                     weights_path=str(loaded.path), weights_sha256=weights_sha, weights_meta=meta, net=net,
-                    export_dir=export_dir, torch_artifact=torch_art, params=count_params(net))
+                    export_dir=export_dir, torch_artifact=torch_art, params=count_params(net), task=card.task)
 
 
 def _meta_summary(meta: dict) -> dict:
@@ -413,7 +538,10 @@ def _meta_summary(meta: dict) -> dict:
     if isinstance(meta.get("recipe"), dict):
         out["recipe"] = meta["recipe"].get("name")
     if isinstance(meta.get("metrics"), dict):
-        out["val_miou_at_training"] = meta["metrics"].get("miou")
+        if meta["metrics"].get("map") is not None:  # detection checkpoints (zoo.det.train)
+            out["val_map50_95_at_training"] = meta["metrics"].get("map")
+        else:
+            out["val_miou_at_training"] = meta["metrics"].get("miou")
     return out
 
 
@@ -458,12 +586,124 @@ def prepare_evalset(cfg: BenchConfig, hw: tuple[int, int], log: Callable[[str], 
     return meta
 
 
+def prepare_det_evalset(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
+    """A detection split for the cells: image paths, their COCO image ids and a COCO-format
+    ground-truth json (the dataset's own annotation file for COCO, else one written here from the
+    labels, restricted to the images used). Cached by a fingerprint of the files; `sha256` hashes
+    the images' and the ground truth's contents (the data-subset hash)."""
+    from zoo import data as zdata
+
+    ds = zdata.build_dataset(cfg.data, root=cfg.data_root, split=cfg.split)
+    n = len(ds) if not cfg.max_images else min(len(ds), cfg.max_images)
+    if n == 0:
+        raise UsageError(f"the {cfg.data} {cfg.split} split has no images")
+    recs = ds.images[:n]
+    files = [Path(r.path).resolve() for r in recs]
+    gt = ds.ground_truth()
+    listing = []
+    for img in files:
+        st = img.stat()
+        listing.append([str(img), st.st_size, st.st_mtime_ns])
+    if isinstance(gt, (str, Path)):
+        gt_file = Path(gt).resolve()
+        st = gt_file.stat()
+        gt_id: Any = [str(gt_file), st.st_size, st.st_mtime_ns]
+    else:
+        ids = {int(r.image_id) for r in recs}
+        gt = {**gt, "images": [im for im in gt["images"] if int(im["id"]) in ids],
+              "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in ids]}
+        gt_id = hashlib.sha256(json.dumps(gt, sort_keys=True).encode()).hexdigest()
+    fp = hashlib.sha256(json.dumps([cfg.data, cfg.split, listing, gt_id]).encode()).hexdigest()
+    folder = artifacts_dir(cfg.artifacts) / "evalsets" / f"{cfg.data}-{cfg.split.replace('+', '_')}" / f"{fp[:16]}_det"
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if Path(meta["gt"]).is_file():
+            return meta
+    log(f"evaluation set: {n} {cfg.data}/{cfg.split} images with COCO-format ground truth -> {folder}")
+    if isinstance(gt, dict):
+        gt_file = folder / "ground_truth.json"
+        write_json(gt_file, gt)
+    content = hashlib.sha256()
+    for p in files + [gt_file]:
+        content.update(hashlib.sha256(p.read_bytes()).digest())
+    meta = {"task": "detection", "labels": None, "images": [str(i) for i in files],
+            "image_ids": [int(r.image_id) for r in recs], "gt": str(gt_file),
+            "category_ids": [int(c) for c in ds.category_ids], "classes": list(ds.classes), "n": n,
+            "fingerprint": fp, "sha256": content.hexdigest(), "dataset": cfg.data, "split": cfg.split}
+    write_json(meta_path, meta)
+    return meta
+
+
+def _split_detections(arrays: dict, name: str, n: int) -> list[np.ndarray]:
+    dets, counts = np.asarray(arrays[name]), np.asarray(arrays[f"{name}_counts"])
+    if len(counts) != n or int(counts.sum()) != len(dets):
+        raise RuntimeError(f"detections for {len(counts)} images ({int(counts.sum())} boxes, {len(dets)} rows), "
+                           f"expected {n} images")
+    return np.split(dets.reshape(-1, 6), np.cumsum(counts)[:-1])
+
+
+def score_detections(ev: dict, arrays: dict, reference: dict | None = None, gt: Any = None) -> dict:
+    """COCO mAP of a cell's "map"-preset detections (pycocotools, on the evaluated image ids) and
+    box agreement of its "deploy"-preset detections with the PyTorch FP32 reference's."""
+    from bench.metrics import BoxAgreement
+    from zoo.det.coco_eval import coco_map, detections_to_coco
+
+    n = len(ev["image_ids"])
+    per_image = _split_detections(arrays, "map", n)
+    dets = [d for image_id, boxes in zip(ev["image_ids"], per_image)
+            for d in detections_to_coco(boxes, image_id, ev["category_ids"])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "no detections to evaluate: mAP is 0"
+        scores = coco_map(dets, gt if gt is not None else ev["gt"], image_ids=ev["image_ids"],
+                          class_names=ev["classes"], category_ids=ev["category_ids"])
+    metrics: dict[str, Any] = {"map50_95": scores.map, "map50": scores.map50, "map75": scores.map75,
+                               "per_class_ap": scores.per_class_ap, "detections": len(dets)}
+    if reference is not None:
+        agree = BoxAgreement(iou_thres=0.5)
+        for mine, ref in zip(_split_detections(arrays, "deploy", n), _split_detections(reference, "deploy", n)):
+            agree.update(mine, ref)
+        a = agree.as_dict()
+        metrics.update(box_agreement=a["f1"], box_recall_vs_ref=a["recall"], box_precision_vs_ref=a["precision"],
+                       box_mean_iou_vs_ref=a["mean_iou"], boxes_matched=a["matched"], boxes_ref=a["ref_boxes"],
+                       boxes=a["boxes"])
+    return metrics
+
+
+def det_protocol(hw: tuple[int, int]) -> dict:
+    """How a detection cell's numbers are made (stored in every detection record)."""
+    from bench.imageops import RESIZE_BACKEND
+    from zoo.det.postprocess import DEPLOY_NMS, MAP_NMS
+
+    return {
+        "input": f"letterbox to a fixed {hw[0]}x{hw[1]} (aspect ratio kept, grey 114, centred; YOLOv5 val.py's "
+                 "square letterbox). python -m zoo.evaluate letterboxes each image to its own 'rect' shape "
+                 "instead, so its mAP differs slightly",
+        "resize": RESIZE_BACKEND,
+        "nms": {"map": MAP_NMS.as_dict(), "deploy": DEPLOY_NMS.as_dict(),
+                "implementation": "torchvision.ops.batched_nms (zoo.det.postprocess)"},
+        "map": "pycocotools COCOeval bbox on the evaluated image ids: map50_95 = stats[0], map50 = stats[1]; "
+               "'map' preset detections mapped back to original pixels",
+        "box_agreement": "F1 of greedy same-class matches with IoU >= 0.5 between this cell's and the PyTorch "
+                         "FP32 reference's 'deploy' preset detections",
+        "e2e": "letterbox + normalise + model + NMS ('deploy' preset) + boxes back to original pixels",
+        "postprocess": "NMS ('deploy' preset) + boxes back to original pixels, timed inside each e2e iteration",
+        "memory": "peak_rss_mb: load, first inference and model-only timing (before torch is imported in "
+                  "ONNX Runtime cells); peak_rss_e2e_mb: the whole cell, incl. torch for NMS",
+    }
+
+
 def run_cell_process(spec: dict, timeout: float) -> dict:
-    """Run one cell in a fresh interpreter; a crash or timeout becomes a failed result."""
+    """Run one cell in a fresh interpreter; a crash or timeout becomes a failed result.
+
+    Detection cells write their detections to `detections_out` (a file in the cell's temporary
+    folder unless the spec names one); they come back as arrays in `result["_detections"]`."""
     with tempfile.TemporaryDirectory(prefix="edgezoo-cell-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         log_path = Path(tmp) / "output.log"
         spec = {**spec, "parent_pid": os.getpid()}
+        if spec.get("task") == "detection" and not spec.get("detections_out"):
+            spec["detections_out"] = str(Path(tmp) / "detections.npz")
         spec_path.write_text(json.dumps(spec))
         threads = str(spec["threads"])
         env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
@@ -482,7 +722,12 @@ def run_cell_process(spec: dict, timeout: float) -> dict:
                 _kill_group(proc)  # Ctrl-C in the parent: do not leave the cell running
                 raise
         if out_path.is_file():
-            return json.loads(out_path.read_text())
+            result = json.loads(out_path.read_text())
+            det_file = spec.get("detections_out")
+            if result.get("status") == "ok" and det_file and Path(det_file).is_file():
+                with np.load(det_file) as z:
+                    result["_detections"] = {k: z[k] for k in z.files}
+            return result
         tail = [l for l in log_path.read_text(errors="replace").strip().splitlines() if l.strip()][-1:] or ["no output"]
         if rc < 0:
             try:
@@ -514,6 +759,8 @@ class _Sweep:
         self.profile_id = profile_id(self.profile)
         self.evalsets: dict[tuple[int, int], dict] = {}
         self.references: dict[tuple[str, tuple[int, int]], dict] = {}
+        self.task = _task(cfg)
+        self._coco_gt: dict[str, Any] = {}
         self.available: dict[str, tuple[bool, str]] = {}
         self.written = 0
         self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
@@ -529,8 +776,23 @@ class _Sweep:
 
     def evalset(self, hw: tuple[int, int]) -> dict:
         if hw not in self.evalsets:
-            self.evalsets[hw] = prepare_evalset(self.cfg, hw, self.log)
+            if self.task == "detection":  # no labels at the input size: one set serves every size
+                self.evalsets[hw] = next(iter(self.evalsets.values()), None) or prepare_det_evalset(self.cfg, self.log)
+            else:
+                self.evalsets[hw] = prepare_evalset(self.cfg, hw, self.log)
         return self.evalsets[hw]
+
+    def score(self, ev: dict, arrays: dict, reference: dict | None) -> dict:
+        """Detection metrics of a cell's (or the reference's) detections, in this process."""
+        from zoo.det.coco_eval import load_coco_gt
+
+        if ev["gt"] not in self._coco_gt:  # parse the ground-truth json once per sweep
+            self._coco_gt[ev["gt"]] = load_coco_gt(ev["gt"])
+        ref_arrays = None
+        if reference is not None and reference.get("status") == "ok":
+            with np.load(reference["path"]) as z:
+                ref_arrays = {k: z[k] for k in z.files}
+        return score_detections(ev, arrays, ref_arrays, gt=self._coco_gt[ev["gt"]])
 
     def reference(self, prep: Prepared, hw: tuple[int, int], base_spec: dict) -> dict:
         """The PyTorch FP32 masks for (weights, dataset, split, size): cached, else computed in
@@ -544,6 +806,8 @@ class _Sweep:
         masks_path, meta_path = folder / f"{stem}.npz", folder / f"{stem}.json"
         if meta_path.is_file() and masks_path.is_file():
             ref = json.loads(meta_path.read_text())
+        elif self.task == "detection":
+            ref = self._det_reference(prep, hw, base_spec, ev, masks_path, meta_path)
         else:
             self.log(f"reference {prep.model} torch/fp32 {hw[0]}x{hw[1]}: argmax masks in a separate process ...")
             spec = {**base_spec, "mode": "reference", "backend": "torch", "variant": "fp32", "batch": 1,
@@ -562,6 +826,30 @@ class _Sweep:
                 ref = {"status": "failed", "error": result.get("error") or "no masks written"}
                 self.log(f"  -> reference failed: {ref['error']} (cells get no pixel agreement)")
         self.references[key] = ref
+        return ref
+
+    def _det_reference(self, prep: Prepared, hw: tuple[int, int], base_spec: dict, ev: dict, dets_path: Path,
+                       meta_path: Path) -> dict:
+        """The PyTorch FP32 detections ("map" and "deploy" presets) at this input size, scored here."""
+        self.log(f"reference {prep.model} torch/fp32 {hw[0]}x{hw[1]}: detections in a separate process ...")
+        spec = {**base_spec, "mode": "reference", "backend": "torch", "variant": "fp32", "batch": 1,
+                "artifact": prep.torch_artifact, "detections_out": str(dets_path), "reference": None,
+                "cell_id": f"reference/{prep.model}/{hw[0]}x{hw[1]}"}
+        result = run_cell_process(spec, max(self.cfg.timeout, REFERENCE_MIN_TIMEOUT))
+        if result.get("status") == "ok" and "_detections" in result:
+            try:
+                m = self.score(ev, result["_detections"], None)
+            except Exception as exc:  # noqa: BLE001 - a reference that cannot be scored is reported, not fatal
+                result = {"status": "failed", "error": f"scoring the reference failed: {type(exc).__name__}: {exc}"}
+            else:
+                ref = {"status": "ok", "path": str(dets_path),
+                       "metrics": {"map50_95": m["map50_95"], "map50": m["map50"]},
+                       "weights_sha256": prep.weights_sha256, "images": result.get("images"),
+                       "evalset": ev["fingerprint"], "created": now_iso()}
+                write_json(meta_path, ref)
+                return ref
+        ref = {"status": "failed", "error": result.get("error") or "no detections written"}
+        self.log(f"  -> reference failed: {ref['error']} (cells get no box agreement)")
         return ref
 
     def write(self, rec: dict) -> Path:
@@ -584,10 +872,9 @@ def _planned(cfg: BenchConfig) -> tuple[list[str], list[str], list[str]]:
     from zoo.data import load_card
 
     task = load_card(cfg.data).task
-    if task != "segmentation":
-        raise UsageError(f"bench.run measures segmentation datasets so far; {cfg.data!r} is a {task} dataset "
-                         "(detection cells arrive with issue #7; meanwhile: python -m zoo.evaluate --model yolov5n "
-                         "--data coco --data-root DIR)")
+    if task not in ("segmentation", "detection"):
+        raise UsageError(f"bench.run measures segmentation and detection datasets; {cfg.data!r} is a {task} "
+                         "dataset (score instance networks with python -m zoo.instances.evaluate)")
     names: list[str] = []
     for m in cfg.models:
         # "all" means every network of the dataset's task; a named network of another task is an error.
@@ -600,11 +887,14 @@ def _planned(cfg: BenchConfig) -> tuple[list[str], list[str], list[str]]:
     return list(dict.fromkeys(names)), variants, backends
 
 
-def _check(cfg: BenchConfig, sizes: list[tuple[int, int]], batches: list[int]) -> None:
+def _check(cfg: BenchConfig, sizes: list[tuple[int, int]], batches: list[int], task: str = "segmentation") -> None:
     if cfg.profile not in PROFILES:
         raise UsageError(f"unknown profile {cfg.profile!r}; valid: {', '.join(PROFILES)}")
     if any(h < 8 or w < 8 for h, w in sizes):
         raise UsageError(f"input sizes must be at least 8x8, got {sizes}")
+    if task == "detection" and any(h % DET_STRIDE or w % DET_STRIDE for h, w in sizes):
+        raise UsageError(f"detector input sizes must be multiples of {DET_STRIDE} (the stride), got "
+                         f"{', '.join(f'{h}x{w}' for h, w in sizes)}; e.g. --input-size 640x640")
     if any(b < 1 for b in batches):
         raise UsageError(f"batch sizes must be >= 1, got {batches}")
     if cfg.threads < 1:
@@ -622,8 +912,8 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
 
     models, variants, backends = _planned(cfg)
     card = zdata.load_card(cfg.data)
-    sizes, batches = cfg.sizes(card.input_size), cfg.batches()
-    _check(cfg, sizes, batches)
+    sizes, batches = default_sizes(cfg, card), cfg.batches()
+    _check(cfg, sizes, batches, card.task)
     # Fail fast on a missing data root before any training or export work.
     zdata.build_dataset(cfg.data, root=cfg.data_root, split=cfg.split)
     sweep = _Sweep(cfg, log)
@@ -646,7 +936,8 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                     for backend in backends:
                         bcls = get_backend(backend)
                         rec = {
-                            "schema": SCHEMA, "model": prep.model, "variant": variant, "backend": backend,
+                            "schema": SCHEMA, "task": card.task, "model": prep.model, "variant": variant,
+                            "backend": backend,
                             "precision": precision_of(bcls, variant, options_base),
                             "device": device_of(bcls, options_base),
                             "dataset": cfg.data, "split": cfg.split, "input_hw": list(hw), "batch": batch,
@@ -695,6 +986,7 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
     if ok and artifact is not None:
         ev = sweep.evalset(hw)
         base_spec = {
+            "task": prep.task,
             "model": prep.model, "variant": variant, "backend": backend, "dataset": cfg.data, "split": cfg.split,
             "input_hw": list(hw), "batch": batch, "threads": cfg.threads, "artifact": artifact,
             "preprocess": prep.preprocess, "num_classes": prep.num_classes,
@@ -703,6 +995,11 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
             "timing_images": cfg.timing_images, "timing_profile": dataclasses.asdict(sweep.profile),
             "backend_options": options, "cell_id": short_id(rec),
         }
+        if prep.task == "detection":
+            from zoo.det.postprocess import NMS_PRESETS
+
+            base_spec["nms"] = {name: NMS_PRESETS[name].as_dict() for name in ("map", "deploy")}
+            rec["protocol"] = det_protocol(hw)
         reference = sweep.reference(prep, hw, base_spec)
         spec = {**base_spec, "reference": reference if reference.get("status") == "ok" else None}
         log(f"cell {short_id(rec)}: measuring in a separate process ...")
@@ -714,6 +1011,13 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
         result = run_cell_process(spec, cfg.timeout)
         rec["machine_load"] = {"load_1m_before": load_before, "load_1m_after": _load_average(),
                                "cores": os.cpu_count()}
+        if prep.task == "detection" and result.get("status") == "ok":
+            try:  # scored here, outside the measured process (see the module docstring)
+                result["metrics"] = sweep.score(ev, result.pop("_detections"), reference)
+            except Exception as exc:  # noqa: BLE001 - a cell whose output cannot be scored failed
+                result = {**result, "status": "failed", "metrics": {},
+                          "error": f"scoring the detections failed: {type(exc).__name__}: {exc}"[:500]}
+        result.pop("_detections", None)
     rec.update(_fill(rec, result, prep, hw, batch, artifact, reference, ev, cfg))
     rec.update(cell_wall_s=time.time() - t0, env=env, timestamp=now_iso())
     path = sweep.write(rec)
@@ -745,7 +1049,14 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
     e2e = result.get("e2e_latency_ms") or {}
     metrics = dict(result.get("metrics") or {})
     ref_ok = bool(reference and reference.get("status") == "ok")
-    if metrics:
+    detection = prep.task == "detection"
+    if metrics and detection:
+        metrics.setdefault("box_agreement", None)
+        for name in ("map50_95", "map50"):
+            ref_v = reference["metrics"].get(name) if ref_ok else None
+            metrics[f"{name}_delta_vs_fp32_torch"] = (
+                metrics[name] - ref_v if ref_v is not None and metrics.get(name) is not None else None)
+    elif metrics:
         metrics.setdefault("pixel_agreement", None)
         ref_miou = reference["metrics"].get("miou") if ref_ok else None
         metrics["miou_delta_vs_fp32_torch"] = (
@@ -778,7 +1089,8 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
                                                                           "file_bytes", "size_basis")
                       if k in artifact} if artifact else None),
         "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
-        "reference": ({"status": "ok", "path": reference["path"], "miou": reference["metrics"]["miou"]}
+        "reference": ({"status": "ok", "path": reference["path"], **reference["metrics"]} if ref_ok and detection else
+                      {"status": "ok", "path": reference["path"], "miou": reference["metrics"]["miou"]}
                       if ref_ok else ({"status": "failed", "error": reference.get("error")} if reference else None)),
         "data": ({"sha256": ev["sha256"], "images": ev["n"], "fingerprint": ev["fingerprint"]} if ev else None),
         "preprocess": prep.preprocess,
@@ -786,6 +1098,21 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
         "runtime": {**(result.get("runtime") or {}), **({"build": build} if build else {})},
         "samples_ms": result.get("samples_ms", []), "e2e_samples_ms": result.get("e2e_samples_ms", []),
     }
+    if detection:
+        post = result.get("postprocess_latency_ms") or {}
+        out.update({
+            # post-processing (NMS + boxes back) and pre-processing (letterbox + normalise), each
+            # timed inside the end-to-end iterations; the model-only part is `latency_ms`
+            "postprocess_latency_ms": post, "postprocess_samples_ms": result.get("postprocess_samples_ms", []),
+            "preprocess_latency_ms": result.get("preprocess_latency_ms") or {},
+            "postprocess_share_of_e2e": (post["median"] / e2e["median"]
+                                         if post.get("median") is not None and e2e.get("median") else None),
+            # memory: `peak_rss_mb` is the model phase (see bench/cell.py); this is the whole cell
+            "peak_rss_e2e_mb": result.get("peak_rss_e2e_mb"), "rss_delta_e2e_mb": result.get("rss_delta_e2e_mb"),
+            "imports_torch_model_phase": result.get("imports_torch_model_phase"),
+            "torch_import_s": result.get("torch_import_s"),
+            "detections": result.get("detections"),
+        })
     if "traceback" in result:
         out["traceback"] = result["traceback"]
     return out
@@ -796,6 +1123,8 @@ def markdown_table(records: list[dict]) -> str:
 
     several_sizes = len({tuple(r.get("input_hw") or ()) for r in records}) > 1
     batched = any((r.get("batch") or 1) > 1 for r in records)
+    if any(r.get("task") == "detection" for r in records):
+        return _det_markdown_table(records, several_sizes, batched)
     rows = []
     for r in records:
         lat = r.get("latency_ms") or {}
@@ -826,6 +1155,40 @@ def markdown_table(records: list[dict]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
+def _det_markdown_table(records: list[dict], several_sizes: bool, batched: bool) -> str:
+    from tabulate import tabulate
+
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    def pct(v):
+        return f(100 * v, ".2f") if isinstance(v, (int, float)) else "-"
+
+    rows = []
+    for r in records:
+        lat, e2e = r.get("latency_ms") or {}, r.get("e2e_latency_ms") or {}
+        post = r.get("postprocess_latency_ms") or {}
+        m = r.get("metrics") or {}
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {_short(r.get('error'))}"
+        if r["status"] == "ok" and r.get("unstable"):
+            status = "ok (unstable)"
+        row = [r["model"], r["variant"], r["backend"]]
+        if several_sizes:
+            row.append("x".join(map(str, r.get("input_hw") or [])))
+        if batched:
+            row.append(r.get("batch", 1))
+        row += [status, pct(m.get("map50_95")), pct(m.get("map50")), pct(m.get("box_agreement")),
+                f(r.get("size_mb"), ".2f"), f(lat.get("median"), ".1f"), f(lat.get("p90"), ".1f"),
+                f(lat.get("cv"), ".3f"), f(r.get("images_per_s") if batched else r.get("fps"), ".1f"),
+                f(post.get("median"), ".2f"), f(e2e.get("median"), ".1f"), f(r.get("peak_rss_mb"), ".0f"),
+                f(r.get("peak_rss_e2e_mb"), ".0f")]
+        rows.append(row)
+    headers = ["model", "variant", "backend"] + (["input"] if several_sizes else []) + (["batch"] if batched else [])
+    headers += ["status", "mAP50-95 %", "mAP50 %", "box agree %", "size MB", "median ms", "p90 ms", "CV",
+                "images/s" if batched else "FPS", "NMS ms", "e2e median ms", "peak RSS MB", "e2e peak RSS MB"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
 def _short(text: str | None, n: int = 70) -> str:
     text = str(text or "")
     return text if len(text) <= n else text[: n - 3] + "..."
@@ -840,7 +1203,10 @@ def footer(cfg: BenchConfig, records: list[dict]) -> str:
     return (f"{cfg.data}/{cfg.split}, {sizes}, batch {batches}, {cfg.threads} threads, profile {r.get('profile_id') or cfg.profile}; "
             f"CPU {env['cpu']['model']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
             f"commit {(env['git']['commit'] or 'none')[:10]}{' (dirty)' if env['git']['dirty'] else ''}; "
-            "latency: model only (median, p90), e2e = resize+normalise+model+argmax")
+            + ("latency: model only (median, p90); NMS = post-processing (deploy preset: conf 0.25, IoU 0.45) "
+               "+ boxes back; e2e = letterbox+normalise+model+NMS; peak RSS = model phase (before ONNX Runtime "
+               "cells import torch for NMS), e2e peak RSS = whole cell"
+               if r.get("task") == "detection" else "latency: model only (median, p90), e2e = resize+normalise+model+argmax"))
 
 
 def summary_as_dict(records: list[dict]) -> list[dict[str, Any]]:

@@ -85,17 +85,22 @@ def best_int8(row: Row, acc_key: str = "miou") -> dict[str, Any] | None:
 
 
 def per_class_iou(rows: list[Row], backend: str, dataset: str, target: Path) -> Path:
+    """Heat map of per-class IoU (segmentation) or per-class AP50-95 (detection records), FP32 and
+    the best INT8 variant; detection columns are the classes with ground truth in the split."""
     plt = _pyplot()
     import numpy as np
 
+    acc_key, _ = accuracy_name(c for r in rows for c in r.cells.values() if c)
+    detection = acc_key != "miou"
+    field, what = ("per_class_ap", "AP") if detection else ("per_class_iou", "IoU")
     labels, values, classes = [], [], []
     for row in rows:
-        for title, rec in (("FP32", row.ok("fp32")), ("best INT8", best_int8(row))):
-            per_class = ((rec or {}).get("metrics") or {}).get("per_class_iou") or {}
+        for title, rec in (("FP32", row.ok("fp32")), ("best INT8", best_int8(row, acc_key))):
+            per_class = ((rec or {}).get("metrics") or {}).get(field) or {}
             if not per_class:
                 continue
-            for c in per_class:
-                if c not in classes:
+            for c, v in per_class.items():
+                if c not in classes and not (detection and v is None):
                     classes.append(c)
             name = title if title == "FP32" else f"best INT8 ({rec.get('variant')})"
             labels.append(f"{row.label}: {name}")
@@ -111,9 +116,9 @@ def per_class_iou(rows: list[Row], backend: str, dataset: str, target: Path) -> 
                 if not np.isnan(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
                             color="white" if grid[i, j] < 50 else "black")
-        fig.colorbar(im, ax=ax, label="IoU (%)")
+        fig.colorbar(im, ax=ax, label=f"{what} (%)")
     else:
-        ax.text(0.5, 0.5, "no ok records with per-class IoU", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"no ok records with per-class {what}", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-    ax.set_title(f"{dataset}: per-class IoU on {backend} (FP32 and best INT8)")
+    ax.set_title(f"{dataset}: per-class {what} on {backend} (FP32 and best INT8)")
     return _save(fig, target)

@@ -88,13 +88,18 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
 
 
 def accuracy_name(records: Iterable[dict[str, Any]]) -> tuple[str, str]:
-    """(metrics key, column title): mIoU for segmentation, mAP where records carry it."""
+    """(metrics key, column title): mIoU for segmentation, COCO mAP50-95 for detection records
+    (bench.run detection cells: `metrics.map50_95`; `map` in older hand-made records)."""
     for rec in records:
         metrics = rec.get("metrics") or {}
         if metrics.get("miou") is not None:
             return "miou", "mIoU (%)"
+        if metrics.get("map50_95") is not None:
+            return "map50_95", "mAP50-95 (%)"
         if metrics.get("map") is not None:
             return "map", "mAP (%)"
+        if rec.get("task") == "detection":
+            return "map50_95", "mAP50-95 (%)"
     return "miou", "mIoU (%)"
 
 

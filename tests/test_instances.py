@@ -10,10 +10,10 @@ import torch
 
 from zoo import registry
 from zoo.instances.baselines import cc_instances, watershed_instances
-from zoo.instances.metrics import MaskAP, pq_things, touching_instances
+from zoo.instances.metrics import MaskAP, PQAccumulator, pq_things, touching_instances
 from zoo.instances.net import split_outputs
 from zoo.instances.postprocess import GroupConfig, find_centres, group_pixels, panoptic_instances
-from zoo.instances.pseudo import (CleanFilter, InstanceBank, Instances, PasteConfig, Patch, dt_peaks, make_targets,
+from zoo.instances.pseudo import (CleanFilter, InstanceBank, PasteConfig, Patch, dt_peaks, make_targets,
                                   paste_touching, pseudo_instances, solidity, touching_offset)
 
 CAR = 8
@@ -213,6 +213,21 @@ def test_centre_nms_and_grouping_follow_the_offsets():
     # no centre at all: every component stays whole (connected-component fallback)
     ids, cls, _ = panoptic_instances(sem, np.zeros_like(heat), offset, [CAR])
     assert ids.max() == 1 and (ids[thing] == 1).all()
+    # a small object whose centre was missed: its votes land far from both centres, so it stays
+    # its own instance instead of being glued to the nearest centre (vote_radius 0, as Panoptic-DeepLab)
+    blob = np.zeros_like(thing)
+    blob[25:29, 0:4] = True
+    sem2 = np.where(thing | blob, CAR, 0).astype(np.uint8)
+    off2 = offset.copy()
+    off2[0][blob], off2[1][blob] = 27.0 - yy[blob], 2.0 - xx[blob]     # votes 19 px from any centre
+    ids, cls, _ = panoptic_instances(sem2, heat, off2, [CAR], GroupConfig(nms_kernel=5))
+    assert ids.max() == 3 and len(np.unique(ids[blob])) == 1 and ids[blob][0] not in ids[thing]
+    ids, _, _ = panoptic_instances(sem2, heat, off2, [CAR], GroupConfig(nms_kernel=5, vote_radius=0))
+    assert ids.max() == 2 and (ids[blob] == ids[10, 10]).all()
+    # split_components: grouping may only split connected components
+    ids, _, _ = panoptic_instances(sem2, heat, off2, [CAR], GroupConfig(nms_kernel=5, vote_radius=0,
+                                                                        split_components=True))
+    assert ids.max() == 3 and ids[blob][0] not in ids[thing]
 
 
 def test_cc_merges_and_watershed_splits_two_touching_squares():
@@ -304,3 +319,108 @@ def test_evaluation_cli_prints_pq_for_all_methods(tiny_run, capsys, monkeypatch)
     for method in ("learned", "cc", "watershed"):
         assert f"{method:<10} all" in out and f"{method:<10} touching" in out
     assert "PQ" in out and "mask AP" in out
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "EDGEZOO_CACHE": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "zoo.instances.train", "--num-images", "8", "--size", "96", "128", "--epochs", "2",
+           "--batch-size", "2", "--crop", "64", "64", "--workers", "0", "--threads", "1", "--no-progress",
+           "--artifacts", str(tmp_path), "--save-every", "0"]
+
+    def run(*extra, **env_extra):
+        return subprocess.run([*cli, *extra], env={**env, **env_extra}, capture_output=True, text=True, cwd=repo,
+                              timeout=300)
+
+    assert run("--run-name", "straight").returncode == 0
+    killed = run("--run-name", "killed", EDGEZOO_FAULT_KILL_AT_STEP="6")   # 4 steps per epoch: mid epoch 2
+    assert killed.returncode == -9
+    resumed = run("--run-name", "killed", "--resume")
+    assert resumed.returncode == 0 and "epoch 2, step 2/4" in resumed.stderr
+    runs = tmp_path / "checkpoints" / "panoptic_lite_fastdepthseg" / "synthetic"
+    a = torch.load(runs / "straight" / "best.pt", weights_only=True)["model"]
+    b = torch.load(runs / "killed" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _toy_discs(index: int, split: int):
+    """64x64 image of shaded discs (class 1: bright centre, dark rim), most in touching pairs."""
+    rng = np.random.default_rng([split, index])
+    yy, xx = np.mgrid[0:64, 0:64]
+    img = np.zeros((64, 64, 3), np.float32) + rng.uniform(40, 90, 3)
+    ids = np.zeros((64, 64), np.int32)
+    for _ in range(rng.integers(1, 4)):
+        r1, (cy, cx) = rng.uniform(5, 9), rng.uniform(12, 52, 2)
+        discs = [(cy, cx, r1)]
+        if rng.random() < 0.6:
+            r2, a = rng.uniform(5, 9), rng.uniform(0, 2 * np.pi)
+            d = (r1 + r2) * rng.uniform(0.75, 0.95)
+            discs.append((cy + d * np.sin(a), cx + d * np.cos(a), r2))
+        col = rng.uniform(150, 250, 3)
+        for y, x, r in discs:
+            d2 = ((yy - y) ** 2 + (xx - x) ** 2) / r ** 2
+            ids[d2 <= 1] = ids.max() + 1
+            img[d2 <= 1] = col * (1.0 - 0.5 * d2[d2 <= 1, None])
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), (ids > 0).astype(np.uint8), ids
+
+
+@pytest.mark.slow
+def test_learns_to_split_touching_discs_from_semantic_labels_only():
+    """Smoke check of the whole method (about 1.5 min on one core): trained on semantic masks of
+    toy discs only, it must split touching discs far better than both baselines."""
+    from zoo.data import Preprocess
+    from zoo.instances.data import InstanceData, InstanceSample
+    from zoo.instances.net import PanopticLite
+    from zoo.instances.postprocess import decode_output
+    from zoo.instances.train import PseudoInstanceSet, instance_loss
+
+    class Toy:
+        def __init__(self, n, split, with_ids):
+            self.n, self.split, self.with_ids = n, split, with_ids
+
+        def __len__(self):
+            return self.n
+
+        def load(self, i):
+            img, sem, ids = _toy_discs(i, self.split)
+            cls = np.array([-1] + [1] * int(ids.max())) if self.with_ids else None
+            return InstanceSample(img, sem, ids if self.with_ids else None, cls, str(i))
+
+    pre = Preprocess(mean=(128,) * 3, std=(64,) * 3)
+    train_data = InstanceData("toy", "train", ("bg", "disc"), (1,), 255, pre, Toy(96, 0, False))
+    ds = PseudoInstanceSet(train_data, crop=(64, 64), scale_range=(0.9, 1.1), sigma=2.0,
+                           clean=CleanFilter(min_area=10), paste=PasteConfig(min_height=4), seed=0)
+    torch.manual_seed(0)
+    model = PanopticLite(num_classes=2)
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
+    for epoch in range(100):  # 6 steps of 16 images each
+        ds.epoch = epoch
+        perm = np.random.default_rng(epoch).permutation(len(ds))
+        for b in range(0, len(ds), 16):
+            x, sem, heat, hw, off, ow = (torch.stack(t) for t in zip(*[ds[int(j)] for j in perm[b:b + 16]]))
+            loss, _ = instance_loss(model(x), sem, heat, hw, off, ow, num_classes=2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    acc = {m: PQAccumulator((1,)) for m in ("learned", "cc", "watershed")}
+    test = Toy(64, 1, True)
+    with torch.no_grad():
+        for i in range(len(test)):
+            s = test.load(i)
+            probs, heat, off = decode_output(model(pre(s.image)[None])[0].numpy(), 2)
+            sem = probs.argmax(0).astype(np.uint8)
+            touching = touching_instances(s.ids, s.classes)
+            preds = {"learned": panoptic_instances(sem, heat, off, (1,))[:2], "cc": cc_instances(sem, (1,)),
+                     "watershed": watershed_instances(sem, (1,))}
+            for m, (ids, cls) in preds.items():
+                acc[m].add(s.ids, s.classes, ids, cls, counted=touching)
+    pq = {m: a.result().pq for m, a in acc.items()}
+    assert pq["learned"] > pq["cc"] + 0.3 and pq["learned"] > pq["watershed"] + 0.3, pq

@@ -56,12 +56,20 @@ def load_fp32(
                     f"no FP32 checkpoint for {entry.name} on {dataset} in {checkpoint_dir(entry.name, dataset, '*', artifacts).parent}; "
                     f"train one with: python -m zoo.train --model {entry.name} --data {dataset}, or pass --weights PATH"
                 )
-            from zoo.train import TrainConfig, train
-
             print(f"[edgezoo] no FP32 checkpoint for {entry.name} on {dataset}: training one with the quick "
                   "recipe (a few minutes on a CPU; cached for next time)", file=sys.stderr, flush=True)
-            result = train(TrainConfig(model=entry.name, data=dataset, data_root=data_root, recipe="quick",
-                                       epochs=train_epochs, artifacts=artifacts, threads=threads, progress=progress))
+            if entry.task == "detection":
+                from zoo.det.train import DetTrainConfig, train_detector
+
+                result = train_detector(DetTrainConfig(model=entry.name, data=dataset, data_root=data_root,
+                                                       recipe="quick", epochs=train_epochs, artifacts=artifacts,
+                                                       threads=threads, progress=progress))
+            else:
+                from zoo.train import TrainConfig, train
+
+                result = train(TrainConfig(model=entry.name, data=dataset, data_root=data_root, recipe="quick",
+                                           epochs=train_epochs, artifacts=artifacts, threads=threads,
+                                           progress=progress))
             path = result["best"]
         weights = path
     return load_weights(entry, weights, num_classes=card.num_classes)

@@ -33,7 +33,6 @@ OpenCV (a core dependency) does the warps and colour conversion; without it Pill
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 

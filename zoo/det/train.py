@@ -242,7 +242,8 @@ def transfer_weights(src: nn.Module, dst: nn.Module, src_classes: Sequence[str] 
 
 
 def init_from_weights(entry: ModelEntry, path: str | Path, num_classes: int,
-                      classes: Sequence[str]) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
+                      classes: Sequence[str]
+                      ) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
     """(model for ``num_classes``, the checkpoint's preprocess or None, a description, the
     builder options the checkpoint records) for fine-tuning from ``path``."""
     loaded = load_weights(entry, path, num_classes=num_classes)
@@ -381,7 +382,8 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
     meta_base = {
         "model": entry.name, "family": entry.family, "task": "detection", "dataset": cfg.data,
         "classes": list(card.classes), "num_classes": nc, "recipe": recipe.as_dict(),
-        "img_size": recipe.img_size, "loss_hyp": hyp.as_dict(), "accumulate_max": max(round(nbs / recipe.batch_size), 1),
+        "img_size": recipe.img_size, "loss_hyp": hyp.as_dict(),
+        "accumulate_max": max(round(nbs / recipe.batch_size), 1),
         "weight_decay_effective": weight_decay, "seed": cfg.seed, "world_size": world, "amp": cfg.amp,
         "class_weighting": weighting, "preprocess": pre.to_dict(), "build_kwargs": build_kwargs,
         "anchors": anchors_px, "init": init_info,

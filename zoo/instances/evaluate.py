@@ -20,7 +20,6 @@ false positive only when more than half of it lies on touching instances of its 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -213,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--semantic", choices=("pred", "gt"), default="pred")
     p.add_argument("--threshold", type=float, default=GroupConfig.threshold, help="centre heat threshold")
     p.add_argument("--nms-kernel", type=int, default=GroupConfig.nms_kernel)
+    p.add_argument("--vote-radius", type=float, default=GroupConfig.vote_radius,
+                   help="px; votes farther from every centre fall back to connected components (0: off)")
+    p.add_argument("--split-components", action="store_true", help="cut instances by connected components")
     p.add_argument("--min-fragment", type=int, default=GroupConfig.min_fragment)
     p.add_argument("--ws-h-abs", type=float, default=WATERSHED_H_ABS, help="watershed: minimum peak dynamic (px)")
     p.add_argument("--ws-h-rel", type=float, default=WATERSHED_H_REL,
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = InstanceEvalConfig(
         weights=list(args.weights), data=args.data, data_root=args.data_root, split=args.split,
         num_images=args.num_images, size=tuple(args.size) if args.size else None, semantic=args.semantic,
-        group=GroupConfig(threshold=args.threshold, nms_kernel=args.nms_kernel, min_fragment=args.min_fragment),
+        group=GroupConfig(threshold=args.threshold, nms_kernel=args.nms_kernel, vote_radius=args.vote_radius,
+                          split_components=args.split_components, min_fragment=args.min_fragment),
         ws_h_abs=args.ws_h_abs, ws_h_rel=args.ws_h_rel, gap=args.gap, threads=args.threads,
         progress=not args.no_progress)
     with user_errors():

@@ -6,13 +6,16 @@ numpy/scipy only, so the same code scores PyTorch, ONNX Runtime and TensorRT out
    (max-pool keypoint NMS) and exceed `threshold`, best `top_k` kept (Panoptic-DeepLab: 0.1, 7,
    200; detectron2 `post_processing.py::find_instance_center`).
 2. Grouping: every thing pixel votes for the location pixel + offset and joins the centre nearest
-   to its vote (`group_pixels`; class-agnostic, as in Panoptic-DeepLab).
-3. Instances are then (connected component of a thing class) x (centre) pairs: pixels of one
-   component that chose the same centre form one instance, and a component that no centre reached
-   stays whole. Panoptic-DeepLab lets one centre collect pixels anywhere in the image; cutting by
-   components means the learned part can only *split* what connected components would merge, so
-   small far-away objects whose centres were missed are not glued to a distant centre, and every
-   instance has exactly one class (no majority vote needed).
+   to its vote (`group_pixels`; class-agnostic, image-wide, the instance's class the majority of
+   its pixels' classes: Panoptic-DeepLab's `group_pixels` + `merge_semantic_and_instance`).
+3. One deviation, for objects whose centre was missed: a pixel whose vote lands farther than
+   `vote_radius` from every centre joins none, and such pixels form instances by connected
+   components of their class. Panoptic-DeepLab assigns every pixel, which glues a small object
+   with a missed centre to some distant one. (`split_components` instead cuts every instance by
+   the connected components, so that grouping can only split what connected components merge;
+   measured with centres and offsets made from true instances (synthetic val, 30 images, true
+   semantics), that turns every object cut in two by an occluder into two instances: PQ on
+   touching instances 75 vs 97 image-wide.)
 """
 from __future__ import annotations
 
@@ -27,19 +30,30 @@ from zoo.instances.pseudo import connected_components
 
 @dataclass(frozen=True)
 class GroupConfig:
-    """Post-processing settings. `sigma` in `zoo.instances.train` is 3 px at 360x480, so the
-    NMS window (5) keeps centres >= 3 px apart, the spacing of touching people in those scenes."""
+    """Post-processing settings. Threshold 0.1 and top-k 200 are Panoptic-DeepLab's; its NMS window
+    (7) is about its centre sigma (8 px), so with the sigma of 3 px used here (objects at 360x480
+    are small) the window is 3. Measured with centres and offsets made from the true instances
+    (synthetic val, 30 images, true semantics): PQ on touching instances 99.4 with window 3, 96.9
+    with 5 (centres of an occluder and an occluded object can be 2 px apart).
+
+    `vote_radius`: a pixel whose vote lands farther than this from every centre keeps no centre
+    (its object's centre was missed) and falls back to connected components; 0 assigns every
+    pixel, as Panoptic-DeepLab does. `split_components`: cut every instance by the connected
+    components of its class, so that grouping can only split components, never join them.
+    """
 
     threshold: float = 0.1
-    nms_kernel: int = 5
+    nms_kernel: int = 3
     top_k: int = 200
-    min_fragment: int = 0    # component pieces smaller than this (px) join their largest sibling
+    vote_radius: float = 16.0
+    split_components: bool = False
+    min_fragment: int = 0    # instance pieces smaller than this (px) join their largest sibling
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def find_centres(heat: np.ndarray, *, threshold: float = 0.1, nms_kernel: int = 5,
+def find_centres(heat: np.ndarray, *, threshold: float = 0.1, nms_kernel: int = 3,
                  top_k: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Keypoint NMS on a (H, W) heat map: ((K, 2) int (y, x) centres, (K,) scores), best first."""
     heat = np.asarray(heat, dtype=np.float32)
@@ -51,10 +65,11 @@ def find_centres(heat: np.ndarray, *, threshold: float = 0.1, nms_kernel: int = 
     return np.stack([ys[order], xs[order]], 1).astype(np.int64), scores[order]
 
 
-def group_pixels(thing: np.ndarray, offset: np.ndarray, centres: np.ndarray, *,
+def group_pixels(thing: np.ndarray, offset: np.ndarray, centres: np.ndarray, *, max_distance: float = 0.0,
                  chunk: int = 65536) -> np.ndarray:
-    """Index (1..K) of the centre nearest to each thing pixel's vote (pixel + offset); 0 elsewhere
-    and everywhere when there is no centre. `offset` is (2, H, W) (dy, dx)."""
+    """Index (1..K) of the centre nearest to each thing pixel's vote (pixel + offset); 0 off the
+    thing pixels, everywhere when there is no centre, and (with `max_distance` > 0) where the
+    vote is farther than that from every centre. `offset` is (2, H, W) (dy, dx)."""
     labels = np.zeros(thing.shape, np.int32)
     if len(centres) == 0:
         return labels
@@ -65,18 +80,32 @@ def group_pixels(thing: np.ndarray, offset: np.ndarray, centres: np.ndarray, *,
     out = np.empty(len(ys), np.int32)
     for s in range(0, len(ys), chunk):  # bounded memory: chunk x K distances at a time
         d = (vy[s:s + chunk, None] - c[None, :, 0]) ** 2 + (vx[s:s + chunk, None] - c[None, :, 1]) ** 2
-        out[s:s + chunk] = d.argmin(1) + 1
+        best = d.argmin(1)
+        out[s:s + chunk] = best + 1
+        if max_distance > 0:
+            out[s:s + chunk][d[np.arange(len(best)), best] > max_distance ** 2] = 0
     labels[ys, xs] = out
     return labels
 
 
-def _relabel(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Consecutive ids 1..K for the distinct nonzero keys; also the key of each new id."""
+def _relabel(key: np.ndarray) -> np.ndarray:
+    """Consecutive ids 1..K for the distinct nonzero values of `key` (0 stays 0)."""
     uniq, inv = np.unique(key, return_inverse=True)
     inv = inv.reshape(key.shape).astype(np.int32)
-    if uniq[0] == 0:
-        return inv, uniq
-    return inv + 1, np.concatenate([[0], uniq])
+    return inv if uniq[0] == 0 else inv + 1
+
+
+def _majority_class(ids: np.ndarray, pix_cls: np.ndarray) -> np.ndarray:
+    n = int(ids.max()) + 1
+    classes = np.full(n, -1, np.int64)
+    on = ids > 0
+    uniq = np.unique(pix_cls[on])
+    if len(uniq):
+        votes = np.zeros((n, len(uniq)), np.int64)
+        np.add.at(votes, (ids[on], np.searchsorted(uniq, pix_cls[on])), 1)
+        present = votes.sum(1) > 0
+        classes[present] = uniq[votes[present].argmax(1)]
+    return classes
 
 
 def _merge_fragments(ids: np.ndarray, comp: np.ndarray, min_fragment: int) -> np.ndarray:
@@ -90,7 +119,7 @@ def _merge_fragments(ids: np.ndarray, comp: np.ndarray, min_fragment: int) -> np
         siblings = np.flatnonzero((comp_of == comp_of[k]) & (area >= min_fragment))
         if len(siblings):
             ids[ids == k] = siblings[np.argmax(area[siblings])]
-    return _relabel(ids)[0]
+    return _relabel(ids)
 
 
 def panoptic_instances(semantic: np.ndarray, heat: np.ndarray, offset: np.ndarray,
@@ -98,22 +127,27 @@ def panoptic_instances(semantic: np.ndarray, heat: np.ndarray, offset: np.ndarra
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Instances from a semantic label map (H, W), centre heat (H, W) and offsets (2, H, W).
 
-    Returns (ids int32 (H, W), class of each id, centre score of each id: the highest heat on the
-    instance's pixels, clipped to [0, 1]); index 0 of the per-id arrays is unused.
+    Thing pixels join the centre nearest to their vote (image-wide, class by majority vote, as
+    Panoptic-DeepLab); pixels that reach no centre within `vote_radius` form instances by
+    connected components. Returns (ids int32 (H, W), class of each id, centre score of each id:
+    the highest heat on its pixels, clipped to [0, 1]); index 0 of the per-id arrays is unused.
     """
     cfg = cfg or GroupConfig()
     comp, comp_cls = connected_components(semantic, thing_classes)
     centres, _ = find_centres(heat, threshold=cfg.threshold, nms_kernel=cfg.nms_kernel, top_k=cfg.top_k)
-    nearest = group_pixels(comp > 0, offset, centres)
-    key = np.where(comp > 0, comp.astype(np.int64) * (len(centres) + 1) + nearest, 0)
-    ids, keys = _relabel(key)
+    nearest = group_pixels(comp > 0, offset, centres, max_distance=cfg.vote_radius)
+    k = len(centres) + 1
+    if cfg.split_components:
+        key = np.where(comp > 0, comp.astype(np.int64) * k + nearest, 0)
+    else:
+        # centre groups image-wide; unreached pixels by their connected component
+        rest, _ = connected_components(np.where((comp > 0) & (nearest == 0), semantic, 255), thing_classes)
+        key = np.where(nearest > 0, nearest, np.where(rest > 0, rest.astype(np.int64) + k, 0))
+    ids = _relabel(key)
     if cfg.min_fragment > 0:
         ids = _merge_fragments(ids, comp, cfg.min_fragment)
-        keys = np.zeros(int(ids.max()) + 1, np.int64)
-        keys[ids.ravel()] = key.ravel()
-    classes = np.full(len(keys), -1, np.int64)
-    classes[1:] = comp_cls[keys[1:] // (len(centres) + 1)]
-    n = len(keys)
+    classes = _majority_class(ids, np.where(comp > 0, comp_cls[comp], -1))
+    n = len(classes)
     score = np.zeros(n, np.float32)
     if n > 1:
         score[1:] = np.clip(ndi.maximum(heat, ids, index=np.arange(1, n)), 0.0, 1.0)

@@ -232,7 +232,8 @@ def make_targets(ids: np.ndarray, valid: np.ndarray, *, sigma: float = 4.0,
     on a blob that may hold several objects. Offsets are weighted on valid instance pixels only.
     """
     h, w = ids.shape
-    valid = np.asarray(valid, bool)
+    valid = np.array(valid, bool)
+    valid[0] = False  # id 0 is "no instance"
     cy, cx, area = instance_centres(ids, len(valid) - 1)
     heat = np.zeros((h, w), np.float32)
     r = int(np.ceil(3 * sigma))

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -240,6 +242,7 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
 
     t_start, last_save = time.time(), time.time()
     prior_s = float(history[-1]["elapsed_s"]) if history else 0.0
+    kill_at = int(os.environ["EDGEZOO_FAULT_KILL_AT_STEP"]) if os.environ.get("EDGEZOO_FAULT_KILL_AT_STEP") else None
     lr = recipe.lr
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
@@ -268,6 +271,8 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
             if time.time() - last_save > cfg.save_every:
                 save_last(epoch, step + 1)
                 last_save = time.time()
+            if kill_at is not None and epoch * n_steps + step + 1 == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection (as in zoo.train): die mid-epoch
         bar.close()
         history.append({"epoch": epoch + 1, **running, "lr": lr, "elapsed_s": prior_s + time.time() - t_start})
         if not cfg.progress:
