@@ -471,30 +471,19 @@ def det_calibration(cfg: BenchConfig, hw: tuple[int, int], preprocess: dict, log
                            seed=int(cfg.calib_seed), input_hw=hw, preprocess=pre, requested=wanted)
 
 
-def _det_checkpoint(cfg: BenchConfig, entry) -> str:
-    """A detector's FP32 checkpoint when none was given: the cached one, else quick-trained with
-    the detection trainer (announced; `zoo.api.load_fp32` only knows the segmentation trainer)."""
+def _check_det_trainer(cfg: BenchConfig, entry) -> None:
+    """Without --weights and without a cached checkpoint, `zoo.api.load_fp32` trains a detector
+    with the quick detection recipe (`zoo.det.train`, announced); where that trainer is missing,
+    stop with one line asking for --weights instead of a traceback."""
     from zoo.api import find_fp32_checkpoint
 
-    path = find_fp32_checkpoint(entry.name, cfg.data, cfg.artifacts)
-    if path is not None:
-        return str(path)
+    if find_fp32_checkpoint(entry.name, cfg.data, cfg.artifacts) is not None:
+        return
     try:
-        from zoo.det.train import DetTrainConfig, train_detector
+        import zoo.det.train  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"no FP32 checkpoint for {entry.name} on {cfg.data} and no detection trainer to make one "
                          f"({exc}); pass --weights PATH (e.g. ../shared/weights/yolov5n.pt) or --weights random") from None
-    print(f"[edgezoo] no FP32 checkpoint for {entry.name} on {cfg.data}: training one with the quick detection "
-          "recipe (python -m zoo.det.train --recipe quick; slow on a CPU, cached for next time; --weights PATH "
-          "skips it)", file=sys.stderr, flush=True)
-    result = train_detector(DetTrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe="quick",
-                                           epochs=cfg.train_epochs, artifacts=cfg.artifacts, threads=cfg.threads,
-                                           progress=cfg.progress))
-    best = Path(result["best"])
-    if not best.is_file():
-        raise UsageError(f"the quick detection training of {entry.name} on {cfg.data} saved no best.pt (no validation "
-                         f"mAP above 0?); train longer with python -m zoo.det.train, or pass --weights PATH")
-    return str(best)
 
 
 def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
@@ -503,10 +492,9 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
 
     entry = get_entry(model)
     card = zdata.load_card(cfg.data)
-    weights = cfg.weights
-    if weights is None and card.task == "detection":
-        weights = _det_checkpoint(cfg, entry)
-    kwargs = dict(dataset=cfg.data, weights=weights, artifacts=cfg.artifacts, data_root=cfg.data_root,
+    if cfg.weights is None and card.task == "detection":
+        _check_det_trainer(cfg, entry)
+    kwargs = dict(dataset=cfg.data, weights=cfg.weights, artifacts=cfg.artifacts, data_root=cfg.data_root,
                   threads=cfg.threads, progress=cfg.progress, train_epochs=cfg.train_epochs)
     if cfg.weights == "random":
         with torch.random.fork_rng(devices=[]):

@@ -88,8 +88,37 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range)
     example = (example_input(2, input_hw),)
     if qat:
+        fold_transposed_conv_bn(model)
         return prepare_qat_fx(model.train(), mapping, example_inputs=example)
     return prepare_fx(model.eval(), mapping, example_inputs=example)
+
+
+@torch.no_grad()
+def fold_transposed_conv_bn(model: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a ConvTranspose2d into it, in place; returns the count.
+
+    FX QAT has no fused ConvTranspose-BN module ("not yet supported in QAT"), so these BNs (ESPNet's
+    decoder) are folded with their FP32 running statistics before preparation and stay frozen
+    during fine-tuning; the deconvolution then trains with a fake-quantized folded weight.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    folded = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (getattr(src, "op", None) != "call_module" or not isinstance(modules.get(src.target), nn.ConvTranspose2d)
+                or len(src.users) != 1):
+            continue
+        conv, bn = modules[src.target], modules[node.target]
+        fused = fuse_conv_bn_eval(conv.eval(), bn.eval(), transpose=True)
+        _set_submodule(model, src.target, fused)
+        _set_submodule(model, node.target, nn.Identity())
+        folded += 1
+    return folded
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ from pathlib import Path
 from bench.results import SCHEMA, read_records
 from zoo.io import write_bytes
 
-from reports import plots, tables
-from reports.tables import ReportError, Table, build_rows, table1, table2, table3
+from reports import plots
+from reports.tables import ReportError, Table, accuracy_name, build_rows, table1, table2, table3
 
 KNOWN_SCHEMAS = tuple(range(1, SCHEMA + 1))
 
@@ -75,7 +75,7 @@ def build_reports(results: str | Path, dataset: str | None = None, out: str | Pa
             section += [t.markdown(), f"CSV: [{csv_path.name}]({csv_path.name})", ""]
         pareto = plots.pareto(rows, backend, dataset, folder / f"pareto_{backend}.png")
         # detection records (mAP) get a per-class AP heat map under its own name
-        what = "IoU" if tables.accuracy_name(r for r in records if r.get("backend") == backend)[0] == "miou" else "AP"
+        what = "IoU" if accuracy_name(r for r in records if r.get("backend") == backend)[0] == "miou" else "AP"
         heat = plots.per_class_iou(rows, backend, dataset, folder / f"per_class_{what.lower()}_{backend}.png")
         written += [pareto, heat]
         section += [f"![Pareto: accuracy vs latency on {backend}]({pareto.name})", "",

@@ -192,6 +192,21 @@ def test_static_int8_keeps_decode_float_and_unsupported_variants_skip(det_data, 
     assert producer[proto.graph.output[0].name].op_type != "DequantizeLinear"
 
 
+def test_trains_quick_detector_when_missing_then_reuses_it(det_data, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    args = ["--model", "yolov5n", "--data", "coco", "--data-root", str(det_data), "--backend", "onnxruntime",
+            "--input-size", "128x128", "--train-epochs", "1", *FAST]
+    first = _bench(args, tmp_path, artifacts)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "training one with the quick recipe" in first.stderr
+    best = artifacts / "checkpoints" / "yolov5n" / "coco" / "quick" / "best.pt"
+    assert best.is_file()
+    (rec,) = _records(tmp_path)
+    assert rec["status"] == "ok" and rec["weights"]["path"] == str(best) and rec["metrics"]["map50_95"] is not None
+    second = _bench(args, tmp_path, artifacts)
+    assert second.returncode == 0 and "quick recipe" not in second.stderr and "stored (ok" in second.stderr
+
+
 def test_official_yolov5n_onnxruntime_matches_torch(tmp_path):
     weights = shared_or_skip("weights", "yolov5n.pt")
     data = shared_or_skip("data", "coco-tiny")
@@ -281,12 +296,12 @@ def test_detection_sizes_and_checks():
 
 
 def test_missing_detector_checkpoint_without_trainer_is_one_line(tmp_path, monkeypatch):
-    from bench.runner import BenchConfig, _det_checkpoint
+    from bench.runner import BenchConfig, _check_det_trainer
     from zoo.errors import UsageError
     from zoo.registry import get_entry
 
     monkeypatch.setitem(sys.modules, "zoo.det.train", None)  # as if the trainer did not exist
     cfg = BenchConfig(models=["yolov5n"], data="coco", artifacts=str(tmp_path))
     with pytest.raises(UsageError, match="pass --weights PATH") as exc:
-        _det_checkpoint(cfg, get_entry("yolov5n"))
+        _check_det_trainer(cfg, get_entry("yolov5n"))
     assert "\n" not in str(exc.value)

@@ -135,3 +135,30 @@ def test_zoo_load_gives_every_variant_on_its_backend(fp32_and_qat, tiny_camvid):
     assert qdq.artifact["quant"]["target"] == "ort" and qdq.runner.infer(x).shape == (1, 11, 64, 96)
     with pytest.raises(ValueError, match="valid variants"):
         zoo.load("ddrnet", "int4", backend="torch", **common)
+
+
+def _qat_cases():
+    from zoo import registry
+
+    # ESPNet runs by default (ConvTranspose-BN folding, PReLU); the rest are slow-marked.
+    return [pytest.param(n, marks=[] if n == "espnet_p2q8" else [pytest.mark.slow])
+            for n in registry.list_models(task="segmentation")]
+
+
+@pytest.mark.parametrize("name", _qat_cases())
+def test_every_network_prepares_for_qat_exports_qdq_and_converts(name, tmp_path):
+    from zoo import registry
+
+    entry = registry.get_entry(name)
+    torch.manual_seed(0)
+    model = entry.build(num_classes=11, **({"aux": False} if entry.aux_weights else {}))
+    prepared = fx_quant.prepare(model, qat=True, input_hw=(64, 64))
+    prepared.train()
+    prepared(torch.randn(2, 3, 64, 64))
+    prepared.eval()
+    fx_quant.freeze_observers(prepared)
+    info = fx_quant.export_qdq_onnx(prepared, tmp_path / "q.onnx", input_hw=(64, 64))
+    assert info["graph"]["quantized_convs"] > 0.8 * (info["graph"]["quantized_convs"] + info["graph"]["float_convs"])
+    int8 = fx_quant.convert_int8(prepared)
+    with torch.no_grad():
+        assert int8(torch.randn(1, 3, 64, 64)).shape == (1, 11, 64, 64)

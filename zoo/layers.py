@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 ActFactory = Callable[[int], nn.Module]
 
@@ -87,3 +90,31 @@ def init_conv_bn(root: nn.Module, *, nonlinearity: str = "relu", zero_bias: bool
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d(x, bins)` that also exports to ONNX for any input size.
+
+    The legacy exporter only handles global or evenly dividing adaptive pools; while exporting,
+    an uneven pool is spelled out as slices and means over its cells (floor(i*H/b),
+    ceil((i+1)*H/b)), which the static export shape fixes, so the result is exact.
+    Registered with `torch.fx.wrap` as a leaf: its Python-side shape arithmetic cannot be traced
+    symbolically, and FX quantization (QAT, PyTorch INT8) runs it as one float op.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if not torch.onnx.is_in_onnx_export():
+        return F.adaptive_avg_pool2d(x, bins)
+    if bins == 1:
+        return torch.mean(x, dim=(2, 3), keepdim=True)
+    if h % bins == 0 and w % bins == 0:
+        return F.avg_pool2d(x, (h // bins, w // bins))
+    rows = []
+    for i in range(bins):
+        r0, r1 = (i * h) // bins, -((-(i + 1) * h) // bins)
+        cols = [torch.mean(x[:, :, r0:r1, (j * w) // bins:-((-(j + 1) * w) // bins)], dim=(2, 3), keepdim=True)
+                for j in range(bins)]
+        rows.append(torch.cat(cols, 3))
+    return torch.cat(rows, 2)
+
+
+torch.fx.wrap("adaptive_avg_pool")

@@ -40,8 +40,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.layers import ConvBNAct, init_conv_bn
+from zoo.layers import ConvBNAct, adaptive_avg_pool, init_conv_bn
 from zoo.registry import ModelEntry, Published, register
+
+# An FX leaf here too: torch.fx.wrap patches the name in the calling module's globals.
+torch.fx.wrap("adaptive_avg_pool")
 
 
 class DSConv(nn.Module):
@@ -79,34 +82,13 @@ def _stage(in_ch: int, out_ch: int, n: int, stride: int) -> nn.Sequential:
                            for i in range(n)])
 
 
-def _adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """`F.adaptive_avg_pool2d(x, bins)`, written out as slices and means while exporting to ONNX.
-
-    The legacy exporter cannot export adaptive pooling whose output size does not divide the input
-    (e.g. bins 3 and 6 on a 32x64 or 2x2 map); the cell bounds of adaptive pooling
-    (floor(i*H/b), ceil((i+1)*H/b)) are fixed by the static export shape, so slicing is exact.
-    """
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    if not torch.onnx.is_in_onnx_export() or (h % bins == 0 and w % bins == 0):
-        return F.adaptive_avg_pool2d(x, bins)
-    rows = []
-    for i in range(bins):
-        h0, h1 = (i * h) // bins, -((-(i + 1) * h) // bins)
-        cells = []
-        for j in range(bins):
-            w0, w1 = (j * w) // bins, -((-(j + 1) * w) // bins)
-            cells.append(x[:, :, h0:h1, w0:w1].mean(dim=(2, 3), keepdim=True))
-        rows.append(torch.cat(cells, 3))
-    return torch.cat(rows, 2)
-
-
 class AdaptivePool(nn.Module):
     def __init__(self, bins: int) -> None:
         super().__init__()
         self.bins = bins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _adaptive_avg_pool(x, self.bins)
+        return adaptive_avg_pool(x, self.bins)
 
 
 def _resize(x: torch.Tensor, size, nearest: bool) -> torch.Tensor:
@@ -116,11 +98,15 @@ def _resize(x: torch.Tensor, size, nearest: bool) -> torch.Tensor:
 
 
 def _up2_steps(x: torch.Tensor, size, steps: int) -> torch.Tensor:
-    """Nearest x2 `steps` times, each to an exact size (size / 2**k)."""
+    """Nearest x2 `steps` times, each to an exact size (size / 2**k). An FX leaf (`torch.fx.wrap`
+    below): the size arithmetic is Python-side."""
     h, w = int(size[0]), int(size[1])
     for k in range(steps - 1, -1, -1):
         x = F.interpolate(x, size=(h >> k, w >> k), mode="nearest")
     return x
+
+
+torch.fx.wrap("_up2_steps")
 
 
 class PPM(nn.Module):

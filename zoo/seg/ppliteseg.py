@@ -36,8 +36,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.layers import ConvBNAct, init_conv_bn
+from zoo.layers import ConvBNAct, adaptive_avg_pool, init_conv_bn
 from zoo.registry import ModelEntry, Published, register
+
+# An FX leaf here too: torch.fx.wrap patches the name in the calling module's globals.
+torch.fx.wrap("adaptive_avg_pool")
 
 
 # ----------------------------------------------------------------------------- STDC backbone
@@ -95,25 +98,6 @@ class STDCNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- decoder
-def _adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """`F.adaptive_avg_pool2d(x, bins)`, spelled as slices + means when a side is not a multiple of
-    `bins` (the ONNX exporter only handles global or evenly dividing adaptive pools)."""
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    if bins == 1:
-        return torch.mean(x, dim=(2, 3), keepdim=True)
-    if h % bins == 0 and w % bins == 0:
-        return F.avg_pool2d(x, (h // bins, w // bins))
-    rows = []
-    for i in range(bins):
-        r0, r1 = (i * h) // bins, -((-(i + 1) * h) // bins)
-        cols = []
-        for j in range(bins):
-            c0, c1 = (j * w) // bins, -((-(j + 1) * w) // bins)
-            cols.append(torch.mean(x[:, :, r0:r1, c0:c1], dim=(2, 3), keepdim=True))
-        rows.append(torch.cat(cols, 3))
-    return torch.cat(rows, 2)
-
-
 class _PoolStage(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, bins: int) -> None:
         super().__init__()
@@ -121,7 +105,7 @@ class _PoolStage(nn.Module):
         self.conv = ConvBNAct(in_ch, out_ch, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(_adaptive_avg_pool(x, self.bins))
+        return self.conv(adaptive_avg_pool(x, self.bins))
 
 
 class PPContextModule(nn.Module):
