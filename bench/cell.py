@@ -302,7 +302,13 @@ def run_det_cell(spec: dict) -> dict:
 
     from zoo.det.postprocess import NMSConfig, non_max_suppression
     torch_import_s = time.perf_counter() - t0
-    torch.set_num_threads(threads)
+    # Where torch arrives only now (ONNX Runtime cells), its OpenMP pool would be a second pool
+    # next to the runtime's on the same cores, and each pool's spinning workers stall the other
+    # (measured, yolov5n 640x640, ORT, 2 threads on 2 cores: NMS 19.6 -> 1.1 ms median, letterbox
+    # 11.6 -> ~5 ms, with torch at 2 threads vs 1). NMS on a few thousand candidates gains nothing
+    # from threads, so it runs on one; torch cells keep their one pool at the cell's thread count.
+    post_threads = threads if torch_in_model_phase else 1
+    torch.set_num_threads(post_threads)
     presets = {name: NMSConfig(**cfg) for name, cfg in spec["nms"].items()}  # "map", "deploy"
 
     def postprocess(out: np.ndarray, infos: list, cfg: "NMSConfig") -> list[np.ndarray]:
@@ -329,6 +335,7 @@ def run_det_cell(spec: dict) -> dict:
     common = {"status": "ok", "error": None, "metrics": {}, "images": len(images),
               "detections_file": spec["detections_out"], "detections": counts,
               "load_s": load_s, "first_inference_ms": first_ms, "torch_import_s": torch_import_s,
+              "postprocess_threads": post_threads,
               "imports_torch_model_phase": torch_in_model_phase, **model_phase}
     if mode == "reference":
         return {**common, "imports_torch": "torch" in sys.modules,

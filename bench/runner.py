@@ -1098,7 +1098,7 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
             # memory: `peak_rss_mb` is the model phase (see bench/cell.py); this is the whole cell
             "peak_rss_e2e_mb": result.get("peak_rss_e2e_mb"), "rss_delta_e2e_mb": result.get("rss_delta_e2e_mb"),
             "imports_torch_model_phase": result.get("imports_torch_model_phase"),
-            "torch_import_s": result.get("torch_import_s"),
+            "torch_import_s": result.get("torch_import_s"), "postprocess_threads": result.get("postprocess_threads"),
             "detections": result.get("detections"),
         })
     if "traceback" in result:

@@ -101,9 +101,14 @@ def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
     Registered with `torch.fx.wrap` as a leaf: its Python-side shape arithmetic cannot be traced
     symbolically, and FX quantization (QAT, PyTorch INT8) runs it as one float op.
     """
-    h, w = int(x.shape[-2]), int(x.shape[-1])
     if not torch.onnx.is_in_onnx_export():
         return F.adaptive_avg_pool2d(x, bins)
+    return adaptive_avg_pool_by_slices(x, bins)
+
+
+def adaptive_avg_pool_by_slices(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """The exportable spelling of `F.adaptive_avg_pool2d(x, bins)` (see `adaptive_avg_pool`)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
     if bins == 1:
         return torch.mean(x, dim=(2, 3), keepdim=True)
     if h % bins == 0 and w % bins == 0:
