@@ -19,9 +19,12 @@ class UsageError(Exception):
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Print the project's expected errors (and those in `also`, e.g. a training CLI's KeyError /
+    ValueError from bad options) as one line and exit 2."""
     try:
         yield
-    except user_error_types() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (*user_error_types(), *also) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None

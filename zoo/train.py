@@ -405,13 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                       resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
                       save_every=args.save_every, progress=not args.no_progress, amp=args.amp,
                       class_weights=args.class_weights, beta=args.beta, count_source=args.count_source)
-    with user_errors():
-        try:
-            result = train(cfg)
-        except (KeyError, ValueError) as exc:
-            msg = exc.args[0] if exc.args else str(exc)
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
+    with user_errors(also=(KeyError, ValueError)):
+        result = train(cfg)
     if _dist_info()[0] == 0:
         print(f"best val mIoU {100 * result['best_miou']:.2f}; best checkpoint {result['best']}; "
               f"{result['seconds'] / 60:.1f} min")

@@ -550,13 +550,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m zoo.det.train") -
                          run_name=args.run_name, workers=args.workers, threads=args.threads,
                          save_every=args.save_every, amp=args.amp, progress=not args.no_progress,
                          val_limit=args.val_limit, overrides=overrides)
-    with user_errors():
-        try:
-            result = train_detector(cfg)
-        except (KeyError, ValueError) as exc:
-            msg = exc.args[0] if exc.args else str(exc)
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
+    with user_errors(also=(KeyError, ValueError)):
+        result = train_detector(cfg)
     if _dist_info()[0] == 0:
         print(f"best val mAP50-95 {result['best_map']:.4f}; best checkpoint {result['best']}; "
               f"{result['seconds'] / 60:.1f} min")
