@@ -174,6 +174,9 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, crop=tuple(cfg.crop) if cfg.crop else None,
         optimizer=cfg.optimizer, loss=cfg.loss, eval_every=cfg.eval_every,
     )
+    if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0:
+        raise ValueError(f"--epochs, --batch-size and --lr must be positive (got {recipe.epochs}, "
+                         f"{recipe.batch_size}, {recipe.lr})")
     if recipe.batch_size % world:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by the {world} processes")
     per_rank_batch = recipe.batch_size // world
