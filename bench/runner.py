@@ -45,11 +45,11 @@ import json
 import math
 import os
 import signal
-import warnings
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
