@@ -857,6 +857,9 @@ def _planned(cfg: BenchConfig) -> tuple[list[str], list[str], list[str]]:
             f"implemented variants: {', '.join(IMPLEMENTED_VARIANTS)}"
         )
     backends = expand(cfg.backends, BACKENDS, "backend")
+    if "qat" in variants and cfg.weights == "random" and "qat" in cfg.variants:
+        raise UsageError("--quant qat with --weights random: QAT fine-tunes trained FP32 weights; "
+                         "pass a checkpoint with --weights, or leave --weights unset")
     from zoo.data import load_card
 
     task = load_card(cfg.data).task

@@ -100,7 +100,7 @@ def test_trains_quick_checkpoint_when_missing_then_reuses_it(tiny_camvid, tmp_pa
 @pytest.mark.parametrize("args,message", [
     (["--model", "nosuch"], "unknown model 'nosuch'"),
     (["--model", "ddrnet", "--backend", "tpu"], "unknown backend 'tpu'; valid: torch, torch-cuda, onnxruntime,"),
-    (["--model", "ddrnet", "--quant", "qat"], "issue #3"),
+    (["--model", "ddrnet", "--quant", "qat", "--weights", "random"], "QAT fine-tunes trained FP32 weights"),
     (["--model", "ddrnet", "--quant", "int3"], "unknown variant 'int3'"),
     (["--model", "ddrnet", "--data", "camvid", "--data-root", "/nonexistent/camvid"], "/nonexistent/camvid"),
     (["--model", "ddrnet", "--data", "nosuchdata"], "nosuchdata"),
@@ -141,8 +141,8 @@ def test_static_and_dynamic_variants(tmp_path):
                   "--calib-images", "16", "--calib-method", "minmax", *FAST], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = {(r["variant"], r["backend"]): r for r in _records(tmp_path)}
-    assert recs[("static", "torch")]["status"] == "skipped" and "issue #3" in recs[("static", "torch")]["error"]
-    for key in [("fp32", "onnxruntime"), ("static", "onnxruntime"), ("dynamic", "onnxruntime"), ("dynamic", "torch")]:
+    for key in [("fp32", "onnxruntime"), ("static", "onnxruntime"), ("dynamic", "onnxruntime"), ("dynamic", "torch"),
+                ("static", "torch")]:
         assert recs[key]["status"] == "ok", (key, recs[key]["error"])
     static = recs[("static", "onnxruntime")]
     quant = static["artifact"]["quant"]
@@ -154,3 +154,8 @@ def test_static_and_dynamic_variants(tmp_path):
     # Conv-only network: PyTorch dynamic quantization leaves it float, and the record says so.
     assert dyn_torch["int8_modules"] == 0 and dyn_torch["is_int8"] is False
     assert recs[("dynamic", "onnxruntime")]["artifact"]["quant"]["int8_ops"]["ConvInteger"] > 0
+    # PyTorch static INT8: FX-converted x86 kernels; size is the converted INT8 state dict.
+    torch_static = recs[("static", "torch")]
+    assert torch_static["artifact"]["fx_int8"]["mode"] == "ptq" and "fx-histogram" in torch_static["quant_config"]
+    assert torch_static["size_mb"] < 0.35 * recs[("fp32", "torch")]["size_mb"]
+    assert torch_static["runtime"]["int8_convert_s"] > 0
