@@ -104,13 +104,29 @@ def _groups(n: int, batch: int) -> list[list[int]]:
     return [list(range(s, min(s + batch, n))) for s in range(0, n, batch)]
 
 
+
+def _open_backend(spec: dict):
+    """The cell's backend instance, its load options and the engine build info (TensorRT builds
+    happen here, before the memory baseline: build memory is not the runtime's); a skipped
+    result dict when the backend is not usable."""
+    from bench.backends import get_backend
+
+    backend_cls = get_backend(spec["backend"])
+    ok, reason = backend_cls.available()
+    if not ok:
+        return {"status": "skipped", "error": reason}
+    backend = backend_cls()
+    options = {**(spec.get("backend_options") or {}), "variant": spec["variant"],
+               "int8": spec["variant"] != "fp32"}
+    build = backend.prepare(spec["artifact"], options=options) if hasattr(backend, "prepare") else None
+    return backend, options, build
+
 def run_cell(spec: dict) -> dict:
     if spec.get("task") == "detection":
         return run_det_cell(spec)
     import numpy as np
 
     from bench import imageops
-    from bench.backends import get_backend
     from bench.memory import PeakMemory
     from bench.metrics import Agreement, ConfusionMatrix
     from bench.timing import TimingProfile, measure
@@ -140,16 +156,10 @@ def run_cell(spec: dict) -> dict:
     e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
     model_inputs = [pre(g) for g in e2e_inputs]
 
-    backend_cls = get_backend(spec["backend"])
-    ok, reason = backend_cls.available()
-    if not ok:
-        return {"status": "skipped", "error": reason}
-    backend = backend_cls()
-    options = {**(spec.get("backend_options") or {}), "variant": spec["variant"],
-               "int8": spec["variant"] != "fp32"}
-    build = None
-    if hasattr(backend, "prepare"):  # TensorRT engine build: its memory is not the runtime's
-        build = backend.prepare(spec["artifact"], options=options)
+    opened = _open_backend(spec)
+    if isinstance(opened, dict):
+        return opened  # skipped: the backend is not usable here
+    backend, options, build = opened
 
     mem = PeakMemory()
     t0 = time.perf_counter()
@@ -243,7 +253,6 @@ def run_det_cell(spec: dict) -> dict:
     import numpy as np
 
     from bench import imageops
-    from bench.backends import get_backend
     from bench.memory import PeakMemory, peak_rss_mb
     from bench.timing import TimingProfile, measure, summarize
 
@@ -265,16 +274,10 @@ def run_det_cell(spec: dict) -> dict:
     e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
     model_inputs = [pre(g)[0] for g in e2e_inputs]
 
-    backend_cls = get_backend(spec["backend"])
-    ok, reason = backend_cls.available()
-    if not ok:
-        return {"status": "skipped", "error": reason}
-    backend = backend_cls()
-    options = {**(spec.get("backend_options") or {}), "variant": spec["variant"],
-               "int8": spec["variant"] != "fp32"}
-    build = None
-    if hasattr(backend, "prepare"):  # TensorRT engine build: its memory is not the runtime's
-        build = backend.prepare(spec["artifact"], options=options)
+    opened = _open_backend(spec)
+    if isinstance(opened, dict):
+        return opened  # skipped: the backend is not usable here
+    backend, options, build = opened
 
     # -- model phase: load, first inference, model-only timing (torch not imported by ORT cells)
     mem = PeakMemory()
