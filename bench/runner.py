@@ -1125,15 +1125,7 @@ def markdown_table(records: list[dict]) -> str:
         def f(v, fmt):
             return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {_short(r.get('error'))}"
-        if r["status"] == "ok" and r.get("unstable"):
-            status = "ok (unstable)"
-        row = [r["model"], r["variant"], r["backend"]]
-        if several_sizes:
-            row.append("x".join(map(str, r.get("input_hw") or [])))
-        if batched:
-            row.append(r.get("batch", 1))
-        row += [status,
+        row = _row_head(r, several_sizes, batched) + [
                 f(100 * m["miou"], ".2f") if isinstance(m.get("miou"), (int, float)) else "-",
                 f(100 * m["pixel_agreement"], ".2f") if isinstance(m.get("pixel_agreement"), (int, float)) else "-",
                 f(r.get("size_mb"), ".2f"), f(lat.get("median"), ".1f"), f(lat.get("p90"), ".1f"),
@@ -1144,6 +1136,19 @@ def markdown_table(records: list[dict]) -> str:
     headers += ["status", "mIoU %", "agree %", "size MB", "median ms", "p90 ms", "CV",
                 "images/s" if batched else "FPS", "e2e median ms", "peak RSS MB", "RSS delta MB"]
     return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def _row_head(r: dict, several_sizes: bool, batched: bool) -> list:
+    """The columns every summary table starts with: cell identity and its status (with the reason)."""
+    status = r["status"] if r["status"] == "ok" else f"{r['status']}: {_short(r.get('error'))}"
+    if r["status"] == "ok" and r.get("unstable"):
+        status = "ok (unstable)"
+    row = [r["model"], r["variant"], r["backend"]]
+    if several_sizes:
+        row.append("x".join(map(str, r.get("input_hw") or [])))
+    if batched:
+        row.append(r.get("batch", 1))
+    return row + [status]
 
 
 def _det_markdown_table(records: list[dict], several_sizes: bool, batched: bool) -> str:
@@ -1160,15 +1165,7 @@ def _det_markdown_table(records: list[dict], several_sizes: bool, batched: bool)
         lat, e2e = r.get("latency_ms") or {}, r.get("e2e_latency_ms") or {}
         post = r.get("postprocess_latency_ms") or {}
         m = r.get("metrics") or {}
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {_short(r.get('error'))}"
-        if r["status"] == "ok" and r.get("unstable"):
-            status = "ok (unstable)"
-        row = [r["model"], r["variant"], r["backend"]]
-        if several_sizes:
-            row.append("x".join(map(str, r.get("input_hw") or [])))
-        if batched:
-            row.append(r.get("batch", 1))
-        row += [status, pct(m.get("map50_95")), pct(m.get("map50")), pct(m.get("box_agreement")),
+        row = _row_head(r, several_sizes, batched) + [pct(m.get("map50_95")), pct(m.get("map50")), pct(m.get("box_agreement")),
                 f(r.get("size_mb"), ".2f"), f(lat.get("median"), ".1f"), f(lat.get("p90"), ".1f"),
                 f(lat.get("cv"), ".3f"), f(r.get("images_per_s") if batched else r.get("fps"), ".1f"),
                 f(post.get("median"), ".2f"), f(e2e.get("median"), ".1f"), f(r.get("peak_rss_mb"), ".0f"),
