@@ -305,13 +305,18 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         last_save = time.time()
         if distributed:
             dist.barrier()
+    finish_run(out_dir, history, is_main=is_main, distributed=distributed)
+    return {"best": best_path, "last": last_path, "best_miou": best_miou, "history": history,
+            "seconds": prior_s + time.time() - t_start}
+
+
+def finish_run(out_dir: Path, history: list[dict[str, Any]], *, is_main: bool, distributed: bool) -> None:
+    """End of a training run (segmentation or detection): the history file, then the process group."""
     if is_main:
         write_json(out_dir / "history.json", history)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return {"best": best_path, "last": last_path, "best_miou": best_miou, "history": history,
-            "seconds": prior_s + time.time() - t_start}
 
 
 def _class_weights(cfg: TrainConfig, recipe: Recipe, card, *, is_main: bool, distributed: bool):

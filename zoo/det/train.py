@@ -58,10 +58,9 @@ from tqdm import tqdm
 from zoo.checkpoints import checkpoint_dir, load_weights, read_checkpoint, save_checkpoint
 from zoo.det.augment import AugmentConfig, DetTrainDataset, detection_collate
 from zoo.det.loss import LossHyp, YOLOv5Loss
-from zoo.io import write_json
 from zoo.recipes import DetRecipe, get_det_recipe
 from zoo.registry import ModelEntry, get_entry
-from zoo.train import (EpochBatches, _dist_info, _rng_state, _seed_everything, _set_rng_state,
+from zoo.train import (EpochBatches, _dist_info, finish_run, _rng_state, _seed_everything, _set_rng_state,
                        _worker_init, steps_per_epoch)
 
 
@@ -491,11 +490,7 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
         last_save = time.time()
         if distributed:
             dist.barrier()
-    if is_main:
-        write_json(out_dir / "history.json", history)
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+    finish_run(out_dir, history, is_main=is_main, distributed=distributed)
     return {"best": best_path, "last": last_path, "best_map": best_map, "history": history,
             "seconds": prior_s + time.time() - t_start}
 
