@@ -158,7 +158,8 @@ def search_mixed_precision(
     with tempfile.TemporaryDirectory(prefix="edgezoo-mixed-") as tmp_dir:
         tmp = Path(tmp_dir)
         pre, cache = tmp / "fp32_pre.onnx", tmp / "calibration.json"
-        ort_pre_process(Path(fp32_onnx), pre)
+        # the same pre-processing as quantize_static_onnx's ORT default, so node names match
+        ort_pre_process(Path(fp32_onnx), pre, bn_as_conv=True)
         tried: dict[int, tuple[Path, float, dict]] = {}
         ranked: list[LayerError] = []
 
@@ -289,7 +290,7 @@ def _main(args: argparse.Namespace) -> int:
     if not layers:  # the all-INT8 model met the goal; rank its layers anyway for the report
         with tempfile.TemporaryDirectory() as tmp:
             pre_path = Path(tmp) / "pre.onnx"
-            ort_pre_process(fp32, pre_path)
+            ort_pre_process(fp32, pre_path, bn_as_conv=True)
             layers = layer_errors(pre_path, int8, calib)
     print(pd.DataFrame([e.as_dict() for e in layers[:args.top]]).to_markdown(index=False))
     print(f"\nINT8 mIoU {100 * result.score:.2f} ({100 * result.retention:.1f}% of FP32) with "

@@ -26,7 +26,8 @@ from quant.calibrate import (CalibrationData, CalibrationReader, QuantError, bui
 from quant.export import export_onnx
 from quant.onnx_inspect import inspect_onnx
 from quant.ptq_dynamic import parity, quantize_dynamic_onnx, quantize_dynamic_torch
-from quant.ptq_static import cpu_has_vnni, ort_types, output_head_nodes, quantize_static_onnx
+from quant.ptq_static import (cpu_has_vnni, ort_pre_process, ort_types, output_head_nodes,
+                               quantize_static_onnx)
 from zoo.data import Preprocess, build_dataset, load_card
 from zoo.metrics import ConfusionMatrix
 
@@ -245,7 +246,10 @@ def test_static_ort_ddrnet(ddrnet_onnx, calib, tmp_path):
     g = inspect_onnx(out)
     head = output_head_nodes(onnx.load(str(ddrnet_onnx)))
     assert meta["float_head"] and len(head) == 2  # classifier conv + final resize stay float
-    assert g["convs"] == 55 and g["quantized_convs"] == 54 and g["float_convs"] == 1
+    # 55 convs of the network + its stand-alone BNs (DAPPM, head: 11 at 64x64) as INT8 depthwise convs
+    n_bn = len(meta["bn_as_depthwise_conv"])
+    assert n_bn == 11
+    assert g["convs"] == 55 + n_bn and g["quantized_convs"] == 54 + n_bn and g["float_convs"] == 1
     assert g["int8_weight_fraction"] > 0.95
     assert g["file_bytes"] < 0.30 * ddrnet_onnx.stat().st_size
     assert "uint8" in g["qdq_dtypes"] and g["weight_dtypes"] == ["int8"]
@@ -259,6 +263,26 @@ def test_static_ort_ddrnet(ddrnet_onnx, calib, tmp_path):
     assert len(float_convs) == 1 and float_convs[0] in head
     y = _runs(out, calib.arrays[0])
     assert y.shape == (1, 11, *HW) and np.isfinite(y).all()
+
+
+def test_bn_as_depthwise_conv_is_exact_and_leaves_no_float_bn(ddrnet_onnx, calib, tmp_path):
+    plain, rewritten = tmp_path / "plain.onnx", tmp_path / "bn.onnx"
+    assert ort_pre_process(ddrnet_onnx, plain) == []
+    names = ort_pre_process(ddrnet_onnx, rewritten, bn_as_conv=True)
+    ops = [n.op_type for n in onnx.load(str(rewritten)).graph.node]
+    assert len(names) == 11 and "BatchNormalization" not in ops
+    assert [n.op_type for n in onnx.load(str(plain)).graph.node].count("BatchNormalization") == 11
+    a, b = _runs(plain, calib.arrays[0]), _runs(rewritten, calib.arrays[0])
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
+    # quantized with the rewrite, ORT's session graph keeps no float BatchNormalization island
+    out = tmp_path / "int8.onnx"
+    quantize_static_onnx(ddrnet_onnx, out, calib, target="ort")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "session.onnx")
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    session_ops = [n.op_type for n in onnx.load(str(tmp_path / "session.onnx")).graph.node]
+    assert "BatchNormalization" not in session_ops and session_ops.count("QLinearConv") == 54 + 11
 
 
 def test_static_trt_is_symmetric_int8(ddrnet_onnx, calib, tmp_path):

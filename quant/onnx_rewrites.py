@@ -1,0 +1,90 @@
+"""Exact FP32 graph rewrites that let ONNX Runtime keep more of a network in INT8.
+
+ORT's CPU provider has QLinear kernels for Conv, Add, pooling and Concat, but none for
+BatchNormalization. A BN that pre-processing cannot fold into a preceding convolution (DDRNet's
+pre-activation BNs in DAPPM and in the segmentation head: AvgPool -> BN -> ReLU -> Conv) therefore
+runs as an island of float: DequantizeLinear -> BN -> Relu -> QuantizeLinear, plus the Transposes
+the NHWC layout transformer puts around every float op. `batchnorm_as_depthwise_conv` writes such a
+BN as the per-channel affine map it is, a 1x1 depthwise convolution, which ORT quantizes and runs
+as an NHWC QLinearConv with the ReLU fused.
+
+Numerically this costs nothing worth naming: with per-channel symmetric weights a depthwise 1x1
+kernel has one weight per channel, which quantizes exactly to +-127 times its scale, and the bias
+becomes int32 at scale (input scale x weight scale). The activation after the ReLU was quantized
+before the rewrite as well (the next convolution's input), so no new rounding point appears.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from quant.calibrate import QuantError
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def batchnorm_as_depthwise_conv(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Replace every inference-mode BatchNormalization on a 4-D tensor by an equivalent 1x1
+    depthwise Conv (in place); returns the proto and the names of the replaced nodes.
+
+    Run it after ORT's pre-processing, which already folds Conv -> BN pairs into the conv: what
+    is left are BNs no convolution precedes. BNs whose parameters are not constant initializers,
+    or that run in training mode, are left alone.
+    """
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    rank = _ranks(proto)
+    replaced: list[str] = []
+    for node in list(graph.node):
+        if node.op_type != "BatchNormalization" or len(node.output) != 1:
+            continue
+        if _attribute(node, "training_mode", 0):
+            continue
+        x, *params = node.input[:5]
+        if len(params) != 4 or not all(p in inits for p in params) or rank.get(x) not in (None, 4):
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[p]).astype(np.float64) for p in params)
+        eps = float(_attribute(node, "epsilon", 1e-5))
+        scale = gamma / np.sqrt(var + eps)
+        shift = beta - mean * scale
+        channels = scale.shape[0]
+        base = node.name or node.output[0]
+        w_name, b_name = f"{base}_as_dwconv.weight", f"{base}_as_dwconv.bias"
+        graph.initializer.extend([
+            numpy_helper.from_array(scale.reshape(channels, 1, 1, 1).astype(np.float32), w_name),
+            numpy_helper.from_array(shift.astype(np.float32), b_name),
+        ])
+        conv = helper.make_node("Conv", [x, w_name, b_name], list(node.output), name=f"{base}_as_dwconv",
+                                group=channels, kernel_shape=[1, 1])
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(position, conv)
+        replaced.append(node.name or node.output[0])
+    _drop_unused_initializers(graph)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise QuantError(f"rewriting BatchNormalization as depthwise Conv produced an invalid graph: {exc}") from None
+    return proto, replaced
+
+
+def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every tensor whose shape the model records (inputs, outputs, value_info)."""
+    out: dict[str, int] = {}
+    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            out[vi.name] = len(vi.type.tensor_type.shape.dim)
+    return out
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
