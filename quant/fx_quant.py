@@ -19,7 +19,9 @@ into QAT modules that support freezing BN statistics, and converts to the fbgemm
 kernels, which ran DDRNet-23-slim ~2x faster than FP32 eager on this CPU (see NOTES.md).
 
 The FX graph is traced with the module's `training` flag of the moment, so networks with
-auxiliary training heads are built with ``aux=False`` before preparation.
+auxiliary training heads are built with ``aux=False`` before preparation. Modules whose Python
+shape logic FX cannot trace declare ``fx_leaf = True`` (YOLOv5's box decode): they stay one
+float call in every graph here, and check `training` when run (`fx_leaf_classes`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -87,10 +90,39 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     model = copy.deepcopy(model)
     mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range)
     example = (example_input(2, input_hw),)
+    custom = _prepare_custom_config(model)
     if qat:
         fold_transposed_conv_bn(model)
-        return prepare_qat_fx(model.train(), mapping, example_inputs=example)
-    return prepare_fx(model.eval(), mapping, example_inputs=example)
+        return prepare_qat_fx(model.train(), mapping, example_inputs=example, prepare_custom_config=custom)
+    return prepare_fx(model.eval(), mapping, example_inputs=example, prepare_custom_config=custom)
+
+
+def fx_leaf_classes(model: nn.Module) -> list[type]:
+    """Module classes in `model` that declare `fx_leaf = True` (YOLOv5's `BoxDecode`).
+
+    The module twin of `torch.fx.wrap` (`zoo.layers.adaptive_avg_pool`): FX records each call as
+    one node instead of tracing into Python-side shape logic it cannot trace symbolically.
+    Quantization matches no pattern on such a node, so it runs in float: its quantized inputs are
+    dequantized before it, and it decides at call time what `self.training` means.
+    """
+    return list(dict.fromkeys(type(m) for m in model.modules() if getattr(type(m), "fx_leaf", False)))
+
+
+def _prepare_custom_config(model: nn.Module):
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+
+    return PrepareCustomConfig().set_non_traceable_module_classes(fx_leaf_classes(model))
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """A plain FX tracer that also keeps the `fx_leaf` module classes as leaves."""
+
+    def __init__(self, leaves: list[type]):
+        super().__init__()
+        self.leaves = tuple(leaves)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, module_qualified_name)
 
 
 @torch.no_grad()
@@ -103,7 +135,7 @@ def fold_transposed_conv_bn(model: nn.Module) -> int:
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    graph = torch.fx.symbolic_trace(model).graph
+    graph = _LeafTracer(fx_leaf_classes(model)).trace(model)
     modules = dict(model.named_modules())
     folded = 0
     for node in graph.nodes:
@@ -272,6 +304,15 @@ def count_quantizers(model: nn.Module) -> dict[str, int]:
     acts = sum(1 for n, m in model.named_modules()
                if isinstance(m, (FakeQuantizeBase, ObserverBase)) and not n.endswith("weight_fake_quant"))
     return {"weight_quantizers": weights, "activation_quantizers": acts}
+
+
+def count_int8_modules(int8_model: nn.Module) -> dict[str, int]:
+    """What a converted model (`convert_int8`) really runs: modules with INT8 kernels
+    (torch.ao.nn.quantized, e.g. QuantizedConv2d / ConvReLU2d) and convolutions left in float."""
+    int8 = sum(1 for m in int8_model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")
+               and not isinstance(m, (nn.ModuleList, nn.Sequential)))
+    float_convs = sum(1 for m in int8_model.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d))
+    return {"int8_modules": int8, "float_convs": float_convs}
 
 
 def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], batch: int = 1,

@@ -3,6 +3,7 @@
     python -m quant.qat --model ddrnet --data camvid --data-root ../shared/data/camvid
     python -m quant.qat --model ddrnet --data synthetic --epochs 2          # quick check
     torchrun --nproc_per_node=2 -m quant.qat --model ddrnet --data synthetic --epochs 2
+    python -m quant.qat --model yolov5n --data synthetic-det --epochs 1     # detection
 
 The scheme (`quant.fx_quant`): symmetric per-channel INT8 weights and symmetric per-tensor INT8
 activations, which TensorRT, ONNX Runtime and PyTorch's x86 kernels all run. Conv-BN pairs are
@@ -12,7 +13,10 @@ epochs train against the exact integer grid that inference will use.
 
 The fine-tuning reuses `zoo.train` (recipe, loss, progress, periodic validation, best / last
 checkpoints, mid-epoch `--resume`, torchrun) through its `TrainHooks`: about a tenth of the FP32
-recipe's epochs at a tenth of its learning rate. Checkpoints go to
+recipe's epochs at a tenth of its learning rate. Detectors fine-tune the same way through
+`zoo.det.train` (YOLOv5 loss, EMA: the EMA weights are validated and saved), without the
+recipe's warm-up, on the FP32 parent's classes and pre-processing; YOLOv5's box decode stays a
+float FX leaf (`zoo.det.yolov5.BoxDecode`). Checkpoints go to
 <artifacts>/checkpoints/<model>/<data>/qat-<fp32 recipe>/ and hold the fake-quantized graph's
 state dict; `load_qat` rebuilds it, and `quant.fx_quant.export_qdq_onnx` / `convert_int8` turn it
 into a QDQ ONNX file or real PyTorch INT8 kernels.
@@ -23,7 +27,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -85,24 +89,84 @@ def _parent(cfg: QATConfig):
 
 
 def qat_finetune(cfg: QATConfig) -> dict[str, Any]:
-    """Fine-tune with fake quantization; returns zoo.train's result (best / last checkpoint paths)."""
+    """Fine-tune with fake quantization; returns the trainer's result (best / last checkpoint
+    paths, and `best_miou` for segmentation or `best_map` for detection)."""
     from zoo.recipes import get_recipe
-    from zoo.train import TrainConfig, TrainHooks, train
+    from zoo.train import TrainConfig, train
 
     entry, parent = _parent(cfg)
-    parent_recipe_name = (parent.meta.get("recipe") or {}).get("name") if isinstance(parent.meta.get("recipe"), dict) else None
+    if entry.task == "detection":
+        return _finetune_detector(cfg, entry, parent)
+    parent_recipe_name = _recipe_name(parent.meta)
     recipe = get_recipe(parent_recipe_name or entry.default_recipe)
     epochs = cfg.epochs or max(2, recipe.epochs // 10)
     lr = cfg.lr or recipe.lr / 10
-    bn_epoch, obs_epoch = schedule(epochs, cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)
     build_kwargs = {"aux": False} if entry.aux_weights else {}
     parent_state = {k: v for k, v in parent.model.state_dict().items()}
 
-    def prepare_model(model: nn.Module) -> nn.Module:
+    def load_parent(model: nn.Module) -> nn.Module:
         from zoo.checkpoints import load_state
 
         load_state(model, parent_state, source=str(parent.path))
-        return fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme)
+        return model
+
+    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, load_parent)
+    tcfg = TrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name, epochs=epochs,
+                       lr=lr, batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed, resume=cfg.resume, artifacts=cfg.artifacts,
+                       workers=cfg.workers, threads=cfg.threads, progress=cfg.progress,
+                       eval_every=cfg.eval_every or max(1, epochs // 5))
+    _announce(entry.name, cfg.data, epochs, lr, parent.path, hooks)
+    return train(tcfg, hooks)
+
+
+def _finetune_detector(cfg: QATConfig, entry, parent) -> dict[str, Any]:
+    """QAT of a detector through `zoo.det.train`: it loads the parent as `--weights` (its builder
+    options and pre-processing come with it), the hooks make the graph fake-quantized."""
+    from zoo.data import load_card
+    from zoo.det.train import DetTrainConfig, train_detector
+    from zoo.recipes import get_det_recipe
+
+    card = load_card(cfg.data)
+    if parent.num_classes != card.num_classes:
+        raise QuantError(f"QAT fine-tunes a detector trained on {cfg.data}'s {card.num_classes} classes; "
+                         f"{parent.path} has {parent.num_classes}: fine-tune it first with python -m zoo.train "
+                         f"--model {entry.name} --data {cfg.data} --weights {parent.path}")
+    if cfg.crop is not None and cfg.crop[0] != cfg.crop[1]:
+        raise QuantError(f"detectors train on square images; got --crop {cfg.crop[0]} {cfg.crop[1]}")
+    recipe = get_det_recipe(_recipe_name(parent.meta) or entry.default_recipe)
+    epochs = cfg.epochs or max(2, recipe.epochs // 10)
+    lr = cfg.lr or recipe.lr / 10
+    # What the parent was built with (YOLOv5: stem, activation), explicit so that `load_qat`
+    # rebuilds the same network whatever the builder's defaults become.
+    build_kwargs = {**(parent.meta.get("build_kwargs") or {}), **getattr(parent.model, "build_kwargs", {})}
+    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, lambda model: model)
+    dcfg = DetTrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name,
+                          epochs=epochs, lr=lr, batch_size=cfg.batch_size, img_size=cfg.crop[0] if cfg.crop else None,
+                          eval_every=cfg.eval_every or max(1, epochs // 5), weights=parent.path, seed=cfg.seed,
+                          resume=cfg.resume, artifacts=cfg.artifacts, workers=cfg.workers, threads=cfg.threads,
+                          progress=cfg.progress,
+                          # No warm-up: it exists for random weights, and its bias-lr bump (0.1 in
+                          # the reference recipe) would undo a trained head.
+                          overrides={"warmup_epochs": 0.0})
+    _announce(entry.name, cfg.data, epochs, lr, parent.path, hooks)
+    return train_detector(dcfg, hooks)
+
+
+def _recipe_name(meta: dict[str, Any]) -> str | None:
+    recipe = meta.get("recipe")
+    return recipe.get("name") if isinstance(recipe, dict) else None
+
+
+def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: dict[str, Any],
+           init: Callable[[nn.Module], nn.Module]):
+    """The TrainHooks of a QAT run: `init` (the parent's weights, where the trainer does not load
+    them itself), then fake quantization; the freeze schedule; provenance in every checkpoint."""
+    from zoo.train import TrainHooks
+
+    bn_epoch, obs_epoch = schedule(epochs, cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)
+
+    def prepare_model(model: nn.Module) -> nn.Module:
+        return fx_quant.prepare(init(model), qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme)
 
     def on_epoch_start(model: nn.Module, epoch: int, total: int) -> None:
         if epoch >= bn_epoch:
@@ -113,17 +177,17 @@ def qat_finetune(cfg: QATConfig) -> dict[str, Any]:
     qat_meta = {"variant": "qat", "scheme": cfg.scheme, "freeze_bn_epoch": bn_epoch,
                 "freeze_observer_epoch": obs_epoch, "prepare_hw": list(PREPARE_HW), "build_kwargs": build_kwargs,
                 "parent": {"path": str(parent.path), "sha256": parent.sha256,
-                           "recipe": parent_recipe_name, "metrics": parent.meta.get("metrics", {})},
+                           "recipe": _recipe_name(parent.meta), "metrics": parent.meta.get("metrics", {})},
                 "versions": {"torch": torch.__version__}}
-    hooks = TrainHooks(build_kwargs=build_kwargs, prepare_model=prepare_model, on_epoch_start=on_epoch_start,
-                       run_name=qat_run_name(recipe.name), meta={"qat": qat_meta})
-    tcfg = TrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name, epochs=epochs,
-                       lr=lr, batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed, resume=cfg.resume, artifacts=cfg.artifacts,
-                       workers=cfg.workers, threads=cfg.threads, progress=cfg.progress,
-                       eval_every=cfg.eval_every or max(1, epochs // 5))
-    print(f"[qat] {entry.name} on {cfg.data}: {epochs} epochs at lr {lr:.2e} from {parent.path} "
-          f"(BN frozen from epoch {bn_epoch + 1}, ranges from epoch {obs_epoch + 1})", file=sys.stderr, flush=True)
-    return train(tcfg, hooks)
+    return TrainHooks(build_kwargs=build_kwargs, prepare_model=prepare_model, on_epoch_start=on_epoch_start,
+                      run_name=qat_run_name(recipe_name), meta={"qat": qat_meta})
+
+
+def _announce(model: str, data: str, epochs: int, lr: float, parent_path, hooks) -> None:
+    q = hooks.meta["qat"]
+    print(f"[qat] {model} on {data}: {epochs} epochs at lr {lr:.2e} from {parent_path} "
+          f"(BN frozen from epoch {q['freeze_bn_epoch'] + 1}, ranges from epoch {q['freeze_observer_epoch'] + 1})",
+          file=sys.stderr, flush=True)
 
 
 def find_qat_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None) -> Path | None:
@@ -203,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                     eval_every=args.eval_every, progress=not args.no_progress)
     with user_errors():
         result = qat_finetune(cfg)
-    print(f"[qat] best val mIoU {100 * result['best_miou']:.2f} -> {result['best']}", file=sys.stderr)
+    score = (f"mAP50-95 {result['best_map']:.4f}" if "best_map" in result
+             else f"mIoU {100 * result['best_miou']:.2f}")
+    print(f"[qat] best val {score} -> {result['best']}", file=sys.stderr)
     return 0
 
 

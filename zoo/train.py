@@ -69,7 +69,8 @@ class TrainConfig:
 @dataclass
 class TrainHooks:
     """Extension points for training variants of a network (quantization-aware training lives in
-    `quant.qat` and plugs in here, so `zoo` never imports `quant`).
+    `quant.qat` and plugs in here, so `zoo` never imports `quant`). Both trainers take them:
+    `train` (segmentation) and `zoo.det.train.train_detector` (detection).
 
     `build_kwargs` go to the network builder; `prepare_model` replaces the built network (e.g. by
     a fake-quantized graph initialised from FP32 weights) before the optimizer sees it;

@@ -43,6 +43,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,8 @@ from zoo.det.augment import AugmentConfig, DetTrainDataset, detection_collate
 from zoo.det.loss import LossHyp, YOLOv5Loss
 from zoo.recipes import DetRecipe, get_det_recipe
 from zoo.registry import ModelEntry, get_entry
-from zoo.train import (EpochBatches, _dist_info, finish_run, _rng_state, _seed_everything, _set_rng_state,
-                       _worker_init, steps_per_epoch)
+from zoo.train import (EpochBatches, TrainHooks, _dist_info, finish_run, _rng_state, _seed_everything,
+                       _set_rng_state, _worker_init, steps_per_epoch)
 
 
 @dataclass
@@ -98,10 +99,14 @@ class DetTrainConfig:
 # --------------------------------------------------------------------------------------------
 
 class ModelEMA:
-    """Exponential moving average of every floating-point entry of the state dict (parameters
-    and BatchNorm statistics), decay ``d = decay * (1 - exp(-updates / tau))``: it ramps up from
-    0 so the early, fast-changing weights are not averaged in for long (the reference's
-    ``ModelEMA``, after timm's)."""
+    """Exponential moving average of the parameters and BatchNorm statistics, decay
+    ``d = decay * (1 - exp(-updates / tau))``: it ramps up from 0 so the early, fast-changing
+    weights are not averaged in for long (the reference's ``ModelEMA``, after timm's).
+
+    Every other state-dict entry is copied from the model at each update: constant buffers
+    (anchors, BN batch counters) and, in a quantization-aware graph, the fake quantizers' scales,
+    zero points, observed ranges and on/off flags, so the EMA runs on the quantization grid the
+    model trains against (an averaged integer zero point or on/off flag would mean nothing)."""
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0,
                  updates: int = 0) -> None:
@@ -109,6 +114,9 @@ class ModelEMA:
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.decay, self.tau, self.updates = float(decay), float(tau), int(updates)
+        self.averaged = {name for name, _ in self.ema.named_parameters()} | {
+            f"{prefix}.{stat}" if prefix else stat for prefix, m in self.ema.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) for stat in ("running_mean", "running_var")}
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / self.tau))
@@ -119,8 +127,18 @@ class ModelEMA:
         d = self.current_decay()
         src = getattr(model, "module", model).state_dict()
         for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
+            if k in self.averaged:
                 v.mul_(d).add_(src[k].detach(), alpha=1 - d)
+        self.sync(model)
+
+    @torch.no_grad()
+    def sync(self, model: nn.Module) -> None:
+        """Copy the entries that are not averaged (also before validation: quantizer ranges move
+        with every forward, and a short QAT run may not have reached its first optimizer step)."""
+        src = getattr(model, "module", model).state_dict()
+        # load_state_dict rather than copy_: per-channel observers size their buffers at their
+        # first batch, and their own loaders resize the EMA's to fit.
+        self.ema.load_state_dict({k: v for k, v in src.items() if k not in self.averaged}, strict=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.ema.state_dict(), "updates": self.updates}
@@ -260,6 +278,24 @@ def init_from_weights(entry: ModelEntry, path: str | Path, num_classes: int,
     return model, loaded.preprocess, info, build_kwargs
 
 
+@contextmanager
+def observers_paused(model: nn.Module):
+    """Fake quantizers observe every forward, eval mode included: validation must not move the
+    ranges of a quantization-aware graph (nor leak into the checkpoint saved after it). A no-op
+    for float models."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    quantizers = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    flags = [m.observer_enabled.clone() for m in quantizers]
+    for m in quantizers:
+        m.disable_observer()
+    try:
+        yield
+    finally:
+        for m, flag in zip(quantizers, flags):
+            m.observer_enabled.copy_(flag)
+
+
 def _setup_device(cfg: DetTrainConfig, distributed: bool, world: int) -> torch.device:
     device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
               else torch.device("cpu"))
@@ -276,13 +312,19 @@ def _setup_device(cfg: DetTrainConfig, distributed: bool, world: int) -> torch.d
 # the trainer
 # --------------------------------------------------------------------------------------------
 
-def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
-    """Train (or resume, or fine-tune) and return {"best", "last", "best_map", "history", "seconds"}."""
+def train_detector(cfg: DetTrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
+    """Train (or resume, or fine-tune) and return {"best", "last", "best_map", "history", "seconds"}.
+
+    `hooks` are `zoo.train.TrainHooks`, as for segmentation (quantization-aware fine-tuning plugs
+    in here): `prepare_model` replaces the built (and, with --weights, initialised) network before
+    the optimizer and the EMA see it; the loss and the metadata take the anchors and the class
+    count from the network as built, since a prepared graph need not keep the `Detect` module."""
     from zoo import data as zdata
     from zoo.data.letterbox import DetEvalTransform
     from zoo.det.postprocess import MAP_NMS
     from zoo.evaluate import evaluate_detector
 
+    hooks = hooks or TrainHooks()
     rank, world = _dist_info()
     distributed = world > 1
     device = _setup_device(cfg, distributed, world)
@@ -308,14 +350,14 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
     per_rank_batch = recipe.batch_size // world
     nc = card.num_classes
 
-    out_dir = checkpoint_dir(entry.name, cfg.data, cfg.run_name or recipe.name, cfg.artifacts)
+    out_dir = checkpoint_dir(entry.name, cfg.data, cfg.run_name or hooks.run_name or recipe.name, cfg.artifacts)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     resuming = cfg.resume and last_path.is_file()
     state = read_checkpoint(last_path) if resuming else None
 
     _seed_everything(cfg.seed)
     init_info: dict[str, Any] = {"weights": "scratch"}
-    build_kwargs: dict[str, Any] = {}
+    build_kwargs: dict[str, Any] = dict(hooks.build_kwargs)
     ckpt_pre = None
     if state is not None:
         build_kwargs = dict(state["meta"].get("build_kwargs") or {})
@@ -323,11 +365,18 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
         init_info = state["meta"].get("init", init_info)
         model = entry.build(num_classes=nc, **build_kwargs)
     elif cfg.weights:
-        model, ckpt_pre, init_info, build_kwargs = init_from_weights(entry, cfg.weights, nc, card.classes)
+        model, ckpt_pre, init_info, ckpt_kwargs = init_from_weights(entry, cfg.weights, nc, card.classes)
+        clash = {k: v for k, v in build_kwargs.items() if ckpt_kwargs.get(k, v) != v}
+        if clash:
+            raise ValueError(f"builder options {clash} differ from those of {cfg.weights} ({ckpt_kwargs})")
+        build_kwargs = {**ckpt_kwargs, **build_kwargs}
         if is_main:
             print(f"[det-train] fine-tuning from {cfg.weights}: head {init_info['head']}", file=sys.stderr)
     else:
-        model = entry.build(num_classes=nc)
+        model = entry.build(num_classes=nc, **build_kwargs)
+    head = model.detect  # anchors, levels, classes: what the loss and the metadata need
+    if hooks.prepare_model is not None:
+        model = hooks.prepare_model(model)
     model = model.to(device).train()
     pre = zdata.Preprocess.from_dict(ckpt_pre) if ckpt_pre else zdata.Preprocess.from_card(card)
 
@@ -350,8 +399,8 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
               file=sys.stderr, flush=True)
     hyp = LossHyp(box=recipe.box, obj=recipe.obj, cls=recipe.cls, anchor_t=recipe.anchor_t,
                   label_smoothing=recipe.label_smoothing).scaled(
-        num_classes=nc, img_size=recipe.img_size, num_levels=model.detect.nl)
-    criterion = YOLOv5Loss.for_model(model, hyp, class_weights=weight).to(device)
+        num_classes=nc, img_size=recipe.img_size, num_levels=head.nl)
+    criterion = YOLOv5Loss(head.anchors, head.nc, hyp, class_weights=weight).to(device)
 
     nbs = recipe.nbs or recipe.batch_size
     accumulate = max(round(nbs / recipe.batch_size), 1)
@@ -377,7 +426,7 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
         print(f"[det-train] --resume: no {last_path} yet, starting from scratch", file=sys.stderr)
 
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
-    anchors_px = (model.detect.anchors * torch.tensor(model.detect.strides).view(-1, 1, 1)).tolist()
+    anchors_px = (head.anchors.cpu() * torch.tensor(head.strides).view(-1, 1, 1)).tolist()
     meta_base = {
         "model": entry.name, "family": entry.family, "task": "detection", "dataset": cfg.data,
         "classes": list(card.classes), "num_classes": nc, "recipe": recipe.as_dict(),
@@ -385,7 +434,7 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
         "accumulate_max": max(round(nbs / recipe.batch_size), 1),
         "weight_decay_effective": weight_decay, "seed": cfg.seed, "world_size": world, "amp": cfg.amp,
         "class_weighting": weighting, "preprocess": pre.to_dict(), "build_kwargs": build_kwargs,
-        "anchors": anchors_px, "init": init_info,
+        "anchors": anchors_px, "init": init_info, **hooks.meta,
     }
 
     def save_last(epoch: int, step: int) -> None:
@@ -407,6 +456,8 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
     lr_now = base_lr
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(model, epoch, recipe.epochs)
         optimizer.zero_grad(set_to_none=True)  # an unfinished accumulation does not cross epochs
         epoch_lr = base_lr * lr_factor(recipe, epoch)
         first = start_step if epoch == start_epoch else 0
@@ -470,8 +521,10 @@ def train_detector(cfg: DetTrainConfig) -> dict[str, Any]:
                                   "elapsed_s": prior_s + time.time() - t_start, "amp": cfg.amp}
         if done % recipe.eval_every == 0 or done == recipe.epochs:
             if is_main:
-                scores, _ = evaluate_detector(ema.ema, val_set, nms=MAP_NMS, device=device,
-                                              progress=cfg.progress, desc=f"val {cfg.val_split}")
+                ema.sync(model)
+                with observers_paused(ema.ema):
+                    scores, _ = evaluate_detector(ema.ema, val_set, nms=MAP_NMS, device=device,
+                                                  progress=cfg.progress, desc=f"val {cfg.val_split}")
                 record.update(map=scores.map, map50=scores.map50)
                 if scores.map > best_map:
                     best_map = scores.map

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from zoo.checkpoints import CheckpointError, load_state
@@ -150,15 +151,60 @@ class Concat(nn.Module):
         return torch.cat(tuple(xs), dim=1)
 
 
+class BoxDecode(nn.Module):
+    """The float tail of `Detect`: raw 1x1-conv outputs -> training maps or decoded boxes.
+
+    Training returns the raw maps (B, na, H, W, 5+nc); eval decodes them (v6.x formulas):
+    s = sigmoid(raw), xy = (2 s - 0.5 + grid) * stride, wh = (2 s)^2 * anchor_pixels, then
+    objectness and class probabilities, flattened to (B, N, 5+nc). Grids are built from each
+    map's shape here (no cached tensors), so a traced ONNX graph is correct for its export shape.
+
+    A module of its own so that FX graph-mode quantization can keep it as one leaf call
+    (`fx_leaf`, read by `quant.fx_quant`): its shape arithmetic and per-level loop cannot be traced
+    symbolically, and the decode mixes pixel coordinates (0..640) with probabilities (0..1) in one
+    tensor, which one 8-bit scale cannot hold, so it runs in float after a dequantize. It checks
+    `self.training` when called, not when traced, so a QAT graph traced in training mode still
+    decodes in eval mode. It holds no state: `Detect` keeps the `anchors` buffer (official key
+    `model.24.anchors`) and passes it in.
+    """
+
+    fx_leaf = True
+
+    def __init__(self, na: int, no: int, strides: Sequence[float]) -> None:
+        super().__init__()
+        self.na, self.no = na, no
+        self.strides = tuple(float(s) for s in strides)
+
+    def forward(self, anchors: torch.Tensor, *raw: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        maps = []
+        for x in raw:
+            b, _, h, w = x.shape
+            maps.append(x.view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2).contiguous())
+        if self.training:
+            return maps
+        return torch.cat([self._decode(p, anchors[i], self.strides[i]) for i, p in enumerate(maps)], dim=1)
+
+    @staticmethod
+    def _decode(p: torch.Tensor, anchors: torch.Tensor, stride: float) -> torch.Tensor:
+        b, na, h, w, no = p.shape
+        ys = torch.arange(h, device=p.device, dtype=p.dtype)
+        xs = torch.arange(w, device=p.device, dtype=p.dtype)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack((gx, gy), dim=-1).view(1, 1, h, w, 2)
+        anchor_px = (anchors * stride).to(p.dtype).view(1, na, 1, 1, 2)
+        s = p.sigmoid()
+        xy = (s[..., 0:2] * 2 - 0.5 + grid) * stride
+        wh = (s[..., 2:4] * 2) ** 2 * anchor_px
+        return torch.cat((xy, wh, s[..., 4:]), dim=-1).view(b, na * h * w, no)
+
+
 class Detect(nn.Module):
-    """`models.yolo.Detect`: per level a 1x1 conv to `na * (5 + nc)` raw outputs.
+    """`models.yolo.Detect`: per level a 1x1 conv to `na * (5 + nc)` raw outputs, then `BoxDecode`.
 
     Buffer `anchors` (nl, na, 2) is in grid units (pixels / stride), as the official `Model`
     stores it after dividing by the stride. Training returns the raw maps (B, na, H, W, 5+nc);
-    eval decodes them (v6.x formulas): s = sigmoid(raw), xy = (2 s - 0.5 + grid) * stride,
-    wh = (2 s)^2 * anchor_pixels, then objectness and class probabilities, flattened to (B, N, 5+nc).
-    Grids are built from each feature map's shape in `forward` (no cached tensors), so the traced
-    ONNX graph is correct for the exported shape.
+    eval the decoded boxes (B, N, 5+nc) (see `BoxDecode`). The convolutions stay here, outside the
+    decode, so FX quantization traces and quantizes them like every other convolution.
     """
 
     def __init__(self, num_classes: int, in_channels: Sequence[int],
@@ -173,6 +219,7 @@ class Detect(nn.Module):
         self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in in_channels)
         grid_units = torch.tensor(anchors, dtype=torch.float32) / torch.tensor(self.strides).view(-1, 1, 1)
         self.register_buffer("anchors", grid_units)
+        self.decode = BoxDecode(self.na, self.no, self.strides)
 
     @torch.no_grad()
     def init_biases(self, image_size: int = 640) -> None:
@@ -184,26 +231,7 @@ class Detect(nn.Module):
             b[:, 5:] += math.log(0.6 / (self.nc - 0.99))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor] | torch.Tensor:
-        maps = []
-        for conv, x in zip(self.m, feats):
-            b, _, h, w = x.shape
-            maps.append(conv(x).view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2).contiguous())
-        if self.training:
-            return maps
-        return torch.cat([self._decode(i, p) for i, p in enumerate(maps)], dim=1)
-
-    def _decode(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        b, na, h, w, no = p.shape
-        stride = self.strides[i]
-        ys = torch.arange(h, device=p.device, dtype=p.dtype)
-        xs = torch.arange(w, device=p.device, dtype=p.dtype)
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        grid = torch.stack((gx, gy), dim=-1).view(1, 1, h, w, 2)
-        anchor_px = (self.anchors[i] * stride).to(p.dtype).view(1, na, 1, 1, 2)
-        s = p.sigmoid()
-        xy = (s[..., 0:2] * 2 - 0.5 + grid) * stride
-        wh = (s[..., 2:4] * 2) ** 2 * anchor_px
-        return torch.cat((xy, wh, s[..., 4:]), dim=-1).view(b, na * h * w, no)
+        return self.decode(self.anchors, *(conv(x) for conv, x in zip(self.m, feats)))
 
 
 def _width(c: int, multiple: float) -> int:
@@ -266,8 +294,13 @@ class YOLOv5(nn.Module):
     def detect(self) -> Detect:
         return self.model[24]  # type: ignore[return-value]
 
+    @property
+    def build_kwargs(self) -> dict[str, str]:
+        """The builder options beyond the class count (recorded with quantized artifacts)."""
+        return {"stem": self.stem, "act": self.act}
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
-        _check_input_size(x)
+        x = _check_input_size(x)
         m = self.model
         for i in range(4):
             x = m[i](x)
@@ -282,7 +315,9 @@ class YOLOv5(nn.Module):
         return m[24]([out3, out4, out5])
 
 
-def _check_input_size(x: torch.Tensor) -> None:
+def _check_input_size(x: torch.Tensor) -> torch.Tensor:
+    """`x`, after checking its height and width. An FX leaf (`torch.fx.wrap` below): sizes are not
+    known while FX traces symbolically; returning `x` keeps the check in the traced graph's data flow."""
     with warnings.catch_warnings():
         # While tracing (ONNX export) sizes are 0-dim tensors and the tracer warns that the check
         # becomes a constant of the trace; for a static-shape export that is exactly what we want.
@@ -290,6 +325,10 @@ def _check_input_size(x: torch.Tensor) -> None:
         h, w = (int(v) for v in x.shape[-2:])
     if h % 32 or w % 32:
         raise ValueError(f"YOLOv5 input height and width must be multiples of 32, got {h}x{w}")
+    return x
+
+
+torch.fx.wrap("_check_input_size")
 
 
 def yolov5n(*, num_classes: int = 80, stem: Stem = "conv6x6", act: Act = "silu") -> YOLOv5:
