@@ -37,6 +37,9 @@ Detection cells (`task: "detection"`, `run_det_cell`) differ in three ways:
   Post-processing time (NMS + mapping boxes back) is measured inside each end-to-end iteration
   and reported on its own (`postprocess_latency_ms`), as is pre-processing (`preprocess_latency_ms`).
 
+Instance cells (`task: "instance"`) are `bench.instances.run_instance_cell`: a segmentation cell
+whose end-to-end pipeline adds centre NMS + grouping and whose accuracy is PQ (see that module).
+
 Test hook: EDGEZOO_BENCH_FAULT="ACTION:PATTERN[,ACTION:PATTERN...]" makes a cell whose id
 (model/variant/backend/HxW/bN, or reference/model/HxW) matches the fnmatch PATTERN fail right
 after loading: ACTION is segv (a real segmentation fault), abort, exit (os._exit(139)), hang or
@@ -124,6 +127,10 @@ def _open_backend(spec: dict):
 def run_cell(spec: dict) -> dict:
     if spec.get("task") == "detection":
         return run_det_cell(spec)
+    if spec.get("task") == "instance":  # post-processing and PQ: bench.instances
+        from bench.instances import run_instance_cell
+
+        return run_instance_cell(spec)
     import numpy as np
 
     from bench import imageops

@@ -82,21 +82,21 @@ def variant_support(variant: str, backend_cls: type, cfg: "BenchConfig | None" =
                        "measure INT8 on a GPU with tensorrt or onnxruntime-trt")
     if variant == "qat" and cfg is not None and cfg.weights == "random":
         return False, "QAT fine-tunes trained FP32 weights; --weights random has none (use a checkpoint)"
-    if cfg is not None and _task(cfg) == "detection":
-        if variant == "qat":
-            return False, ("QAT for detection is not implemented yet (quant.qat fine-tunes with the "
-                           "segmentation loss; issue #7 part 7): measure static or dynamic PTQ")
-        if variant == "static" and backend_cls.artifact_kind == "torch":
-            # torch.fx symbolic tracing fails on YOLOv5 (TraceError: "Proxy object cannot be
-            # iterated", from the Concat / Detect modules that take lists of feature maps).
-            return False, ("PyTorch FX INT8 cannot trace YOLOv5 (torch.fx TraceError in the Detect / "
-                           "Concat list inputs); measure static INT8 on onnxruntime or tensorrt")
+    # Detection takes the same paths: YOLOv5's box decode is an FX leaf (zoo.det.yolov5.BoxDecode)
+    # that stays float in the INT8 graph and the QDQ ONNX, and quant.qat fine-tunes detectors
+    # through zoo.det.train.
     return True, ""
 
 
 def _task(cfg: "BenchConfig") -> str:
+    """The dataset card's task, or "instance" when the sweep names instance networks (they run
+    on segmentation data with instance ids; `bench.instances`)."""
     from zoo.data import load_card
 
+    from bench.instances import is_instance_model
+
+    if any(is_instance_model(m) for t in cfg.models for m in str(t).split(",")):
+        return "instance"
     return load_card(cfg.data).task
 
 
@@ -125,7 +125,10 @@ def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
     if variant == "static":
         if torch_backend:  # FX PTQ: histogram observers on the same calibration images
             return f"fx-histogram-{cfg.calib_images}img-seed{cfg.calib_seed}"
-        return f"{target}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
+        # "bnconv": the ORT artifact runs stand-alone BNs as INT8 depthwise convs (quant.onnx_rewrites);
+        # part of the key so artifacts made before that rewrite are not reused.
+        rewrite = "-bnconv" if target == "ort" else ""
+        return f"{target}{rewrite}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
     if variant == "qat":
         return "fx-int8" if torch_backend else f"qdq-{target}"
     return ""
@@ -288,17 +291,22 @@ class Prepared:
         if not path.is_file():
             from quant.torch_ptq import quantize_static_torch
 
+            # Detection: the calibration images are letterboxed like the cells' (`det_calibration`).
             log(f"static PTQ (PyTorch FX, x86 kernels, histogram calibration on {calib.size} images) -> {path}")
             build_kwargs = {"aux": False} if get_entry(self.model).aux_weights else {}
+            build_kwargs.update(getattr(self.net, "build_kwargs", {}))  # e.g. YOLOv5's stem and activation
             quantize_static_torch(self.net, calib, path, parent_sha256=self.weights_sha256, build_kwargs=build_kwargs)
         meta = json.loads(path.with_suffix(".json").read_text())
         art = _describe({"kind": "torch", "path": str(path), "model": self.model, "num_classes": self.num_classes,
                          "fx_int8": {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
                                      "build_kwargs": meta["build_kwargs"]},
                          "quant": _quant_summary(meta)})
+        from quant.fx_quant import count_int8_modules
         from quant.torch_ptq import load_static_torch
 
-        return _int8_deploy_size(art, load_static_torch(self.net, path, reduce_range=meta["reduce_range"]))
+        int8 = load_static_torch(self.net, path, reduce_range=meta["reduce_range"])
+        art["quant"].update(count_int8_modules(int8), quantizers=meta["quantizers"])  # real INT8 kernels, counted
+        return _int8_deploy_size(art, int8)
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
         """The QAT checkpoint fine-tuned from exactly these FP32 weights (made when missing)."""
@@ -341,14 +349,20 @@ class Prepared:
         qat_meta = meta["qat"]
         summary = {"variant": "qat", "scheme": qat_meta["scheme"], "checkpoint": str(ckpt), "checkpoint_sha256": ckpt_sha,
                    "parent_sha256": qat_meta["parent"]["sha256"], "epochs": meta.get("epoch"),
-                   "val_miou_at_training": (meta.get("metrics") or {}).get("miou"),
                    "freeze_bn_epoch": qat_meta["freeze_bn_epoch"], "freeze_observer_epoch": qat_meta["freeze_observer_epoch"]}
+        metrics = meta.get("metrics") or {}
+        if self.task == "detection":  # zoo.det.train checkpoints score COCO mAP50-95
+            summary["val_map50_95_at_training"] = metrics.get("map")
+        else:
+            summary["val_miou_at_training"] = metrics.get("miou")
         if kind == "torch":
-            from quant.fx_quant import convert_int8
+            from quant.fx_quant import convert_int8, count_int8_modules
 
+            int8 = convert_int8(prepared)
+            summary.update(count_int8_modules(int8))
             art = _int8_deploy_size(_describe({"kind": "torch", "path": str(ckpt), "model": self.model,
                                                "num_classes": self.num_classes, "fx_int8": {"mode": "qat"},
-                                               "quant": summary}), convert_int8(prepared))
+                                               "quant": summary}), int8)
             self.quantized[key] = art
             return art
         else:
@@ -494,7 +508,14 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
     card = zdata.load_card(cfg.data)
     if cfg.weights is None and card.task == "detection":
         _check_det_trainer(cfg, entry)
-    kwargs = dict(dataset=cfg.data, weights=cfg.weights, artifacts=cfg.artifacts, data_root=cfg.data_root,
+    task = "instance" if entry.task == "instance" else card.task
+    weights = cfg.weights
+    if task == "instance":  # zoo.instances.train's checkpoint (found, or trained with the quick recipe)
+        from bench import instances
+
+        instances.check_dataset(cfg.data)
+        weights = weights or str(instances.fp32_checkpoint(cfg, entry.name))
+    kwargs = dict(dataset=cfg.data, weights=weights, artifacts=cfg.artifacts, data_root=cfg.data_root,
                   threads=cfg.threads, progress=cfg.progress, train_epochs=cfg.train_epochs)
     if cfg.weights == "random":
         with torch.random.fork_rng(devices=[]):
@@ -502,6 +523,8 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
             loaded = load_fp32(entry.name, **kwargs)
     else:
         loaded = load_fp32(entry.name, **kwargs)
+    if task == "instance":
+        instances.check_weights(loaded, cfg.data)
     net = loaded.model.eval()
     preprocess = loaded.preprocess or zdata.Preprocess.from_card(card).to_dict()
     weights_sha = loaded.sha256 or state_digest(net)
@@ -517,7 +540,7 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
                            "num_classes": loaded.num_classes})
     return Prepared(model=entry.name, num_classes=loaded.num_classes, preprocess=preprocess,
                     weights_path=str(loaded.path), weights_sha256=weights_sha, weights_meta=meta, net=net,
-                    export_dir=export_dir, torch_artifact=torch_art, params=count_params(net), task=card.task)
+                    export_dir=export_dir, torch_artifact=torch_art, params=count_params(net), task=task)
 
 
 def _meta_summary(meta: dict) -> dict:
@@ -766,6 +789,10 @@ class _Sweep:
         if hw not in self.evalsets:
             if self.task == "detection":  # no labels at the input size: one set serves every size
                 self.evalsets[hw] = next(iter(self.evalsets.values()), None) or prepare_det_evalset(self.cfg, self.log)
+            elif self.task == "instance":  # labels plus true instance ids (bench.instances)
+                from bench.instances import prepare_instance_evalset
+
+                self.evalsets[hw] = prepare_instance_evalset(self.cfg, hw, self.log)
             else:
                 self.evalsets[hw] = prepare_evalset(self.cfg, hw, self.log)
         return self.evalsets[hw]
@@ -797,7 +824,8 @@ class _Sweep:
         elif self.task == "detection":
             ref = self._det_reference(prep, hw, base_spec, ev, masks_path, meta_path)
         else:
-            self.log(f"reference {prep.model} torch/fp32 {hw[0]}x{hw[1]}: argmax masks in a separate process ...")
+            what = "argmax masks and instances" if self.task == "instance" else "argmax masks"
+            self.log(f"reference {prep.model} torch/fp32 {hw[0]}x{hw[1]}: {what} in a separate process ...")
             spec = {**base_spec, "mode": "reference", "backend": "torch", "variant": "fp32", "batch": 1,
                     "artifact": prep.torch_artifact, "reference_out": str(masks_path), "reference": None,
                     "cell_id": f"reference/{prep.model}/{hw[0]}x{hw[1]}"}
@@ -805,8 +833,11 @@ class _Sweep:
             # short (which tests and smoke runs use to catch hanging cells quickly).
             result = run_cell_process(spec, max(self.cfg.timeout, REFERENCE_MIN_TIMEOUT))
             if result.get("status") == "ok" and masks_path.is_file():
-                ref = {"status": "ok", "path": str(masks_path), "metrics": {
-                    k: result["metrics"][k] for k in ("miou", "pixel_accuracy")},
+                if self.task == "instance":
+                    from bench.instances import REFERENCE_METRICS as keys
+                else:
+                    keys = ("miou", "pixel_accuracy")
+                ref = {"status": "ok", "path": str(masks_path), "metrics": {k: result["metrics"][k] for k in keys},
                     "weights_sha256": prep.weights_sha256, "images": result.get("images"),
                     "evalset": ev["fingerprint"], "created": now_iso()}
                 write_json(meta_path, ref)
@@ -849,28 +880,47 @@ class _Sweep:
 
 
 def _planned(cfg: BenchConfig) -> tuple[list[str], list[str], list[str]]:
-    variants = expand(cfg.variants, VARIANTS, "variant", all_means=IMPLEMENTED_VARIANTS)
+    def split(values: Sequence[str]) -> list[str]:  # "--quant fp32,static" = "--quant fp32 static"
+        return [v for value in values for v in str(value).split(",") if v]
+
+    task = _task(cfg)
+    # Instance networks: QAT would fine-tune with the segmentation loss (quant.qat), which cannot
+    # train the centre / offset heads, so "all" means fp32, static and dynamic for them.
+    implemented = tuple(v for v in IMPLEMENTED_VARIANTS if not (task == "instance" and v == "qat"))
+    variants = expand(split(cfg.variants), VARIANTS, "variant", all_means=implemented)
+    if task == "instance" and "qat" in variants:
+        raise UsageError("--quant qat: QAT for instance networks is not implemented (quant.qat fine-tunes with the "
+                         "segmentation loss, not the centre / offset losses of zoo.instances.train); measure "
+                         "fp32, static or dynamic")
     pending = [v for v in variants if v not in IMPLEMENTED_VARIANTS]
     if pending:
         raise UsageError(
             f"--quant {' '.join(pending)}: not implemented yet (QAT arrives with issue #3); "
             f"implemented variants: {', '.join(IMPLEMENTED_VARIANTS)}"
         )
-    backends = expand(cfg.backends, BACKENDS, "backend")
-    if "qat" in variants and cfg.weights == "random" and "qat" in cfg.variants:
+    backends = expand(split(cfg.backends), BACKENDS, "backend")
+    if "qat" in variants and cfg.weights == "random" and "qat" in split(cfg.variants):
         raise UsageError("--quant qat with --weights random: QAT fine-tunes trained FP32 weights; "
                          "pass a checkpoint with --weights, or leave --weights unset")
     from zoo.data import load_card
 
-    task = load_card(cfg.data).task
-    if task not in ("segmentation", "detection"):
-        raise UsageError(f"bench.run measures segmentation and detection datasets; {cfg.data!r} is a {task} "
+    card_task = load_card(cfg.data).task
+    if card_task not in ("segmentation", "detection"):
+        raise UsageError(f"bench.run measures segmentation and detection datasets; {cfg.data!r} is a {card_task} "
                          "dataset (score instance networks with python -m zoo.instances.evaluate)")
+    if task == "instance":  # instance networks on a segmentation card with instance ids
+        from bench.instances import check_dataset
+
+        check_dataset(cfg.data)
     names: list[str] = []
-    for m in cfg.models:
+    for m in split(cfg.models):
         # "all" means every network of the dataset's task; a named network of another task is an error.
         names.extend(list_models(task=task) if m == "all" else [get_entry(m).name])
     wrong = [n for n in names if get_entry(n).task != task]
+    if wrong and task == "instance":
+        raise UsageError(f"--model {' '.join(wrong)}: {get_entry(wrong[0]).task} network(s) in a sweep of instance "
+                         f"networks; measure them in a separate run (instance networks: "
+                         f"{', '.join(list_models(task='instance'))})")
     if wrong:
         raise UsageError(f"--model {' '.join(wrong)}: {get_entry(wrong[0]).task} network(s) on the {task} "
                          f"dataset {cfg.data!r}; pick a {get_entry(wrong[0]).task} dataset or one of: "
@@ -1041,7 +1091,12 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
     metrics = dict(result.get("metrics") or {})
     ref_ok = bool(reference and reference.get("status") == "ok")
     detection = prep.task == "detection"
-    if metrics and detection:
+    instance = prep.task == "instance"
+    if metrics and instance:  # PQ / mIoU deltas and parity (bench.instances)
+        from bench.instances import fill_metrics
+
+        metrics = fill_metrics(metrics, reference if ref_ok else None)
+    elif metrics and detection:
         metrics.setdefault("box_agreement", None)
         for name in ("map50_95", "map50"):
             ref_v = reference["metrics"].get(name) if ref_ok else None
@@ -1080,7 +1135,8 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
                                                                           "file_bytes", "size_basis")
                       if k in artifact} if artifact else None),
         "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
-        "reference": ({"status": "ok", "path": reference["path"], **reference["metrics"]} if ref_ok and detection else
+        "reference": ({"status": "ok", "path": reference["path"], **reference["metrics"]}
+                      if ref_ok and (detection or instance) else
                       {"status": "ok", "path": reference["path"], "miou": reference["metrics"]["miou"]}
                       if ref_ok else ({"status": "failed", "error": reference.get("error")} if reference else None)),
         "data": ({"sha256": ev["sha256"], "images": ev["n"], "fingerprint": ev["fingerprint"]} if ev else None),
@@ -1104,6 +1160,10 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
             "torch_import_s": result.get("torch_import_s"), "postprocess_threads": result.get("postprocess_threads"),
             "detections": result.get("detections"),
         })
+    if instance:
+        from bench.instances import record_fields
+
+        out.update(record_fields(result, artifact, hw))
     if "traceback" in result:
         out["traceback"] = result["traceback"]
     return out
@@ -1116,6 +1176,10 @@ def markdown_table(records: list[dict]) -> str:
     batched = any((r.get("batch") or 1) > 1 for r in records)
     if any(r.get("task") == "detection" for r in records):
         return _det_markdown_table(records, several_sizes, batched)
+    if any(r.get("task") == "instance" for r in records):
+        from bench.instances import markdown_table as instance_table
+
+        return instance_table(records, several_sizes, batched)
     rows = []
     for r in records:
         lat = r.get("latency_ms") or {}

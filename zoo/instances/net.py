@@ -41,6 +41,24 @@ def split_outputs(out: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, to
     return out[:, :num_classes], out[:, num_classes:num_classes + 1], out[:, num_classes + 1:]
 
 
+def output_layers(semantic: torch.Tensor, center: torch.Tensor, offset: torch.Tensor,
+                  weights: list[torch.Tensor], biases: list[torch.Tensor], size: list[int]) -> torch.Tensor:
+    """The three heads' 1x1 output convolutions, their concat and the upsampling to the input size.
+
+    One function, left whole by torch.fx (`torch.fx.wrap` below), so that PyTorch's FX INT8
+    (`quant.torch_ptq`, `quant.qat`) keeps it float, as ONNX Runtime static INT8 keeps the same
+    nodes float (`quant.ptq_static.output_head_nodes`). Traced through, FX quantizes the concat
+    with ONE scale for logits, centre heat (0..1) and offsets (tens of input pixels): the heat map
+    is then a few 8-bit levels, and centre NMS finds plateaus instead of peaks.
+    """
+    y = torch.cat([F.conv2d(t, w, b) for t, w, b in zip((semantic, center, offset), weights, biases)], 1)
+    # Offsets are regressed in input pixels, so resizing them needs no rescaling.
+    return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+
+torch.fx.wrap("output_layers")
+
+
 class _Head(nn.Sequential):
     def __init__(self, in_ch: int, mid_ch: int, out_ch: int) -> None:
         super().__init__(DSConv(in_ch, mid_ch), nn.Conv2d(mid_ch, out_ch, 1))
@@ -76,9 +94,9 @@ class PanopticLite(nn.Module):
         fused = self.fusion(hi, self.ppm(self.extractor(hi)))
         up = F.interpolate(fused, size=f4.shape[-2:], mode="bilinear", align_corners=False)
         d = self.decoder(torch.cat([up, self.skip(f4)], 1))
-        y = torch.cat([self.semantic(d), self.center(d), self.offset(d)], 1)
-        # Offsets are regressed in input pixels, so resizing them needs no rescaling.
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        heads = (self.semantic, self.center, self.offset)
+        return output_layers(*(h[0](d) for h in heads), [h[1].weight for h in heads], [h[1].bias for h in heads],
+                             x.shape[-2:])
 
 
 def panoptic_lite_fastdepthseg(*, num_classes: int = 19, decoder_ch: int = 64, head_ch: int = 32) -> nn.Module:

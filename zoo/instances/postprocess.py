@@ -165,6 +165,22 @@ def decode_output(out: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.nda
     return e / e.sum(0, keepdims=True), out[num_classes], out[num_classes + 1:]
 
 
+def instances_from_output(out: np.ndarray, num_classes: int, thing_classes: Sequence[int],
+                          cfg: GroupConfig | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a deployment runs after the network, on one image's raw output (C + 3, H, W) from
+    any backend: semantic argmax, centre NMS and grouping (`panoptic_instances`). Returns
+    (semantic (H, W) uint8, instance ids int32 (H, W), class of each id, centre score of each id).
+    No softmax: the argmax does not need one (`decode_output` gives probabilities for mask AP).
+    The offsets are in input pixels, so the output must be at the input resolution."""
+    out = np.asarray(out)
+    if out.ndim != 3 or out.shape[0] != num_classes + 3:
+        raise ValueError(f"expected a ({num_classes + 3}, H, W) output, got {out.shape}")
+    semantic = out[:num_classes].argmax(0).astype(np.uint8 if num_classes <= 256 else np.uint16)
+    ids, classes, score = panoptic_instances(semantic, out[num_classes], out[num_classes + 1:], thing_classes, cfg)
+    return semantic, ids, classes, score
+
+
 def mean_class_probability(probs: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Mean softmax probability of each instance's class over its pixels (index 0: 0). The
     instance score of all three methods for COCO AP (the learned one times its centre score)."""

@@ -288,6 +288,17 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
     return {"best": best_path, "last": last_path, "history": history, "seconds": seconds, "pseudo": pseudo}
 
 
+def find_checkpoint(model: str, data: str, artifacts: str | Path | None = None, *, seed: int = 0) -> Path | None:
+    """The cached `best.pt` that `train` writes for (model, data) under its default run name
+    (``<recipe>-seed<seed>``): the family recipe's first, then the quick recipe's; None if neither."""
+    entry = get_entry(model)
+    for recipe in dict.fromkeys((entry.default_recipe, "quick")):
+        path = checkpoint_dir(entry.name, data, f"{recipe}-seed{seed}", artifacts) / "best.pt"
+        if path.is_file():
+            return path
+    return None
+
+
 def build_parser(prog: str = "python -m zoo.instances.train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="panoptic_lite_fastdepthseg")
