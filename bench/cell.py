@@ -53,7 +53,9 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FAULT_ENV = "EDGEZOO_BENCH_FAULT"
 
@@ -124,6 +126,54 @@ def _open_backend(spec: dict):
     build = backend.prepare(spec["artifact"], options=options) if hasattr(backend, "prepare") else None
     return backend, options, build
 
+@dataclass
+class LoadedCell:
+    """A cell's backend after `open_and_load`: the memory tracker started before loading, load and
+    first-inference times, the TensorRT build info."""
+
+    backend: Any
+    options: dict
+    build: Any
+    mem: Any
+    load_s: float
+    first_ms: float
+
+
+def open_and_load(spec: dict, first_input, cell_id: str, threads: int):
+    """`_open_backend`, then the memory baseline, load and first inference (timed apart from the
+    steady state); a skipped result dict when the backend is not usable. Shared by every cell kind."""
+    from bench.memory import PeakMemory
+
+    opened = _open_backend(spec)
+    if isinstance(opened, dict):
+        return opened  # skipped: the backend is not usable here
+    backend, options, build = opened
+    mem = PeakMemory()
+    t0 = time.perf_counter()
+    backend.load(spec["artifact"], threads=threads, options=options)
+    load_s = time.perf_counter() - t0
+    maybe_fault(cell_id)
+    t0 = time.perf_counter()
+    backend.infer(first_input)
+    first_ms = (time.perf_counter() - t0) * 1000
+    return LoadedCell(backend, options, build, mem, load_s, first_ms)
+
+
+def measure_split_e2e(end_to_end, e2e_inputs, profile, split_ns: list) -> tuple[dict, list, list, Any]:
+    """Time the end-to-end loop of a warm model; `end_to_end` appends (pre ns, post ns) per call
+    to `split_ns`. Returns the measurement, the pre- / post-processing milliseconds of the timed
+    (not warm-up) calls and the end-to-end timing profile."""
+    from bench.timing import TimingProfile, measure
+
+    # The model is warm by now; the end-to-end loop only needs its own code paths warmed.
+    e2e_profile = TimingProfile(name=profile.name + "-e2e", warmup_iters=max(1, profile.warmup_iters // 10),
+                                warmup_s=0.0, iters=profile.iters, min_time_s=profile.min_time_s,
+                                trials=profile.trials)
+    e2e = measure(end_to_end, e2e_inputs, e2e_profile)
+    timed = split_ns[len(split_ns) - int(e2e["stats"]["n"]):]  # the warm-up calls come first
+    return e2e, [a / 1e6 for a, _ in timed], [b / 1e6 for _, b in timed], e2e_profile
+
+
 def run_cell(spec: dict) -> dict:
     if spec.get("task") == "detection":
         return run_det_cell(spec)
@@ -134,7 +184,6 @@ def run_cell(spec: dict) -> dict:
     import numpy as np
 
     from bench import imageops
-    from bench.memory import PeakMemory
     from bench.metrics import Agreement, ConfusionMatrix
     from bench.timing import TimingProfile, measure
 
@@ -163,19 +212,10 @@ def run_cell(spec: dict) -> dict:
     e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
     model_inputs = [pre(g) for g in e2e_inputs]
 
-    opened = _open_backend(spec)
-    if isinstance(opened, dict):
-        return opened  # skipped: the backend is not usable here
-    backend, options, build = opened
-
-    mem = PeakMemory()
-    t0 = time.perf_counter()
-    backend.load(spec["artifact"], threads=int(spec["threads"]), options=options)
-    load_s = time.perf_counter() - t0
-    maybe_fault(cell_id)
-    t0 = time.perf_counter()
-    backend.infer(model_inputs[0])
-    first_ms = (time.perf_counter() - t0) * 1000
+    loaded = open_and_load(spec, model_inputs[0], cell_id, int(spec["threads"]))
+    if isinstance(loaded, dict):
+        return loaded
+    backend, build, mem, load_s, first_ms = loaded.backend, loaded.build, loaded.mem, loaded.load_s, loaded.first_ms
 
     # -- accuracy (and parity) through the end-to-end pipeline: pixels -> mask --------------
     conf = ConfusionMatrix(int(spec["num_classes"]), int(spec.get("ignore_index", 255)))
@@ -260,7 +300,7 @@ def run_det_cell(spec: dict) -> dict:
     import numpy as np
 
     from bench import imageops
-    from bench.memory import PeakMemory, peak_rss_mb
+    from bench.memory import peak_rss_mb
     from bench.timing import TimingProfile, measure, summarize
 
     mode = spec.get("mode", "cell")
@@ -281,20 +321,11 @@ def run_det_cell(spec: dict) -> dict:
     e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
     model_inputs = [pre(g)[0] for g in e2e_inputs]
 
-    opened = _open_backend(spec)
-    if isinstance(opened, dict):
-        return opened  # skipped: the backend is not usable here
-    backend, options, build = opened
-
     # -- model phase: load, first inference, model-only timing (torch not imported by ORT cells)
-    mem = PeakMemory()
-    t0 = time.perf_counter()
-    backend.load(spec["artifact"], threads=threads, options=options)
-    load_s = time.perf_counter() - t0
-    maybe_fault(cell_id)
-    t0 = time.perf_counter()
-    backend.infer(model_inputs[0])
-    first_ms = (time.perf_counter() - t0) * 1000
+    loaded = open_and_load(spec, model_inputs[0], cell_id, threads)
+    if isinstance(loaded, dict):
+        return loaded
+    backend, build, mem, load_s, first_ms = loaded.backend, loaded.build, loaded.mem, loaded.load_s, loaded.first_ms
     profile = TimingProfile(**spec["timing_profile"])
     model = None
     device_ms: list = []
@@ -365,13 +396,7 @@ def run_det_cell(spec: dict) -> dict:
         split_ns.append((t_1 - t_0, time.perf_counter_ns() - t_2))
         return dets
 
-    e2e_profile = TimingProfile(name=profile.name + "-e2e", warmup_iters=max(1, profile.warmup_iters // 10),
-                                warmup_s=0.0, iters=profile.iters, min_time_s=profile.min_time_s,
-                                trials=profile.trials)
-    e2e = measure(end_to_end, e2e_inputs, e2e_profile)
-    timed = split_ns[len(split_ns) - int(e2e["stats"]["n"]):]  # the warm-up calls come first
-    pre_ms = [a / 1e6 for a, _ in timed]
-    post_ms = [b / 1e6 for _, b in timed]
+    e2e, pre_ms, post_ms, e2e_profile = measure_split_e2e(end_to_end, e2e_inputs, profile, split_ns)
     end_peak = peak_rss_mb()
     return {
         **common,

@@ -321,8 +321,7 @@ def run_instance_cell(spec: dict) -> dict:
     """One instance cell, or (``mode: "reference"``) the PyTorch FP32 reference run that saves
     its semantic masks and instances. See the module docstring."""
     from bench import imageops
-    from bench.cell import _groups, _open_backend, maybe_fault
-    from bench.memory import PeakMemory
+    from bench.cell import _groups, measure_split_e2e, open_and_load
     from bench.timing import TimingProfile, measure, summarize
     from zoo.instances.postprocess import GroupConfig, instances_from_output
 
@@ -359,19 +358,10 @@ def run_instance_cell(spec: dict) -> dict:
                                f"pixels), got {out.shape}")
         return [instances_from_output(o, num_classes, thing_ids, group) for o in out]
 
-    opened = _open_backend(spec)
-    if isinstance(opened, dict):
-        return opened  # skipped: the backend is not usable here
-    backend, options, build = opened
-
-    mem = PeakMemory()
-    t0 = time.perf_counter()
-    backend.load(spec["artifact"], threads=int(spec["threads"]), options=options)
-    load_s = time.perf_counter() - t0
-    maybe_fault(cell_id)
-    t0 = time.perf_counter()
-    backend.infer(model_inputs[0])
-    first_ms = (time.perf_counter() - t0) * 1000
+    loaded = open_and_load(spec, model_inputs[0], cell_id, int(spec["threads"]))
+    if isinstance(loaded, dict):
+        return loaded
+    backend, build, mem, load_s, first_ms = loaded.backend, loaded.build, loaded.mem, loaded.load_s, loaded.first_ms
 
     # -- accuracy (and parity) through the end-to-end pipeline: pixels -> instances ------------
     scores = InstanceScores(num_classes, int(spec.get("ignore_index", 255)), thing_ids,
@@ -416,14 +406,7 @@ def run_instance_cell(spec: dict) -> dict:
         split_ns.append((t_1 - t_0, time.perf_counter_ns() - t_2))
         return result
 
-    # The model is warm by now; the end-to-end loop only needs its own code paths warmed.
-    e2e_profile = TimingProfile(name=profile.name + "-e2e", warmup_iters=max(1, profile.warmup_iters // 10),
-                                warmup_s=0.0, iters=profile.iters, min_time_s=profile.min_time_s,
-                                trials=profile.trials)
-    e2e = measure(end_to_end, e2e_inputs, e2e_profile)
-    timed = split_ns[len(split_ns) - int(e2e["stats"]["n"]):]  # the warm-up calls come first
-    pre_ms = [a / 1e6 for a, _ in timed]
-    post_ms = [b / 1e6 for _, b in timed]
+    e2e, pre_ms, post_ms, e2e_profile = measure_split_e2e(end_to_end, e2e_inputs, profile, split_ns)
     memory = mem.stop()
     return {
         **common,
@@ -523,13 +506,7 @@ def markdown_table(records: list[dict], several_sizes: bool, batched: bool) -> s
     mIoU, agreement with the FP32 reference, size, model-only and end-to-end latency, memory."""
     from tabulate import tabulate
 
-    from bench.runner import _row_head
-
-    def f(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) else "-"
-
-    def pct(v):
-        return f(100 * v, ".2f") if isinstance(v, (int, float)) else "-"
+    from bench.runner import _row_head, fmt_cell as f, fmt_pct as pct
 
     rows = []
     for r in records:

@@ -1185,10 +1185,7 @@ def markdown_table(records: list[dict]) -> str:
         lat = r.get("latency_ms") or {}
         e2e = r.get("e2e_latency_ms") or {}
         m = r.get("metrics") or {}
-
-        def f(v, fmt):
-            return format(v, fmt) if isinstance(v, (int, float)) else "-"
-
+        f = fmt_cell
         row = _row_head(r, several_sizes, batched) + [
                 f(100 * m["miou"], ".2f") if isinstance(m.get("miou"), (int, float)) else "-",
                 f(100 * m["pixel_agreement"], ".2f") if isinstance(m.get("pixel_agreement"), (int, float)) else "-",
@@ -1200,6 +1197,16 @@ def markdown_table(records: list[dict]) -> str:
     headers += ["status", "mIoU %", "agree %", "size MB", "median ms", "p90 ms", "CV",
                 "images/s" if batched else "FPS", "e2e median ms", "peak RSS MB", "RSS delta MB"]
     return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def fmt_cell(v, fmt: str) -> str:
+    """A number for a summary table, or "-" when the record has none."""
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def fmt_pct(v) -> str:
+    """A fraction as a percentage with two decimals, or "-"."""
+    return fmt_cell(100 * v, ".2f") if isinstance(v, (int, float)) else "-"
 
 
 def _row_head(r: dict, several_sizes: bool, batched: bool) -> list:
@@ -1218,12 +1225,7 @@ def _row_head(r: dict, several_sizes: bool, batched: bool) -> list:
 def _det_markdown_table(records: list[dict], several_sizes: bool, batched: bool) -> str:
     from tabulate import tabulate
 
-    def f(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) else "-"
-
-    def pct(v):
-        return f(100 * v, ".2f") if isinstance(v, (int, float)) else "-"
-
+    f, pct = fmt_cell, fmt_pct
     rows = []
     for r in records:
         lat, e2e = r.get("latency_ms") or {}, r.get("e2e_latency_ms") or {}
