@@ -58,6 +58,26 @@ def test_resume_after_sigkill_mid_epoch(tiny_camvid, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_portable_copy_resumes_without_optimizer_state(tiny_camvid, tmp_path):
+    """A portable last.pt (no optimizer moments, small enough for git) resumes on a 'new machine'."""
+    args = ["-m", "zoo.train", "--model", "espnet", "--data-root", str(tiny_camvid), "--save-every", "0", *TINY]
+    killed = _run([*args, "--artifacts", str(tmp_path / "old")], {"EDGEZOO_FAULT_KILL_AT_STEP": "6"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    full = checkpoint_dir("espnet_p2q8", "camvid", "espnet", tmp_path / "old") / "last.pt"
+    moved = checkpoint_dir("espnet_p2q8", "camvid", "espnet", tmp_path / "new") / "last.pt"
+    res = _run(["-m", "zoo.checkpoints", "portable", str(full), str(moved)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    portable = read_checkpoint(moved)
+    assert "optimizer" not in portable and (portable["epoch"], portable["step_in_epoch"]) == (1, 2)
+    assert portable["meta"]["portable_from"]["dropped"] == ["optimizer"]
+    assert moved.stat().st_size < full.stat().st_size
+    resumed = _run([*args, "--artifacts", str(tmp_path / "new"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "no optimizer state" in resumed.stderr and "epoch 2, step 2/4" in resumed.stderr
+    res = _run(["-m", "zoo.checkpoints", "portable", str(tmp_path / "nope.pt"), str(tmp_path / "x.pt")])
+    assert res.returncode == 2 and "not found" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_torchrun_two_cpu_processes(tiny_camvid, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

@@ -177,3 +177,46 @@ def load_weights(entry: ModelEntry, path: str | Path, *, num_classes: int, **bui
     official = official_weights_for(entry, path)
     preprocess = meta.get("preprocess") or (official.preprocess if official else None)
     return LoadedWeights(model=model, num_classes=n, meta=meta, preprocess=preprocess, sha256=sha256_file(path), path=path)
+
+
+def portable_copy(src: str | Path, dst: str | Path) -> str:
+    """Write `src` without its optimizer state to `dst`; returns the new file's sha256.
+
+    Training state outside the work tree does not survive a machine change, and a full `last.pt`
+    (weights plus Adam's two moments) is three times the weights: the portable copy is small enough
+    to commit, and `zoo.train --resume` continues from it with fresh optimizer moments.
+    """
+    state = read_checkpoint(src)
+    dropped = [k for k in ("optimizer", "scaler") if k in state]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    meta = dict(state.get("meta", {}))
+    meta["portable_from"] = {"file": Path(src).name, "sha256": sha256_file(src), "dropped": dropped}
+    return save_checkpoint(dst, {**state, "meta": meta})
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m zoo.checkpoints",
+        description="Checkpoint utilities.",
+        epilog="example: python -m zoo.checkpoints portable artifacts/checkpoints/ddrnet23_slim/camvid/ddrnet/last.pt "
+               "trained/ddrnet23_slim/camvid/ddrnet/last.pt",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    port = sub.add_parser("portable", help="copy a checkpoint without its optimizer state (small enough to keep in git)")
+    port.add_argument("src")
+    port.add_argument("dst")
+    args = p.parse_args(argv)
+    try:
+        digest = portable_copy(args.src, args.dst)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.dst}  sha256 {digest}  ({Path(args.dst).stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

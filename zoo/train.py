@@ -212,7 +212,13 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     if cfg.resume and last_path.is_file():
         state = read_checkpoint(last_path)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        elif is_main:
+            # A portable checkpoint (`python -m zoo.checkpoints portable`) drops the optimizer
+            # state to stay small enough to keep in git; the optimizer's moments restart from zero.
+            print(f"[train] {last_path} has no optimizer state (portable copy): optimizer moments restart",
+                  file=sys.stderr)
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         best_miou, history = state.get("best_miou", -1.0), json.loads(state.get("history", "[]"))
         _set_rng_state(state["rng"])
