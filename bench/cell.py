@@ -163,15 +163,45 @@ def measure_split_e2e(end_to_end, e2e_inputs, profile, split_ns: list) -> tuple[
     """Time the end-to-end loop of a warm model; `end_to_end` appends (pre ns, post ns) per call
     to `split_ns`. Returns the measurement, the pre- / post-processing milliseconds of the timed
     (not warm-up) calls and the end-to-end timing profile."""
-    from bench.timing import TimingProfile, measure
+    from bench.timing import measure
 
-    # The model is warm by now; the end-to-end loop only needs its own code paths warmed.
-    e2e_profile = TimingProfile(name=profile.name + "-e2e", warmup_iters=max(1, profile.warmup_iters // 10),
-                                warmup_s=0.0, iters=profile.iters, min_time_s=profile.min_time_s,
-                                trials=profile.trials)
+    e2e_profile = e2e_profile_of(profile)
     e2e = measure(end_to_end, e2e_inputs, e2e_profile)
     timed = split_ns[len(split_ns) - int(e2e["stats"]["n"]):]  # the warm-up calls come first
     return e2e, [a / 1e6 for a, _ in timed], [b / 1e6 for _, b in timed], e2e_profile
+
+
+def e2e_profile_of(profile):
+    """The end-to-end loop's profile: the model is warm by then, so only the loop's own code
+    paths need warming (max(1, warm-up iterations / 10), no warm-up time floor)."""
+    from bench.timing import TimingProfile
+
+    return TimingProfile(name=profile.name + "-e2e", warmup_iters=max(1, profile.warmup_iters // 10),
+                         warmup_s=0.0, iters=profile.iters, min_time_s=profile.min_time_s, trials=profile.trials)
+
+
+def timing_fields(spec: dict, backend, model: dict, e2e: dict, e2e_profile, device_ms: list,
+                  pre_ms: list | None = None, post_ms: list | None = None) -> dict:
+    """The timing part of every cell's result: model-only and end-to-end statistics and raw
+    samples, pre- / post-processing (when the cell splits its end-to-end calls:
+    `measure_split_e2e`), GPU-only time, the profiles, the backend's GPU memory and runtime
+    details, and whether torch was imported by the end of the measurement. One place, so that
+    the cell kinds cannot drift apart in what these record fields mean."""
+    from bench.timing import summarize
+
+    fields = {"latency_ms": model["stats"], "samples_ms": model["samples_ms"],
+              "e2e_latency_ms": e2e["stats"], "e2e_samples_ms": e2e["samples_ms"]}
+    if post_ms is not None:
+        fields.update(postprocess_latency_ms=summarize(post_ms), postprocess_samples_ms=post_ms,
+                      preprocess_latency_ms=summarize(pre_ms))
+    fields.update({
+        "gpu_compute_ms": summarize(device_ms) if device_ms else None,
+        "timing_profile": spec["timing_profile"], "e2e_timing_profile": e2e_profile.__dict__,
+        "gpu_memory": backend.gpu_memory() if hasattr(backend, "gpu_memory") else None,
+        "runtime": backend.info() if hasattr(backend, "info") else {},
+        "imports_torch": "torch" in sys.modules,
+    })
+    return fields
 
 
 def run_cell(spec: dict) -> dict:
@@ -252,28 +282,17 @@ def run_cell(spec: dict) -> dict:
         backend.reset_device_times()
     model = measure(backend.infer, model_inputs, profile)
     device_ms = list(getattr(backend, "device_times_ms", []) or [])
-    # The model is warm by now; the end-to-end loop only needs its own code paths warmed.
-    e2e_profile = TimingProfile(name=profile.name + "-e2e", warmup_iters=max(1, profile.warmup_iters // 10),
-                                warmup_s=0.0, iters=profile.iters, min_time_s=profile.min_time_s,
-                                trials=profile.trials)
+    e2e_profile = e2e_profile_of(profile)
 
     def end_to_end(group: list) -> object:
         return imageops.postprocess(backend.infer(pre(group)), hw)
 
     e2e = measure(end_to_end, e2e_inputs, e2e_profile)
     memory = mem.stop()
-    from bench.timing import summarize
-
     return {
         "status": "ok", "error": None, "metrics": scores, "images": len(images),
-        "latency_ms": model["stats"], "samples_ms": model["samples_ms"],
-        "e2e_latency_ms": e2e["stats"], "e2e_samples_ms": e2e["samples_ms"],
-        "gpu_compute_ms": summarize(device_ms) if device_ms else None,
-        "timing_profile": spec["timing_profile"], "e2e_timing_profile": e2e_profile.__dict__,
+        **timing_fields(spec, backend, model, e2e, e2e_profile, device_ms),
         "load_s": load_s, "first_inference_ms": first_ms, "build": build,
-        "gpu_memory": backend.gpu_memory() if hasattr(backend, "gpu_memory") else None,
-        "runtime": backend.info() if hasattr(backend, "info") else {},
-        "imports_torch": "torch" in sys.modules,
         **memory,
     }
 
@@ -301,7 +320,7 @@ def run_det_cell(spec: dict) -> dict:
 
     from bench import imageops
     from bench.memory import peak_rss_mb
-    from bench.timing import TimingProfile, measure, summarize
+    from bench.timing import TimingProfile, measure
 
     mode = spec.get("mode", "cell")
     hw = (int(spec["input_hw"][0]), int(spec["input_hw"][1]))
@@ -400,16 +419,8 @@ def run_det_cell(spec: dict) -> dict:
     end_peak = peak_rss_mb()
     return {
         **common,
-        "latency_ms": model["stats"], "samples_ms": model["samples_ms"],
-        "e2e_latency_ms": e2e["stats"], "e2e_samples_ms": e2e["samples_ms"],
-        "postprocess_latency_ms": summarize(post_ms), "postprocess_samples_ms": post_ms,
-        "preprocess_latency_ms": summarize(pre_ms),
-        "gpu_compute_ms": summarize(device_ms) if device_ms else None,
-        "timing_profile": spec["timing_profile"], "e2e_timing_profile": e2e_profile.__dict__,
+        **timing_fields(spec, backend, model, e2e, e2e_profile, device_ms, pre_ms, post_ms),
         "build": build,
-        "gpu_memory": backend.gpu_memory() if hasattr(backend, "gpu_memory") else None,
-        "runtime": backend.info() if hasattr(backend, "info") else {},
-        "imports_torch": "torch" in sys.modules,
         "peak_rss_e2e_mb": end_peak, "rss_delta_e2e_mb": end_peak - model_phase["baseline_rss_mb"],
     }
 

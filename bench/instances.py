@@ -22,7 +22,11 @@ instance networks (`bench.runner._task`); the pieces that differ from segmentati
   pass scores instances (`InstanceScores`): PQ / SQ / RQ over the thing classes (all instances
   and the touching subset), mIoU of the semantic argmax, and parity with the PyTorch FP32
   reference. Post-processing and pre-processing times are measured inside every end-to-end
-  iteration and reported apart from the model-only latency.
+  iteration and reported apart from the model-only latency. ONNX Runtime sessions stop their
+  workers' spinning when a run returns (`ORT_SESSION_CONFIG`), as a deployment that
+  post-processes on the same CPU cores between inferences should: left spinning, they held a
+  core for ~50 ms after each run and the post-processing took 1.6-2.7x as long (measured on
+  2 shared cores; docs/benchmarking.md).
 * **Parity** with the PyTorch FP32 reference (its semantic masks and instances, saved by the
   reference run): ``pixel_agreement`` (fraction of pixels with the same semantic argmax, as for
   segmentation) and ``instance_agreement``: the panoptic quality of the cell's instances with the
@@ -56,6 +60,13 @@ import numpy as np
 
 # Reference metrics kept in the reference's sidecar and in every record's "reference" field.
 REFERENCE_METRICS = ("pq", "sq", "rq", "pq_touching", "miou", "pixel_accuracy")
+
+# ONNX Runtime session entries of instance cells (recorded as `runtime.session_config`). ORT's
+# intra-op workers keep spinning (busy-waiting) after every Run() (~50 ms of CPU each time,
+# measured), right when this cell's numpy post-processing starts on the same cores:
+# `force_spinning_stop` parks them as Run() returns; spinning inside Run() is unchanged, so the
+# model-only latency is measured as in every other cell. See docs/benchmarking.md, Instance cells.
+ORT_SESSION_CONFIG = {"session.force_spinning_stop": "1"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,8 +332,8 @@ def run_instance_cell(spec: dict) -> dict:
     """One instance cell, or (``mode: "reference"``) the PyTorch FP32 reference run that saves
     its semantic masks and instances. See the module docstring."""
     from bench import imageops
-    from bench.cell import _groups, measure_split_e2e, open_and_load
-    from bench.timing import TimingProfile, measure, summarize
+    from bench.cell import _groups, measure_split_e2e, open_and_load, timing_fields
+    from bench.timing import TimingProfile, measure
     from zoo.instances.postprocess import GroupConfig, instances_from_output
 
     mode = spec.get("mode", "cell")
@@ -358,6 +369,8 @@ def run_instance_cell(spec: dict) -> dict:
                                f"pixels), got {out.shape}")
         return [instances_from_output(o, num_classes, thing_ids, group) for o in out]
 
+    spec = {**spec, "backend_options": {**(spec.get("backend_options") or {}),
+                                        "ort_session_config": ORT_SESSION_CONFIG}}  # other backends ignore it
     loaded = open_and_load(spec, model_inputs[0], cell_id, int(spec["threads"]))
     if isinstance(loaded, dict):
         return loaded
@@ -408,19 +421,7 @@ def run_instance_cell(spec: dict) -> dict:
 
     e2e, pre_ms, post_ms, e2e_profile = measure_split_e2e(end_to_end, e2e_inputs, profile, split_ns)
     memory = mem.stop()
-    return {
-        **common,
-        "latency_ms": model["stats"], "samples_ms": model["samples_ms"],
-        "e2e_latency_ms": e2e["stats"], "e2e_samples_ms": e2e["samples_ms"],
-        "postprocess_latency_ms": summarize(post_ms), "postprocess_samples_ms": post_ms,
-        "preprocess_latency_ms": summarize(pre_ms),
-        "gpu_compute_ms": summarize(device_ms) if device_ms else None,
-        "timing_profile": spec["timing_profile"], "e2e_timing_profile": e2e_profile.__dict__,
-        "gpu_memory": backend.gpu_memory() if hasattr(backend, "gpu_memory") else None,
-        "runtime": backend.info() if hasattr(backend, "info") else {},
-        "imports_torch": "torch" in sys.modules,
-        **memory,
-    }
+    return {**common, **timing_fields(spec, backend, model, e2e, e2e_profile, device_ms, pre_ms, post_ms), **memory}
 
 
 # ---------------------------------------------------------------------------------------------

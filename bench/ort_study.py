@@ -112,17 +112,13 @@ class _Runner:
 
 
 def _size(runner: _Runner) -> dict:
-    """Bytes a deployment ships: the ONNX file, or for PyTorch INT8 the converted state dict (the
-    artifact file holds the float calibration state it is converted from; see bench.runner)."""
-    if runner.artifact.get("fx_int8"):
-        import io
-
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(runner.backend.model.state_dict(), buffer)
-        return {"bytes": buffer.tell(), "size_basis": "converted INT8 state dict"}
-    return {"bytes": Path(runner.artifact["path"]).stat().st_size, "size_basis": "file"}
+    """Bytes a deployment ships, as bench.runner reports them: the ONNX file, the PyTorch INT8
+    TorchScript file, or (where the cell converts the float calibration state itself) the converted
+    state dict; `size_basis` says which."""
+    art = runner.artifact
+    if art.get("size_basis"):
+        return {"bytes": art["bytes"], "size_basis": art["size_basis"]}
+    return {"bytes": Path(art["path"]).stat().st_size, "size_basis": "file"}
 
 
 def interleaved_timing(runners: list[_Runner], inputs: list[np.ndarray], *, rounds: int, iters: int,

@@ -17,15 +17,24 @@ Examples:
     python -m bench.run --model espnet --weights ../shared/weights/espnet_p_2_q_8_camvid.pth \\
         --data camvid --data-root ../shared/data/camvid --profile release
     python -m bench.run --model ddrnet --backend tensorrt --dla-core 0        # Jetson, TensorRT installed
-    python -m bench.run --model yolov5n --data coco --data-root ../shared/data/coco-tiny \
+    python -m bench.run --model yolov5n --data coco --data-root ../shared/data/coco-tiny \\
         --weights ../shared/weights/yolov5n.pt --quant fp32 static dynamic --backend torch onnxruntime
     python -m bench.run --model yolov5n --data synthetic-det --weights random --input-size 320x320
+    python -m bench.run --model panoptic_lite --data synthetic --quant fp32 static --backend torch onnxruntime
 
 Detection datasets (COCO-format, synthetic-det): each cell letterboxes to one fixed input size
 (default: the card's long side as a square, 640x640 for coco; sides must be multiples of 32) and
 records COCO mAP50-95 / mAP50 (pycocotools), box agreement with the PyTorch FP32 reference, and
 model-only, NMS (post-processing) and end-to-end latency apart. QAT and PyTorch static INT8 are
 not available for detectors yet (skipped cells with the reason).
+
+Instance networks (panoptic_lite) run on segmentation data with instance ids (synthetic,
+synthetic-lt; fp32, static, dynamic) and record PQ / SQ / RQ over the thing classes, PQ on
+touching objects, mIoU of the semantic argmax, and agreement with the PyTorch FP32 reference in
+pixels (semantic argmax) and in instances (PQ against its instances). End to end is resize +
+normalise + model + argmax + centre NMS + grouping (numpy); pre- and post-processing are timed
+apart inside it. ONNX Runtime sessions of these cells stop spinning when a run returns
+(session.force_spinning_stop), so the post-processing does not compete with idle workers.
 
 Timing profiles (warm-up, then timed: at least N iterations and S seconds):
     quick    max(10 it, 1 s), max(50 it, 5 s)       default, for development

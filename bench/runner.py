@@ -214,6 +214,69 @@ def state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+# Code an FX INT8 artifact also depends on besides the network's own modules: the qconfig and the
+# preparation / conversion (quant.fx_quant), the calibration and loading (quant.torch_ptq), and
+# the shared blocks every family builds from.
+FX_INT8_CODE_MODULES = ("quant.fx_quant", "quant.torch_ptq", "zoo.layers")
+
+
+def network_source_files(net: torch.nn.Module, model: str) -> list[Path]:
+    """The source files whose code defines `net`: the module of the registry entry's builder and
+    the module of every project (``zoo.``) class among its submodules (e.g. PIDNet's blocks from
+    zoo.seg.ddrnet, YOLOv5's ConvBNAct from zoo.layers). Their forward code is what FX traces."""
+    names = {get_entry(model).builder.__module__}
+    names.update(type(m).__module__ for m in net.modules())
+    files = []
+    for name in sorted(n for n in names if n == "zoo" or n.startswith("zoo.")):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            files.append(Path(path))
+    return files
+
+
+def code_sha256(files: Sequence[Path], extra: Sequence[str] = ()) -> str:
+    """sha256 of source files (named relative to the repository, so a checkout's location does not
+    matter) and of `extra` strings (versions)."""
+    h = hashlib.sha256()
+    for f in sorted({Path(f).resolve() for f in files}):
+        try:
+            name = str(f.relative_to(REPO))
+        except ValueError:
+            name = f.name
+        h.update(f"{name}|{f.stat().st_size}|".encode())
+        h.update(f.read_bytes())
+    for s in extra:
+        h.update(f"|{s}".encode())
+    return h.hexdigest()
+
+
+def fx_int8_code_sha256(net: torch.nn.Module, model: str) -> str:
+    """The code identity of a PyTorch FX INT8 artifact (observer state, converted TorchScript): the
+    network's source files, the quantization code and the torch version. Without it a changed
+    network (a new block, another activation) would silently reuse an artifact calibrated or
+    converted from the old graph, which only fails, if at all, when its keys no longer fit."""
+    import importlib
+
+    extra_files = [Path(importlib.import_module(m).__file__) for m in FX_INT8_CODE_MODULES]
+    return code_sha256(network_source_files(net, model) + extra_files, extra=(f"torch {torch.__version__}",))
+
+
+def torch_static_name(config: str, calib_sha256: str, code_sha256: str, hw: tuple[int, int]) -> str:
+    """File name of the FX PTQ observer state: quantization config, calibration set, code identity
+    (`fx_int8_code_sha256`) and input size each change it."""
+    return f"static_{config}-{calib_sha256[:10]}-code{code_sha256[:10]}_{hw[0]}x{hw[1]}.pt"
+
+
+def build_kwargs_of(model: str, net: torch.nn.Module, meta: dict | None = None) -> dict:
+    """The builder options that rebuild `net`: inference-only (``aux=False``) where the family has
+    auxiliary heads, what the checkpoint recorded (`meta["build_kwargs"]`), and what the network
+    reports of itself (YOLOv5's `build_kwargs`: stem and activation, which no weight shows)."""
+    kwargs: dict[str, Any] = {"aux": False} if get_entry(model).aux_weights else {}
+    kwargs.update((meta or {}).get("build_kwargs") or {})
+    kwargs.update(getattr(net, "build_kwargs", {}) or {})
+    return kwargs
+
+
 @dataclass
 class Prepared:
     model: str
@@ -248,8 +311,8 @@ class Prepared:
         key = (variant, config, hw[0], hw[1], batch)
         if key in self.quantized:
             return self.quantized[key]
-        if kind == "torch":  # static: FX post-training quantization, converted in the cell
-            self.quantized[key] = self.torch_static_artifact(cfg, config, hw, log)
+        if kind == "torch":  # static: FX post-training quantization, converted here once (TorchScript)
+            self.quantized[key] = self.torch_static_artifact(cfg, config, hw, batch, log)
             return self.quantized[key]
         fp32 = self.artifact("onnx", hw, batch, log)
         if variant == "dynamic":
@@ -283,30 +346,95 @@ class Prepared:
         self.quantized[key] = _describe({"kind": "onnx", "path": str(path), "quant": _quant_summary(meta)})
         return self.quantized[key]
 
-    def torch_static_artifact(self, cfg: "BenchConfig", config: str, hw: tuple[int, int],
+    def build_kwargs(self) -> dict:
+        """The builder options of `net` (`build_kwargs_of`), as the FP32 torch artifact records them."""
+        recorded = self.torch_artifact.get("build_kwargs") if self.torch_artifact else None
+        return dict(recorded) if recorded is not None else build_kwargs_of(self.model, self.net)
+
+    def torch_static_artifact(self, cfg: "BenchConfig", config: str, hw: tuple[int, int], batch: int,
                               log: Callable[[str], None]) -> dict:
-        """FX PTQ: observers calibrated here; the cell converts them to INT8 kernels (`fx_int8`)."""
+        """FX PTQ: observers calibrated here, then converted to INT8 kernels here, once, and saved as
+        a frozen TorchScript file the cell loads as is (`_int8_torchscript`); where that export
+        fails, the cell converts the observer state itself (the former path, `fx_int8["format"]`
+        says which)."""
         calib = self.calibration(cfg, hw, log)
-        path = self.export_dir / f"static_{config}-{calib.sha256[:10]}_{hw[0]}x{hw[1]}.pt"
+        build_kwargs = self.build_kwargs()
+        code = fx_int8_code_sha256(self.net, self.model)
+        path = self.export_dir / torch_static_name(config, calib.sha256, code, hw)
         if not path.is_file():
             from quant.torch_ptq import quantize_static_torch
 
             # Detection: the calibration images are letterboxed like the cells' (`det_calibration`).
             log(f"static PTQ (PyTorch FX, x86 kernels, histogram calibration on {calib.size} images) -> {path}")
-            build_kwargs = {"aux": False} if get_entry(self.model).aux_weights else {}
-            build_kwargs.update(getattr(self.net, "build_kwargs", {}))  # e.g. YOLOv5's stem and activation
             quantize_static_torch(self.net, calib, path, parent_sha256=self.weights_sha256, build_kwargs=build_kwargs)
         meta = json.loads(path.with_suffix(".json").read_text())
-        art = _describe({"kind": "torch", "path": str(path), "model": self.model, "num_classes": self.num_classes,
-                         "fx_int8": {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
-                                     "build_kwargs": meta["build_kwargs"]},
-                         "quant": _quant_summary(meta)})
-        from quant.fx_quant import count_int8_modules
-        from quant.torch_ptq import load_static_torch
+        quant = _quant_summary(meta)
+        quant.update(quantizers=meta["quantizers"], code_sha256=code)
+        fx_int8 = {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
+                   "build_kwargs": meta["build_kwargs"]}
 
-        int8 = load_static_torch(self.net, path, reduce_range=meta["reduce_range"])
-        art["quant"].update(count_int8_modules(int8), quantizers=meta["quantizers"])  # real INT8 kernels, counted
-        return _int8_deploy_size(art, int8)
+        def convert() -> torch.nn.Module:
+            from quant.torch_ptq import load_static_torch
+
+            return load_static_torch(self.net, path, reduce_range=meta["reduce_range"])
+
+        example = _calibration_batch(calib, batch)
+        ts_path = path.with_name(f"{path.stem}_b{batch}.int8.ts")
+        return self._int8_torchscript(ts_path, path, convert, example, "calibration image(s)", fx_int8, quant,
+                                      build_kwargs, log)
+
+    def _int8_torchscript(self, ts_path: Path, source: Path, convert: Callable[[], torch.nn.Module],
+                          example: np.ndarray, example_what: str, fx_int8: dict, quant: dict, build_kwargs: dict,
+                          log: Callable[[str], None]) -> dict:
+        """The torch INT8 artifact: `convert()` (FX convert of the observer / QAT state in `source`)
+        saved as frozen TorchScript at `ts_path`, made once and reused while its sidecar says it
+        was made from `source`'s current bytes. The one-time conversion is timed here and recorded
+        (`fx_int8["convert_s"]`, `["script_s"]`): it is the variant's compile step, not the cell's.
+
+        If tracing, freezing or the parity check fails, the artifact is `source` itself and the cell
+        converts it (`fx_int8["format"] == "fx-state"`, with `torchscript_error` saying why)."""
+        from quant.fx_quant import count_int8_modules, save_torchscript
+
+        sidecar = ts_path.with_suffix(".json")
+        source_sha = sha256_file(source)
+        info = json.loads(sidecar.read_text()) if ts_path.is_file() and sidecar.is_file() else None
+        if info and info.get("source_sha256") == source_sha and info.get("sha256") == sha256_file(ts_path):
+            quant.update(info["counts"])
+        else:
+            t0 = time.perf_counter()
+            int8 = convert()
+            convert_s = time.perf_counter() - t0
+            counts = count_int8_modules(int8)
+            quant.update(counts)
+            try:
+                check = save_torchscript(int8, ts_path, torch.from_numpy(example))
+            except Exception as exc:  # noqa: BLE001 - any failure means: keep the in-cell conversion
+                first = (str(exc).strip().splitlines() or [""])[0]
+                reason = f"{type(exc).__name__}: {first}"[:300]
+                log(f"  TorchScript export of the INT8 model failed ({reason}); the cell converts it instead")
+                art = _describe({"kind": "torch", "path": str(source), "model": self.model,
+                                 "num_classes": self.num_classes, "build_kwargs": build_kwargs,
+                                 "fx_int8": {**fx_int8, "format": "fx-state", "torchscript_error": reason},
+                                 "quant": quant})
+                return _int8_deploy_size(art, int8)
+            info = {"format": "torchscript", "source": str(source), "source_sha256": source_sha,
+                    "path": str(ts_path), "sha256": sha256_file(ts_path), "convert_s": round(convert_s, 3),
+                    **check, "parity_input": example_what, "counts": counts,
+                    "converted_state_dict_bytes": _state_dict_bytes(int8),
+                    "engine": torch.backends.quantized.engine, "torch": torch.__version__}
+            write_json(sidecar, info)
+            parity = "bit-exact" if check["bit_exact"] else f"max diff {check['max_abs_diff']:.2g}"
+            log(f"  INT8 model converted once ({convert_s:.1f} s) and saved as TorchScript ({parity}) -> {ts_path}")
+        fx_int8 = {**fx_int8, "format": "torchscript", "source": str(source), "source_sha256": source_sha,
+                   "convert_s": info["convert_s"], "script_s": info["script_s"], "input_shape": info["input_shape"],
+                   "parity": {k: info[k] for k in ("max_abs_diff", "bit_exact", "tolerance", "input_shape")}}
+        art = _describe({"kind": "torch", "path": str(ts_path), "model": self.model, "num_classes": self.num_classes,
+                         "build_kwargs": build_kwargs, "fx_int8": fx_int8, "quant": quant})
+        # What a deployment ships and loads is this file: its bytes are the size. The converted
+        # state dict's bytes stay in the sidecar for comparison with older records.
+        art.update(size_basis="TorchScript file (frozen converted INT8 model, loaded as is)",
+                   file_bytes=art["bytes"])
+        return art
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
         """The QAT checkpoint fine-tuned from exactly these FP32 weights (made when missing)."""
@@ -356,13 +484,17 @@ class Prepared:
         else:
             summary["val_miou_at_training"] = metrics.get("miou")
         if kind == "torch":
-            from quant.fx_quant import convert_int8, count_int8_modules
+            from quant.fx_quant import convert_int8
 
-            int8 = convert_int8(prepared)
-            summary.update(count_int8_modules(int8))
-            art = _int8_deploy_size(_describe({"kind": "torch", "path": str(ckpt), "model": self.model,
-                                               "num_classes": self.num_classes, "fx_int8": {"mode": "qat"},
-                                               "quant": summary}), int8)
+            # Converted here once and saved as TorchScript, like static PTQ (`_int8_torchscript`).
+            # The parity input is seeded noise: QAT has no calibration set in this process.
+            code = fx_int8_code_sha256(self.net, self.model)
+            summary["code_sha256"] = code
+            ts_path = self.export_dir / f"qat_fx-int8-{ckpt_sha[:10]}-code{code[:10]}_{hw[0]}x{hw[1]}_b{batch}.int8.ts"
+            example = np.random.default_rng(0).standard_normal((batch, 3, *hw)).astype(np.float32)
+            art = self._int8_torchscript(ts_path, Path(ckpt), lambda: convert_int8(prepared), example,
+                                         "seeded N(0, 1) noise", {"mode": "qat"}, summary,
+                                         dict(qat_meta.get("build_kwargs") or {}), log)
             self.quantized[key] = art
             return art
         else:
@@ -430,17 +562,29 @@ def _quant_summary(meta: dict) -> dict:
     return out
 
 
-def _int8_deploy_size(art: dict, int8_model: torch.nn.Module) -> dict:
-    """Size of what a PyTorch INT8 deployment ships: the converted model's state dict (packed int8
-    weights, qparams). The artifact file itself holds the float calibration / QAT state it is
-    converted from, so its bytes would overstate the variant's size."""
+def _state_dict_bytes(model: torch.nn.Module) -> int:
     import io
 
     buffer = io.BytesIO()
-    torch.save(int8_model.state_dict(), buffer)
-    art.update(file_bytes=art["bytes"], bytes=buffer.tell(), size_mb=buffer.tell() / 1e6,
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _int8_deploy_size(art: dict, int8_model: torch.nn.Module) -> dict:
+    """Size of a PyTorch INT8 artifact the cell converts itself (no TorchScript file): the converted
+    model's state dict (packed int8 weights, qparams). The artifact file holds the float
+    calibration / QAT state it is converted from, so its bytes would overstate the variant's size."""
+    size = _state_dict_bytes(int8_model)
+    art.update(file_bytes=art["bytes"], bytes=size, size_mb=size / 1e6,
                size_basis="converted INT8 state dict (the file holds the float state it is converted from)")
     return art
+
+
+def _calibration_batch(calib, batch: int) -> np.ndarray:
+    """`batch` calibration images as one NCHW array (cycling when there are fewer): the input the
+    INT8 TorchScript is traced and checked at."""
+    arrays = [np.asarray(calib.arrays[i % calib.size], dtype=np.float32) for i in range(batch)]
+    return np.ascontiguousarray(np.concatenate(arrays, axis=0))
 
 
 def _describe(art: dict) -> dict:
@@ -536,8 +680,11 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
     if not torch_path.is_file():
         with atomic_path(torch_path) as tmp:
             torch.save(net.state_dict(), tmp)  # inference weights only (no aux heads, no optimizer)
+    # The builder options travel with the artifact: the torch backend rebuilds the network from
+    # them (a ReLU or Focus-stem YOLOv5 is not the default one), as ONNX export uses `net` itself.
     torch_art = _describe({"kind": "torch", "path": str(torch_path), "model": entry.name,
-                           "num_classes": loaded.num_classes})
+                           "num_classes": loaded.num_classes,
+                           "build_kwargs": build_kwargs_of(entry.name, net, loaded.meta)})
     return Prepared(model=entry.name, num_classes=loaded.num_classes, preprocess=preprocess,
                     weights_path=str(loaded.path), weights_sha256=weights_sha, weights_meta=meta, net=net,
                     export_dir=export_dir, torch_artifact=torch_art, params=count_params(net), task=task)
@@ -1132,7 +1279,7 @@ def _fill(rec: dict, result: dict, prep: Prepared, hw: tuple[int, int], batch: i
         "gpu_memory": result.get("gpu_memory"),
         "imports_torch": result.get("imports_torch"),
         "artifact": ({k: artifact[k] for k in ("kind", "path", "sha256", "bytes", "size_mb", "quant", "dynamic_quant", "fx_int8",
-                                                                          "file_bytes", "size_basis")
+                                                                          "file_bytes", "size_basis", "build_kwargs")
                       if k in artifact} if artifact else None),
         "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256, **prep.weights_meta},
         "reference": ({"status": "ok", "path": reference["path"], **reference["metrics"]}
@@ -1254,13 +1401,19 @@ def footer(cfg: BenchConfig, records: list[dict]) -> str:
     r, env = records[0], records[0]["env"]
     sizes = ", ".join(sorted({"x".join(map(str, x.get("input_hw") or [])) for x in records}))
     batches = ", ".join(sorted({str(x.get("batch", 1)) for x in records}))
+    if r.get("task") == "detection":
+        what = ("latency: model only (median, p90); NMS = post-processing (deploy preset: conf 0.25, IoU 0.45) "
+                "+ boxes back; e2e = letterbox+normalise+model+NMS; peak RSS = model phase (before ONNX Runtime "
+                "cells import torch for NMS), e2e peak RSS = whole cell")
+    elif any(x.get("task") == "instance" for x in records):
+        what = ("latency: model only (median, p90); post = argmax+centre NMS+grouping (numpy), timed inside each e2e "
+                "iteration; e2e = resize+normalise+model+post; ONNX Runtime workers stop spinning when a run returns "
+                "(session.force_spinning_stop)")
+    else:
+        what = "latency: model only (median, p90), e2e = resize+normalise+model+argmax"
     return (f"{cfg.data}/{cfg.split}, {sizes}, batch {batches}, {cfg.threads} threads, profile {r.get('profile_id') or cfg.profile}; "
             f"CPU {env['cpu']['model']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
-            f"commit {(env['git']['commit'] or 'none')[:10]}{' (dirty)' if env['git']['dirty'] else ''}; "
-            + ("latency: model only (median, p90); NMS = post-processing (deploy preset: conf 0.25, IoU 0.45) "
-               "+ boxes back; e2e = letterbox+normalise+model+NMS; peak RSS = model phase (before ONNX Runtime "
-               "cells import torch for NMS), e2e peak RSS = whole cell"
-               if r.get("task") == "detection" else "latency: model only (median, p90), e2e = resize+normalise+model+argmax"))
+            f"commit {(env['git']['commit'] or 'none')[:10]}{' (dirty)' if env['git']['dirty'] else ''}; " + what)
 
 
 def summary_as_dict(records: list[dict]) -> list[dict[str, Any]]:

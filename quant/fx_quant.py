@@ -191,6 +191,69 @@ def convert_int8(prepared: nn.Module) -> nn.Module:
     return convert_fx(model)
 
 
+def quiet_jit_deprecation() -> None:
+    """Inside a `warnings.catch_warnings()` block: hide torch's FutureWarnings that TorchScript
+    (trace / freeze / save / load) is deprecated. Like FX quantization itself (NOTES.md), it still
+    works in this torch; the port (torch.export / PT2E) is one known follow-up, and a warning per
+    artifact and per cell would only bury the sweep's own messages."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.", category=FutureWarning)
+
+
+def save_torchscript(int8_model: nn.Module, path, example: torch.Tensor, *, runs: int = 3) -> dict[str, Any]:
+    """Save a converted INT8 model (`convert_int8`) as a frozen TorchScript file that a process can
+    load without FX, the float network or its observers; returns what the artifact records.
+
+    Why: converting in the measuring process (rebuild the FP32 network, prepare, load observers,
+    convert) costs more peak RAM than the FP32 model itself, and issue #3 compares INT8 RAM with
+    FP32 RAM. Tracing fixes the graph at `example`'s shape (batch and input size), which is what a
+    benchmark cell runs anyway; `torch.jit.freeze` turns the packed INT8 weights and qparams into
+    constants. The file is loaded back here and run `runs` times (the profiling executor
+    optimises the graph after its first runs) and must give the converted model's output exactly
+    or within one 8-bit step of the output's range, else this raises and nothing is written.
+    """
+    import time
+    import warnings
+    from pathlib import Path
+
+    from zoo.io import atomic_path
+
+    path = Path(path)
+    model = int8_model.eval()
+    started = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Shape arithmetic (upsampling sizes, YOLOv5's grids) is baked in at this input size: the
+        # expected TracerWarnings say so, and the parity check below is what guards the result.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        quiet_jit_deprecation()
+        ref = model(example)
+        traced = torch.jit.trace(model, example, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+    if not isinstance(ref, torch.Tensor):
+        raise TypeError(f"the model returns {type(ref).__name__}, not one tensor")
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        quiet_jit_deprecation()
+        torch.jit.save(frozen, str(tmp))
+        script_s = time.perf_counter() - started
+        # A locally made file (just written above), not an untrusted download.
+        loaded = torch.jit.load(str(tmp), map_location="cpu")
+        with torch.no_grad():
+            for _ in range(max(1, runs)):
+                got = loaded(example)
+        if got.shape != ref.shape:
+            raise RuntimeError(f"TorchScript output shape {tuple(got.shape)} != {tuple(ref.shape)}")
+        diff = float((got.float() - ref.float()).abs().max()) if ref.numel() else 0.0
+        # One 8-bit step over the output's range: the coarsest difference a requantization
+        # boundary could explain; anything larger means the traced graph is another network.
+        step = float(ref.float().max() - ref.float().min()) / 255 if ref.numel() else 0.0
+        if diff > step:
+            raise RuntimeError(f"TorchScript output differs from the converted model by {diff:.3g} "
+                               f"(more than one 8-bit step of the output range, {step:.3g})")
+    return {"script_s": round(script_s, 3), "max_abs_diff": diff, "bit_exact": diff == 0.0,
+            "tolerance": step, "input_shape": list(example.shape), "runs_checked": max(1, runs)}
+
+
 # --------------------------------------------------------------------------------------------
 # Export: a float graph whose quantizers become ONNX QuantizeLinear / DequantizeLinear pairs.
 

@@ -154,8 +154,11 @@ def test_static_and_dynamic_variants(tmp_path):
     # Conv-only network: PyTorch dynamic quantization leaves it float, and the record says so.
     assert dyn_torch["int8_modules"] == 0 and dyn_torch["is_int8"] is False
     assert recs[("dynamic", "onnxruntime")]["artifact"]["quant"]["int8_ops"]["ConvInteger"] > 0
-    # PyTorch static INT8: FX-converted x86 kernels; size is the converted INT8 state dict.
+    # PyTorch static INT8: FX-converted x86 kernels, converted once when the artifact was built and
+    # stored as frozen TorchScript; the cell loads that file, and its size is the file's.
     torch_static = recs[("static", "torch")]
     assert torch_static["artifact"]["fx_int8"]["mode"] == "ptq" and "fx-histogram" in torch_static["quant_config"]
+    assert torch_static["artifact"]["fx_int8"]["format"] == "torchscript"
+    assert torch_static["artifact"]["size_basis"].startswith("TorchScript file")
     assert torch_static["size_mb"] < 0.35 * recs[("fp32", "torch")]["size_mb"]
-    assert torch_static["runtime"]["int8_convert_s"] > 0
+    assert torch_static["runtime"]["int8_convert_s"] > 0 and torch_static["runtime"]["int8_convert_in"] == "artifact build"

@@ -160,6 +160,64 @@ def test_instance_table_shows_pq():
     assert "PQ %" in table and " 41.23 |" in table and "inst agree %" in table and "mIoU %" in table
 
 
+def test_footer_says_what_instance_end_to_end_covers():
+    from bench.runner import BenchConfig, footer
+
+    env = {"cpu": {"model": "cpu"}, "torch": "t", "onnxruntime": "o", "git": {"commit": "abc", "dirty": False}}
+    rec = {"task": "instance", "env": env, "input_hw": [64, 96], "batch": 1, "profile_id": "quick"}
+    text = footer(BenchConfig(models=["panoptic_lite"]), [rec])
+    assert "e2e = resize+normalise+model+post" in text and "centre NMS+grouping" in text
+    assert "argmax" in footer(BenchConfig(models=["ddrnet"]), [{**rec, "task": "segmentation"}])
+
+
+def test_timing_fields_are_the_same_for_every_cell_kind():
+    from bench.cell import e2e_profile_of, timing_fields
+    from bench.timing import PROFILES
+
+    class Backend:
+        def info(self):
+            return {"providers": ["X"]}
+
+    profile = PROFILES["quick"]
+    model = {"stats": {"median": 2.0}, "samples_ms": [2.0]}
+    e2e = {"stats": {"median": 5.0}, "samples_ms": [5.0]}
+    spec = {"timing_profile": {"name": "quick"}}
+    plain = timing_fields(spec, Backend(), model, e2e, e2e_profile_of(profile), [])
+    assert plain == {"latency_ms": {"median": 2.0}, "samples_ms": [2.0], "e2e_latency_ms": {"median": 5.0},
+                     "e2e_samples_ms": [5.0], "gpu_compute_ms": None, "timing_profile": {"name": "quick"},
+                     "e2e_timing_profile": e2e_profile_of(profile).__dict__, "gpu_memory": None,
+                     "runtime": {"providers": ["X"]}, "imports_torch": "torch" in sys.modules}
+    assert plain["e2e_timing_profile"]["warmup_iters"] == 1 and plain["e2e_timing_profile"]["name"] == "quick-e2e"
+    split = timing_fields(spec, Backend(), model, e2e, e2e_profile_of(profile), [1.0, 1.5], [0.5], [3.0])
+    assert split["postprocess_samples_ms"] == [3.0] and split["postprocess_latency_ms"]["median"] == 3.0
+    assert split["preprocess_latency_ms"]["median"] == 0.5 and split["gpu_compute_ms"]["n"] == 2
+    assert set(split) - set(plain) == {"postprocess_latency_ms", "postprocess_samples_ms", "preprocess_latency_ms"}
+
+
+def test_ort_backend_applies_and_records_session_config(tmp_path):
+    """Instance cells stop ONNX Runtime's spinning workers when a run returns (ORT_SESSION_CONFIG);
+    other cells keep the defaults and record nothing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bench.backends.onnxruntime import OrtBackend
+    from bench.instances import ORT_SESSION_CONFIG
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    stop = OrtBackend()
+    stop.load({"path": str(path)}, threads=2, options={"ort_session_config": ORT_SESSION_CONFIG})
+    assert stop.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    assert stop.info()["session_config"] == {"session.force_spinning_stop": "1"}
+    assert (stop.infer(-np.ones((1, 3, 4, 4), np.float32)) == 0).all()
+    default = OrtBackend()
+    default.load({"path": str(path)}, threads=2, options={})
+    assert "session_config" not in default.info()
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end (subprocesses): quick training on first use, FP32 and static INT8 on two backends
 
@@ -218,6 +276,9 @@ def test_instance_sweep_fp32_and_static_on_torch_and_onnxruntime(tiny_synthetic,
     assert fp32["instance_agreement"] in (1.0, None)
     assert recs[("fp32", "onnxruntime")]["metrics"]["pixel_agreement"] > 0.99
     assert recs[("fp32", "onnxruntime")]["imports_torch"] is False   # post-processing is numpy / scipy
+    for (variant, backend), r in recs.items():   # ORT workers stop spinning between runs (post-processing)
+        assert r["runtime"].get("session_config") == ({"session.force_spinning_stop": "1"}
+                                                       if backend == "onnxruntime" else None), (variant, backend)
     # static INT8 on ONNX Runtime: the three head convs, their concat and the upsampling stay float
     static = recs[("static", "onnxruntime")]
     kept = static["float_head"]["nodes"]

@@ -500,3 +500,30 @@ def test_tensorrt_backend_against_a_fake_runtime(tmp_path, monkeypatch, version,
     assert ("timing_cache_in", b"TIMING") in fake.calls and not any(c[0] == "flag" for c in fake.calls)
     with pytest.raises(Exception, match="DLA core 5"):
         be.prepare(art, {**opts, "dla_core": 5})
+
+
+# -- artifact keys ---------------------------------------------------------------------------------
+def test_fx_int8_artifact_name_changes_with_the_network_code(tmp_path, monkeypatch):
+    """The PyTorch static INT8 artifact's name carries a hash of the network's source files, so an
+    edited network never reuses an artifact calibrated from the old graph."""
+    import torch
+
+    from bench import runner
+    from zoo.registry import get_entry
+
+    a = runner.torch_static_name("fx-histogram-16img-seed0", "c" * 64, "1" * 64, (64, 96))
+    b = runner.torch_static_name("fx-histogram-16img-seed0", "c" * 64, "2" * 64, (64, 96))
+    assert a != b and "code1111111111" in a
+    # The files behind a network: its builder's module and every zoo module its blocks come from.
+    pidnet = get_entry("pidnet_s").build(num_classes=11, aux=False)
+    names = {p.name for p in runner.network_source_files(pidnet, "pidnet_s")}
+    assert {"pidnet.py", "ddrnet.py"} <= names
+    # Editing one of them changes the hash.
+    src = tmp_path / "net.py"
+    src.write_text("class Net: pass\n")
+    monkeypatch.setattr(runner, "network_source_files", lambda net, model: [src])
+    net = torch.nn.Conv2d(3, 3, 1)
+    before = runner.fx_int8_code_sha256(net, "ddrnet")
+    assert runner.fx_int8_code_sha256(net, "ddrnet") == before  # stable
+    src.write_text("class Net: x = 1\n")
+    assert runner.fx_int8_code_sha256(net, "ddrnet") != before

@@ -113,6 +113,71 @@ def test_static_int8_kernels_with_a_float_decode(tmp_path):
         int8(torch.rand(1, 3, 64, 72))
 
 
+def test_int8_torchscript_is_the_converted_model(tmp_path):
+    """The frozen TorchScript the bench stores for PyTorch INT8 gives the converted model's output
+    (the float decode included) after loading in place of FX conversion."""
+    from quant.calibrate import CalibrationData
+    from quant.torch_ptq import load_static_torch, quantize_static_torch
+
+    model = _small(act="relu")
+    rng = np.random.default_rng(0)
+    arrays = [rng.random((1, 3, 64, 64), dtype=np.float32) for _ in range(4)]
+    calib = CalibrationData(arrays=arrays, names=[str(i) for i in range(4)], sha256="x", dataset="random",
+                            split="train", seed=0, input_hw=(64, 64))
+    meta = quantize_static_torch(model, calib, tmp_path / "static.pt")
+    int8 = load_static_torch(model, tmp_path / "static.pt", reduce_range=meta["reduce_range"])
+    x = torch.from_numpy(np.concatenate(arrays[:2]))
+    info = fx_quant.save_torchscript(int8, tmp_path / "int8.ts", x)
+    assert info["bit_exact"] and info["input_shape"] == [2, 3, 64, 64]
+    loaded = torch.jit.load(str(tmp_path / "int8.ts"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), int8(x))
+    assert "quantized::conv2d" in str(loaded.inlined_graph)  # INT8 kernels, not a float copy
+
+
+def test_torch_backend_builds_the_network_the_checkpoint_was_trained_as(tmp_path):
+    """A ReLU YOLOv5n checkpoint runs as a ReLU YOLOv5n on the torch backend (FP32, and static INT8
+    converted in the cell, the fallback when TorchScript export fails), not as the registry's
+    default SiLU network its weights also fit."""
+    from bench.backends import get_backend
+    from bench.runner import BenchConfig, prepare_model
+    from quant.calibrate import CalibrationData
+    from quant.torch_ptq import load_static_torch, quantize_static_torch
+    from zoo.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    net = y5.yolov5n(num_classes=5, act="relu").eval()
+    ckpt = tmp_path / "relu.pt"
+    save_checkpoint(ckpt, {"model": net.state_dict(),
+                           "meta": {"model": "yolov5n", "build_kwargs": {"stem": "conv6x6", "act": "relu"}}})
+    cfg = BenchConfig(models=["yolov5n"], data="synthetic-det", weights=str(ckpt), artifacts=str(tmp_path / "art"),
+                      threads=1, progress=False)
+    prep = prepare_model(cfg, "yolov5n")
+    assert prep.torch_artifact["build_kwargs"] == {"stem": "conv6x6", "act": "relu"}
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    silu = y5.yolov5n(num_classes=5).eval()
+    silu.load_state_dict(net.state_dict())  # the weights fit the default network too
+    with torch.no_grad():
+        ref, wrong = net(torch.from_numpy(x)).numpy(), silu(torch.from_numpy(x)).numpy()
+    assert not np.allclose(ref, wrong)
+    fp32 = get_backend("torch")()
+    fp32.load(prep.torch_artifact, threads=1)
+    np.testing.assert_array_equal(fp32.infer(x), ref)
+
+    calib = CalibrationData(arrays=[x] * 2, names=["a", "b"], sha256="x", dataset="random", split="train", seed=0,
+                            input_hw=(64, 64))
+    meta = quantize_static_torch(net, calib, tmp_path / "static.pt", build_kwargs=prep.build_kwargs())
+    art = {"kind": "torch", "path": str(tmp_path / "static.pt"), "model": "yolov5n", "num_classes": 5,
+           "fx_int8": {"mode": "ptq", "format": "fx-state", "reduce_range": meta["reduce_range"],
+                       "build_kwargs": meta["build_kwargs"]}}
+    int8 = get_backend("torch")()
+    int8.load(art, threads=1)
+    with torch.no_grad():
+        direct = load_static_torch(net, tmp_path / "static.pt", reduce_range=meta["reduce_range"])(torch.from_numpy(x))
+    np.testing.assert_array_equal(int8.infer(x), direct.numpy())
+    assert int8.info()["int8_convert_in"] == "cell"
+
+
 # ---------------------------------------------------------------------------------------------
 # QAT through the detection trainer
 
@@ -290,9 +355,14 @@ def test_bench_makes_torch_static_and_qat_artifacts_for_a_detector(tiny_det, tmp
     static = prep.variant_artifact(cfg, "torch", "static", "torch", hw, 1, log)
     assert static["fx_int8"]["build_kwargs"] == {"stem": "conv6x6", "act": "silu"}
     assert static["quant"]["int8_modules"] == convs and static["quant"]["float_convs"] == 0
+    # Converted once here and stored as TorchScript: the record's size is that file's.
+    assert static["fx_int8"]["format"] == "torchscript" and static["fx_int8"]["parity"]["bit_exact"]
+    assert static["fx_int8"]["convert_s"] > 0 and static["path"].endswith("_b1.int8.ts")
+    assert static["bytes"] == os.path.getsize(static["path"]) and static["size_basis"].startswith("TorchScript")
     assert static["quant"]["calibration"]["size"] == 4  # det_calibration: letterboxed train images
     qat_torch = prep.variant_artifact(cfg, "torch", "qat", "torch", hw, 1, log)  # the cached QAT checkpoint
     assert qat_torch["quant"]["int8_modules"] == convs and qat_torch["quant"]["val_map50_95_at_training"] is not None
+    assert qat_torch["fx_int8"]["format"] == "torchscript" and qat_torch["fx_int8"]["parity"]["bit_exact"]
     qat_ort = prep.variant_artifact(cfg, "onnx", "qat", "onnxruntime", hw, 1, log)
     assert qat_ort["quant"]["graph"]["quantized_convs"] == convs
     outputs = []
@@ -303,3 +373,34 @@ def test_bench_makes_torch_static_and_qat_artifacts_for_a_detector(tiny_det, tmp
         assert outputs[-1].shape == (1, 3 * (64 + 16 + 4), 7)
     assert runner.info()["providers"][0] == "CPUExecutionProvider"
     np.testing.assert_allclose(outputs[1][..., 4:], outputs[2][..., 4:], atol=0.05)  # QAT: torch INT8 ~ ORT QDQ
+
+    # The TorchScript artifact is the model the former in-cell conversion gave, bit for bit ...
+    from quant.torch_ptq import load_static_torch
+
+    with torch.no_grad():
+        converted = load_static_torch(net, static["fx_int8"]["source"], reduce_range=static["fx_int8"]["reduce_range"])
+        np.testing.assert_array_equal(outputs[0], converted(torch.from_numpy(x)).numpy())
+    # ... and where the export fails, the cell converts the observer state itself, with the reason.
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tracing refused\nsecond line")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fx_quant, "save_torchscript", refuse)
+    try:
+        prep.quantized.clear()
+        prep.export_dir = tmp_path / "fallback"
+        fallback = prep.variant_artifact(cfg, "torch", "static", "torch", hw, 1, log)
+    finally:
+        mp.undo()
+    assert fallback["fx_int8"]["format"] == "fx-state" and fallback["path"].endswith(".pt")
+    assert fallback["fx_int8"]["torchscript_error"] == "RuntimeError: tracing refused"
+    assert fallback["size_basis"].startswith("converted INT8 state dict")
+    runner = get_backend("torch")()
+    runner.load(fallback, threads=1)
+    np.testing.assert_array_equal(runner.infer(x), outputs[0])
+    assert runner.info()["int8_convert_in"] == "cell" and runner.info()["int8_torchscript_error"]
+    # The traced graph is fixed at its input shape: another shape is a one-line error, not wrong boxes.
+    scripted = get_backend("torch")()
+    scripted.load(static, threads=1)
+    with pytest.raises(ValueError, match=r"traced for input shape \[1, 3, 64, 64\], got \[1, 3, 96, 96\]"):
+        scripted.infer(np.zeros((1, 3, 96, 96), np.float32))

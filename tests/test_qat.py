@@ -127,8 +127,11 @@ def test_zoo_load_gives_every_variant_on_its_backend(fp32_and_qat, tiny_camvid):
                   input_hw=(64, 96), threads=1, progress=False)
     x = _images(1).numpy()
     q = zoo.load("ddrnet", "qat", backend="torch", **common)
-    assert q.path == qat["best"] and q.artifact["quant"]["parent_sha256"]
-    assert any("quantized" in type(m).__module__ for m in q.model.modules())
+    assert q.artifact["quant"]["checkpoint"] == str(qat["best"]) and q.artifact["quant"]["parent_sha256"]
+    # Converted once into a frozen TorchScript file of INT8 kernels, which the backend loads as is.
+    assert q.path.suffix == ".ts" and q.artifact["fx_int8"]["format"] == "torchscript"
+    assert "quantized::conv2d" in str(q.model.inlined_graph)
+    assert q.runner.infer(x).shape == (1, 11, 64, 96)
     dyn = zoo.load("ddrnet", "dynamic", backend="onnxruntime", **common)
     assert dyn.path.suffix == ".onnx" and dyn.runner.infer(x).shape == (1, 11, 64, 96)
     qdq = zoo.load("ddrnet", "qat", backend="onnxruntime", **common)

@@ -80,8 +80,10 @@ class LoadedVariant:
     """A network in one variant, ready for one backend.
 
     `runner` is the loaded benchmark backend (``runner.infer(batch_nchw_float32) -> logits``);
-    `model` is the ``nn.Module`` for the PyTorch backends (real INT8 kernels for static / QAT);
-    `path` is the artifact file (checkpoint, ONNX / QDQ ONNX) and `artifact` its provenance
+    `model` is the ``nn.Module`` for the PyTorch backends (for static / QAT: real INT8 kernels as a
+    frozen TorchScript module traced at `input_hw` and `batch`, or an FX GraphModule where that
+    export failed; `artifact["fx_int8"]["format"]` says which);
+    `path` is the artifact file (checkpoint, ONNX / QDQ ONNX, INT8 TorchScript) and `artifact` its provenance
     (parent FP32 sha256, calibration hash and method, library versions, ...).
     """
 

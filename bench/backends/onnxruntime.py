@@ -46,6 +46,11 @@ class OrtBackend:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Session config entries a cell asks for (e.g. bench.instances: session.force_spinning_stop);
+        # recorded in info() so that a record says how its session differed from ORT's defaults.
+        self._session_config = {k: str(v) for k, v in (options.get("ort_session_config") or {}).items()}
+        for key, value in self._session_config.items():
+            opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(artifact["path"], opts, providers=self.providers(options))
         got = self.session.get_providers()
         if not got or got[0] != self.provider:
@@ -59,7 +64,10 @@ class OrtBackend:
         return self.session.run(self.output_names, {self.input_name: batch})[0]
 
     def info(self) -> dict:
-        return {"providers": self.session.get_providers(), "onnxruntime": self._version}
+        info = {"providers": self.session.get_providers(), "onnxruntime": self._version}
+        if getattr(self, "_session_config", None):
+            info["session_config"] = self._session_config
+        return info
 
     def gpu_memory(self) -> dict | None:
         return None
