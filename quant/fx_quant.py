@@ -4,7 +4,11 @@ One quantization scheme serves three consumers, so that a QAT-trained network me
 numbers everywhere:
 
 * **Weights:** per-channel symmetric INT8 (zero point 0, levels -127..127), what TensorRT
-  requires and what fbgemm/x86 and ONNX Runtime's QLinearConv run fastest.
+  requires and what fbgemm/x86 and ONNX Runtime's QLinearConv run fastest. On x86 CPUs without
+  AVX512-VNNI both CPU runtimes multiply with vpmaddubsw, which adds two u8*s8 products into a
+  *saturating* int16; with uint8 activations around zero point 128 (below) and weights near 127
+  that pair sum overflows on most pixels. There QAT trains weights on -64..64 instead
+  (`weight_range`, `int8_pairs_saturate`): 255 * 64 * 2 = 32640 fits int16 for any activation.
 * **Activations (QAT, `scheme="symmetric"`):** per-tensor symmetric. PyTorch's quantized CPU
   kernels only take uint8 activations, so they are expressed as `quint8` with zero point 128:
   levels 0..255 around 128 are exactly the int8 levels -128..127 with the same scale. The
@@ -36,24 +40,70 @@ import torch.nn.functional as F
 
 SCHEMES = ("symmetric", "affine")
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127  # symmetric range: TensorRT's weight convention
+# Weight levels whose u8*s8 pair sums cannot saturate int16 for *any* uint8 activation:
+# 255 * 64 * 2 = 32640 <= 32767 (ONNX Runtime's reduced int8 range is the same -64..64).
+REDUCED_WEIGHT_QMIN, REDUCED_WEIGHT_QMAX = -64, 64
+WEIGHT_RANGES = {"full": (WEIGHT_QMIN, WEIGHT_QMAX), "reduced": (REDUCED_WEIGHT_QMIN, REDUCED_WEIGHT_QMAX)}
+INT16_MAX = 32767
 ENGINE = "x86"
 
+_X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 
-def _weight_observer(fake: bool) -> Callable[..., Any]:
+
+def int8_pairs_saturate(flags: set[str] | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU's INT8 convolution kernels add u8*s8 products pairwise into a saturating int16.
+
+    That is x86 without AVX512-VNNI: fbgemm (PyTorch's x86 / fbgemm engines) and ONNX Runtime's
+    MLAS multiply with vpmaddubsw there, whose pair sum clips at +-32767, and 255 * 127 * 2
+    overflows it; VNNI's vpdpbusd accumulates into int32. fbgemm has AVX512-VNNI kernels only,
+    so a CPU with AVX-VNNI alone, which `quant.ptq_static.cpu_has_vnni` counts (MLAS uses it),
+    still saturates in PyTorch: `cpu_has_vnni` is the ORT test, not this one. The instruction is
+    x86's, so other machines answer False; unknown flags on x86 (no /proc/cpuinfo) count as
+    saturating, the safe answer.
+    """
+    import platform
+
+    from quant.ptq_static import cpu_flags
+
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in _X86_MACHINES:
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return "avx512_vnni" not in flags
+
+
+def weight_range(choice: str = "auto", *, flags: set[str] | None = None,
+                 machine: str | None = None) -> tuple[str, tuple[int, int]]:
+    """Resolve a QAT weight range: "full" (-127..127), "reduced" (-64..64), or "auto": reduced where
+    this CPU's INT8 kernels saturate (`int8_pairs_saturate`), so that the INT8 artifacts made and
+    measured here compute what the fake-quantized graph trained. Returns (name, (qmin, qmax))."""
+    if choice == "auto":
+        choice = "reduced" if int8_pairs_saturate(flags, machine) else "full"
+    if choice not in WEIGHT_RANGES:
+        raise ValueError(f"unknown weight range {choice!r}; valid: auto, {', '.join(WEIGHT_RANGES)}")
+    return choice, WEIGHT_RANGES[choice]
+
+
+def _weight_observer(fake: bool, qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX)) -> Callable[..., Any]:
     from torch.ao.quantization import FakeQuantize, MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver
 
-    kwargs = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=WEIGHT_QMIN,
-                  quant_max=WEIGHT_QMAX, ch_axis=0)
+    qmin, qmax = qrange
+    if not -128 <= qmin < 0 < qmax <= 127:
+        raise ValueError(f"weight range {qrange} is not a symmetric int8 range")
+    kwargs = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=qmin, quant_max=qmax, ch_axis=0)
     if fake:
         return FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, **kwargs)
     return PerChannelMinMaxObserver.with_args(**kwargs)
 
 
-def qconfig_mapping(*, qat: bool, scheme: str = "symmetric", reduce_range: bool = False):
+def qconfig_mapping(*, qat: bool, scheme: str = "symmetric", reduce_range: bool = False,
+                    weight_qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX)):
     """The QConfigMapping for `prepare_qat_fx` (qat=True) or `prepare_fx` (PTQ).
 
     `reduce_range` (7-bit activations) is for CPUs without VNNI, where fbgemm's u8*s8 pair sums
-    can saturate int16; it is only meaningful for the affine PTQ scheme.
+    can saturate int16; it is only meaningful for the affine PTQ scheme, whose activations then
+    stay below 128. The symmetric scheme keeps 8-bit activations around zero point 128 and
+    restricts the weights instead (`weight_qrange`, see `weight_range`).
     """
     from torch.ao.quantization import (FakeQuantize, HistogramObserver, MovingAverageMinMaxObserver, QConfig,
                                        get_default_qat_qconfig_mapping, get_default_qconfig_mapping)
@@ -74,7 +124,7 @@ def qconfig_mapping(*, qat: bool, scheme: str = "symmetric", reduce_range: bool 
         base = get_default_qconfig_mapping(ENGINE)
     # set_global overrides the engine's default for every op; fixed-qparams ops (sigmoid,
     # hardsigmoid, softmax) keep their mandatory configs from `base`.
-    return base.set_global(QConfig(activation=act, weight=_weight_observer(qat)))
+    return base.set_global(QConfig(activation=act, weight=_weight_observer(qat, tuple(weight_qrange))))
 
 
 def example_input(batch: int, input_hw: tuple[int, int]) -> torch.Tensor:
@@ -83,12 +133,16 @@ def example_input(batch: int, input_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64), scheme: str = "symmetric",
-            reduce_range: bool = False) -> torch.fx.GraphModule:
-    """Trace `model` and insert fake quantizers (QAT) or observers (PTQ). The input is not modified."""
+            reduce_range: bool = False,
+            weight_qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX)) -> torch.fx.GraphModule:
+    """Trace `model` and insert fake quantizers (QAT) or observers (PTQ). The input is not modified.
+
+    `weight_qrange` is not stored in a state dict: a checkpoint must be rebuilt with the range it
+    was trained with (`quant.qat` records it)."""
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     model = copy.deepcopy(model)
-    mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range)
+    mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range, weight_qrange=weight_qrange)
     example = (example_input(2, input_hw),)
     custom = _prepare_custom_config(model)
     if qat:
@@ -181,14 +235,146 @@ def freeze_observers(model: nn.Module) -> None:
     model.apply(disable_observer)
 
 
-def convert_int8(prepared: nn.Module) -> nn.Module:
-    """Real INT8 kernels (fbgemm / x86 engine) from a calibrated or QAT-trained prepared model."""
+def convert_int8(prepared: nn.Module, *, warn: bool = True) -> nn.Module:
+    """Real INT8 kernels (fbgemm / x86 engine) from a calibrated or QAT-trained prepared model.
+
+    QAT weights get exactly the integers their fake quantizers used: `convert_fx` rounds them
+    into the full int8 range, so a folded weight beyond the frozen range (the fake quantizer
+    clips it) is clamped back here. With `warn`, says so when the result can saturate on this CPU
+    (`saturation_hazard`)."""
+    import warnings
+
     from torch.ao.quantization.quantize_fx import convert_fx
 
     if ENGINE in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = ENGINE
     model = copy.deepcopy(prepared).eval()
-    return convert_fx(model)
+    int8 = convert_fx(model)
+    _clamp_int8_weights(int8, prepared)
+    if warn and (hazard := saturation_hazard(prepared)):
+        warnings.warn(hazard, RuntimeWarning, stacklevel=2)
+    return int8
+
+
+def _weight_qranges(prepared: nn.Module) -> dict[str, tuple[int, int]]:
+    """Module name -> (quant_min, quant_max) of each QAT weight fake quantizer."""
+    return {name: (int(m.weight_fake_quant.quant_min), int(m.weight_fake_quant.quant_max))
+            for name, m in prepared.named_modules() if hasattr(m, "weight_fake_quant")}
+
+
+@torch.no_grad()
+def _clamp_int8_weights(int8_model: nn.Module, prepared: nn.Module) -> int:
+    """Clamp the packed INT8 weights of converted modules to their QAT quantizer's range; returns
+    how many modules changed."""
+    ranges = _weight_qranges(prepared)
+    changed = 0
+    for name, mod in int8_model.named_modules():
+        if name not in ranges or not hasattr(mod, "set_weight_bias") or not callable(getattr(mod, "weight", None)):
+            continue
+        qmin, qmax = ranges[name]
+        w = mod.weight()
+        ints = w.int_repr()
+        if int(ints.min()) >= qmin and int(ints.max()) <= qmax:
+            continue
+        ints = ints.clamp(qmin, qmax)
+        if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            w = torch._make_per_channel_quantized_tensor(ints, w.q_per_channel_scales(), w.q_per_channel_zero_points(),
+                                                         w.q_per_channel_axis())
+        else:
+            w = torch._make_per_tensor_quantized_tensor(ints, w.q_scale(), w.q_zero_point())
+        mod.set_weight_bias(w, mod.bias())
+        changed += 1
+    return changed
+
+
+def max_weight_level(prepared: nn.Module) -> int:
+    """The largest |weight level| any QAT weight quantizer of `prepared` allows (0 without any)."""
+    return max((max(-lo, hi) for lo, hi in _weight_qranges(prepared).values()), default=0)
+
+
+def saturation_hazard(prepared: nn.Module, *, flags: set[str] | None = None, machine: str | None = None) -> str | None:
+    """Why the INT8 kernels of this CPU can compute something else than `prepared`, or None.
+
+    Saturation needs both: a CPU whose kernels add u8*s8 pairs in int16 (`int8_pairs_saturate`)
+    and, in one pair, activations above 127 with weight levels above 64. Activations stay below
+    128 when every activation quantizer's quant_max is at most 127 (the affine PTQ scheme with
+    `reduce_range`); weights stay within +-64 with the reduced QAT range.
+    """
+    from torch.ao.quantization import FakeQuantizeBase, ObserverBase
+
+    if not int8_pairs_saturate(flags, machine):
+        return None
+    weight_level = max_weight_level(prepared)
+    if not weight_level:  # PTQ: weights observed at conversion over the full symmetric range
+        weight_level = WEIGHT_QMAX
+    act_qmax = max((int(m.quant_max) for n, m in prepared.named_modules()
+                    if isinstance(m, (FakeQuantizeBase, ObserverBase)) and not n.endswith("weight_fake_quant")
+                    and getattr(m, "dtype", None) == torch.quint8), default=0)
+    if 2 * act_qmax * weight_level <= INT16_MAX:
+        return None
+    return (f"this CPU's INT8 kernels add u8*s8 products pairwise into a saturating int16 (x86 without "
+            f"AVX512-VNNI), and this model has weight levels up to {weight_level} with activations up to "
+            f"{act_qmax}: its INT8 outputs will differ from the fake-quantized graph. Re-run QAT here "
+            f"(python -m quant.qat chooses weights within +-{REDUCED_WEIGHT_QMAX} on such CPUs), or run the "
+            f"artifact on a CPU with AVX512-VNNI")
+
+
+@torch.no_grad()
+def int8_layer_sqnr(prepared: nn.Module, int8_model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Per module, in isolation: SQNR (dB) of each converted INT8 module (conv, conv+ReLU, BN+ReLU,
+    linear) against its fake-quantized counterpart fed the *same* quantized input.
+
+    The fake-quantized module's input (already on the previous quantizer's grid) is quantized
+    with the qparams the INT8 module receives, and its output fake-quantized with the INT8
+    module's output qparams, so the two differ only by rounding ties (inf or > 40 dB); a kernel
+    that computes something else (int16 saturation, a wrong fold) shows up at the module that
+    does it instead of being smeared over the layers after it."""
+    int8_mods = {n: m for n, m in int8_model.named_modules()
+                 if hasattr(m, "scale") and hasattr(m, "zero_point") and type(m).__module__.startswith("torch.ao.nn")}
+    fq_mods = {n: m for n, m in prepared.named_modules() if n in int8_mods}
+    seen_fq: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    seen_q: dict[str, tuple[float, int]] = {}
+
+    def keep_fq(name: str):
+        def hook(mod, args, out) -> None:  # a forward hook returning a value would replace `out`
+            if name not in seen_fq and isinstance(args[0], torch.Tensor):
+                seen_fq[name] = (args[0].detach(), out.detach())
+        return hook
+
+    def keep_q(name: str):
+        def hook(mod, args, out) -> None:
+            if name not in seen_q and isinstance(args[0], torch.Tensor) and args[0].is_quantized:
+                seen_q[name] = (args[0].q_scale(), args[0].q_zero_point())
+        return hook
+
+    hooks = [m.register_forward_hook(keep_fq(n)) for n, m in fq_mods.items()]
+    hooks += [int8_mods[n].register_forward_hook(keep_q(n)) for n in fq_mods]
+    try:
+        prepared.eval()(x)
+        int8_model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    result: dict[str, float] = {}
+    for name in fq_mods:
+        if name not in seen_fq or name not in seen_q:
+            continue
+        (x_fq, y_fq), (in_scale, in_zp) = seen_fq[name], seen_q[name]
+        mod = int8_mods[name]
+        got = mod(torch.quantize_per_tensor(x_fq, in_scale, in_zp, torch.quint8)).dequantize()
+        ref = torch.fake_quantize_per_tensor_affine(y_fq, float(mod.scale), int(mod.zero_point), 0, 255)
+        result[name] = sqnr_db(ref, got)
+    return result
+
+
+def sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of `got` against `ref` in dB (inf when equal)."""
+    ref, got = ref.detach().double(), got.detach().double()
+    noise = float((ref - got).pow(2).sum())
+    signal = float(ref.pow(2).sum())
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-300) / noise))
 
 
 def quiet_jit_deprecation() -> None:
@@ -269,10 +455,12 @@ class _ExportFakeQuant(nn.Module):
         scale, zero_point = fq.scale, fq.zero_point
         self.per_channel = scale.numel() > 1 or getattr(fq, "is_per_channel", False)
         self.qmin, self.qmax = int(fq.activation_post_process.quant_min), int(fq.activation_post_process.quant_max)
-        if (self.qmin, self.qmax) == (WEIGHT_QMIN, WEIGHT_QMAX):
-            # ONNX export only takes the full int8 range; the symmetric scale (amax / 127) keeps
-            # every weight within +-127, so the wider clip changes nothing.
-            self.qmin = -128
+        if fq.activation_post_process.dtype == torch.qint8 and -128 <= self.qmin < 0 < self.qmax <= 127:
+            # ONNX export only takes the full int8 range. Symmetric weight ranges (-127..127,
+            # or -64..64 on CPUs whose kernels saturate) become it: `to_export_module` has
+            # clamped each weight into its quantizer's range already, so the wider clip changes
+            # nothing and the int8 initializers hold exactly the trained levels.
+            self.qmin, self.qmax = -128, 127
         self.axis = int(getattr(fq, "ch_axis", 0))
         if self.per_channel:
             self.register_buffer("scale", scale.detach().float().clone())
@@ -287,16 +475,34 @@ class _ExportFakeQuant(nn.Module):
 
 
 class _FakeQuantConv(nn.Module):
-    """A convolution with BN folded in, weight fake-quantized per channel, optional fused ReLU."""
+    """A convolution with BN folded in, weight fake-quantized per channel, optional fused ReLU.
+
+    The weight is clamped into the quantizer's range first (what its fake quantization does), so
+    that the exported quantizer may use the full int8 range (`_ExportFakeQuant`)."""
 
     def __init__(self, conv: nn.Conv2d, weight_fq: nn.Module, relu: bool):
         super().__init__()
-        self.conv, self.weight_fq, self.relu = conv, weight_fq, relu
+        _clamp_to_quantizer(conv.weight, weight_fq)
+        self.conv, self.weight_fq, self.relu = conv, _ExportFakeQuant(weight_fq), relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         y = F.conv2d(x, self.weight_fq(c.weight), c.bias, c.stride, c.padding, c.dilation, c.groups)
         return F.relu(y) if self.relu else y
+
+
+@torch.no_grad()
+def _clamp_to_quantizer(weight: torch.Tensor, fq: nn.Module) -> None:
+    """Clamp `weight` in place to [quant_min, quant_max] * scale of its per-channel fake quantizer."""
+    qmin, qmax = int(fq.activation_post_process.quant_min), int(fq.activation_post_process.quant_max)
+    scale = fq.scale.detach().float()
+    if scale.numel() == 1:
+        weight.clamp_(qmin * float(scale), qmax * float(scale))
+        return
+    shape = [1] * weight.dim()
+    shape[int(getattr(fq, "ch_axis", 0))] = -1
+    scale = scale.reshape(shape)
+    weight.copy_(torch.minimum(torch.maximum(weight, qmin * scale), qmax * scale))
 
 
 def _folded_conv(mod: nn.Module) -> nn.Conv2d:
@@ -327,7 +533,7 @@ def to_export_module(prepared: nn.Module) -> nn.Module:
     for name, mod in list(model.named_modules(remove_duplicate=False)):
         if isinstance(mod, conv_types):
             relu = isinstance(mod, (nniqat.ConvBnReLU2d, nniqat.ConvReLU2d))
-            _set_submodule(model, name, _FakeQuantConv(_folded_conv(mod), _ExportFakeQuant(mod.weight_fake_quant), relu))
+            _set_submodule(model, name, _FakeQuantConv(_folded_conv(mod), mod.weight_fake_quant, relu))
     # remove_duplicate=False: FX shares one quantizer under several names (ops that must keep
     # the same qparams), and every name must point at the replacement.
     for name, mod in list(model.named_modules(remove_duplicate=False)):

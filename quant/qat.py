@@ -6,7 +6,10 @@
     python -m quant.qat --model yolov5n --data synthetic-det --epochs 1     # detection
 
 The scheme (`quant.fx_quant`): symmetric per-channel INT8 weights and symmetric per-tensor INT8
-activations, which TensorRT, ONNX Runtime and PyTorch's x86 kernels all run. Conv-BN pairs are
+activations, which TensorRT, ONNX Runtime and PyTorch's x86 kernels all run. On x86 CPUs without
+AVX512-VNNI the weights train on -64..64 (`--weight-range auto`, recorded in the checkpoint):
+there the CPU kernels add u8*s8 pairs into a saturating int16, and full-range weights would make
+the INT8 artifacts compute something else than the fake-quantized graph. Conv-BN pairs are
 fused into QAT modules that fold BN into the quantized weight; BN statistics are frozen after
 `freeze_bn_epoch` epochs and the quantizers' ranges after `freeze_observer_epoch`, so the last
 epochs train against the exact integer grid that inference will use.
@@ -51,6 +54,8 @@ class QATConfig:
     freeze_bn_epoch: int | None = None     # default: a third of the epochs
     freeze_observer_epoch: int | None = None  # default: half of the epochs
     scheme: str = "symmetric"
+    weight_range: str = "auto"             # full (-127..127), reduced (-64..64), auto: reduced where
+                                           # this CPU's INT8 kernels saturate (fx_quant.weight_range)
     seed: int = 0
     resume: bool = False
     artifacts: str | Path | None = None
@@ -164,9 +169,11 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
     from zoo.train import TrainHooks
 
     bn_epoch, obs_epoch = schedule(epochs, cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)
+    range_name, weight_qrange = _resumed_weight_range(cfg, recipe_name) or fx_quant.weight_range(cfg.weight_range)
 
     def prepare_model(model: nn.Module) -> nn.Module:
-        return fx_quant.prepare(init(model), qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme)
+        return fx_quant.prepare(init(model), qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
+                                weight_qrange=weight_qrange)
 
     def on_epoch_start(model: nn.Module, epoch: int, total: int) -> None:
         if epoch >= bn_epoch:
@@ -174,7 +181,9 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
         if epoch >= obs_epoch:
             fx_quant.freeze_observers(model)
 
-    qat_meta = {"variant": "qat", "scheme": cfg.scheme, "freeze_bn_epoch": bn_epoch,
+    qat_meta = {"variant": "qat", "scheme": cfg.scheme, "weight_range": range_name,
+                "weight_qrange": list(weight_qrange), "weight_range_requested": cfg.weight_range,
+                "cpu_int8_pairs_saturate": fx_quant.int8_pairs_saturate(), "freeze_bn_epoch": bn_epoch,
                 "freeze_observer_epoch": obs_epoch, "prepare_hw": list(PREPARE_HW), "build_kwargs": build_kwargs,
                 "parent": {"path": str(parent.path), "sha256": parent.sha256,
                            "recipe": _recipe_name(parent.meta), "metrics": parent.meta.get("metrics", {})},
@@ -183,11 +192,32 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
                       run_name=qat_run_name(recipe_name), meta={"qat": qat_meta})
 
 
+def _resumed_weight_range(cfg: QATConfig, recipe_name: str) -> tuple[str, tuple[int, int]] | None:
+    """The weight range a run being resumed (`--resume`, last.pt present) was trained with: its
+    quantizer scales only mean something on that range, whatever this CPU would choose."""
+    from zoo.checkpoints import checkpoint_dir, read_checkpoint
+    from zoo.registry import get_entry
+
+    if not cfg.resume:
+        return None
+    last = checkpoint_dir(get_entry(cfg.model).name, cfg.data, qat_run_name(recipe_name), cfg.artifacts) / "last.pt"
+    if not last.is_file():
+        return None
+    q = (read_checkpoint(last).get("meta") or {}).get("qat") or {}
+    qrange = tuple(q.get("weight_qrange") or (fx_quant.WEIGHT_QMIN, fx_quant.WEIGHT_QMAX))
+    name = q.get("weight_range") or "full"
+    if cfg.weight_range not in ("auto", name):
+        raise QuantError(f"--resume: {last} trained with {name} weights ({qrange[0]}..{qrange[1]}); "
+                         f"--weight-range {cfg.weight_range} would not fit its quantizers")
+    return name, qrange
+
+
 def _announce(model: str, data: str, epochs: int, lr: float, parent_path, hooks) -> None:
     q = hooks.meta["qat"]
+    lo, hi = q["weight_qrange"]
     print(f"[qat] {model} on {data}: {epochs} epochs at lr {lr:.2e} from {parent_path} "
-          f"(BN frozen from epoch {q['freeze_bn_epoch'] + 1}, ranges from epoch {q['freeze_observer_epoch'] + 1})",
-          file=sys.stderr, flush=True)
+          f"(BN frozen from epoch {q['freeze_bn_epoch'] + 1}, ranges from epoch {q['freeze_observer_epoch'] + 1}; "
+          f"weights {q['weight_range']} {lo}..{hi})", file=sys.stderr, flush=True)
 
 
 def find_qat_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None) -> Path | None:
@@ -218,8 +248,11 @@ def load_qat(model: str, path: str | Path, *, num_classes: int) -> tuple[nn.Modu
     if meta.get("model") not in (None, entry.name):
         raise CheckpointError(f"'{path}' holds {meta.get('model')}, not {entry.name}")
     net = entry.build(num_classes=num_classes, **qat_meta.get("build_kwargs", {}))
+    # Quantizer ranges are not part of the state dict: rebuild with the trained one (checkpoints
+    # from before the range was recorded trained on the full range).
+    weight_qrange = tuple(qat_meta.get("weight_qrange") or (fx_quant.WEIGHT_QMIN, fx_quant.WEIGHT_QMAX))
     prepared = fx_quant.prepare(net, qat=True, input_hw=tuple(qat_meta.get("prepare_hw", PREPARE_HW)),
-                                scheme=qat_meta.get("scheme", "symmetric"))
+                                scheme=qat_meta.get("scheme", "symmetric"), weight_qrange=weight_qrange)
     result = prepared.load_state_dict(state["model"], strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
@@ -246,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-observer-epoch", type=int, help="freeze quantizer ranges from this epoch (default epochs//2)")
     p.add_argument("--scheme", choices=fx_quant.SCHEMES, default="symmetric",
                    help="activation scheme: symmetric (TensorRT-compatible, default) or affine")
+    p.add_argument("--weight-range", choices=("auto", *fx_quant.WEIGHT_RANGES), default="auto",
+                   help="weight levels: full (-127..127), reduced (-64..64, no int16 saturation in x86 INT8 "
+                        "kernels without AVX512-VNNI), auto (default): reduced where this CPU needs it")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
@@ -262,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = QATConfig(model=args.model, data=args.data, data_root=args.data_root, weights=args.weights,
                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, crop=args.crop, freeze_bn_epoch=args.freeze_bn_epoch,
-                    freeze_observer_epoch=args.freeze_observer_epoch, scheme=args.scheme, seed=args.seed,
+                    freeze_observer_epoch=args.freeze_observer_epoch, scheme=args.scheme,
+                    weight_range=args.weight_range, seed=args.seed,
                     resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
                     eval_every=args.eval_every, progress=not args.no_progress)
     with user_errors():

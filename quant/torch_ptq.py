@@ -7,8 +7,10 @@ observers and converts it to INT8 kernels; the benchmark records that conversion
 inference as the variant's compile time.
 
 Activations are per-tensor affine uint8 from histogram observers (the x86 backend's own choice,
-which keeps the full range after ReLUs); weights per-channel symmetric int8. On CPUs without
-VNNI, activations use 7 bits (`reduce_range`) so fbgemm's int16 pair sums cannot saturate.
+which keeps the full range after ReLUs); weights per-channel symmetric int8. On x86 CPUs without
+AVX512-VNNI (`fx_quant.int8_pairs_saturate`: fbgemm has no AVX-VNNI kernels, so `cpu_has_vnni`,
+which counts AVX-VNNI for ONNX Runtime, is not the test here) activations use 7 bits
+(`reduce_range`) so fbgemm's int16 pair sums (127 * 127 * 2 < 32767) cannot saturate.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ import torch.nn as nn
 
 from quant import fx_quant
 from quant.calibrate import CalibrationData, QuantError
-from quant.ptq_static import cpu_has_vnni
 from zoo.io import atomic_path, sha256_file, write_json
 
 PREPARE_HW = (64, 64)
@@ -34,7 +35,7 @@ def quantize_static_torch(model: nn.Module, calib: CalibrationData, out: str | P
     if calib.size == 0:
         raise QuantError("calibration data is empty; build it with quant.calibrate.build_calibration")
     out = Path(out)
-    reduce_range = not cpu_has_vnni()
+    reduce_range = fx_quant.int8_pairs_saturate()
     started = time.perf_counter()
     prepared = fx_quant.prepare(model, qat=False, input_hw=PREPARE_HW, scheme="affine", reduce_range=reduce_range)
     n = fx_quant.calibrate(prepared, calib.arrays)
@@ -43,7 +44,8 @@ def quantize_static_torch(model: nn.Module, calib: CalibrationData, out: str | P
     meta = {
         "variant": "static", "target": "torch-fx", "engine": fx_quant.ENGINE, "scheme": "affine",
         "method": "histogram", "per_channel": True, "activation_type": "QUInt8", "weight_type": "QInt8",
-        "reduce_range": reduce_range, "calibrated_batches": n, "build_kwargs": build_kwargs or {},
+        "reduce_range": reduce_range, "cpu_int8_pairs_saturate": reduce_range, "calibrated_batches": n,
+        "build_kwargs": build_kwargs or {},
         "quantizers": fx_quant.count_quantizers(prepared), "calibration": calib.as_dict(),
         "parent": {"sha256": parent_sha256}, "path": str(out), "sha256": sha256_file(out),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
