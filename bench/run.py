@@ -20,13 +20,17 @@ Examples:
     python -m bench.run --model yolov5n --data coco --data-root ../shared/data/coco-tiny \\
         --weights ../shared/weights/yolov5n.pt --quant fp32 static dynamic --backend torch onnxruntime
     python -m bench.run --model yolov5n --data synthetic-det --weights random --input-size 320x320
+    python -m bench.run --model yolov5n --data coco --data-root ../shared/data/coco-tiny \\
+        --weights ../shared/weights/yolov5n.pt --quant static --backend onnxruntime \\
+        --keep-float-from artifacts/sensitivity/yolov5/sensitivity.json   # python -m quant.sensitivity's float layers
     python -m bench.run --model panoptic_lite --data synthetic --quant fp32 static --backend torch onnxruntime
 
 Detection datasets (COCO-format, synthetic-det): each cell letterboxes to one fixed input size
 (default: the card's long side as a square, 640x640 for coco; sides must be multiples of 32) and
 records COCO mAP50-95 / mAP50 (pycocotools), box agreement with the PyTorch FP32 reference, and
-model-only, NMS (post-processing) and end-to-end latency apart. QAT and PyTorch static INT8 are
-not available for detectors yet (skipped cells with the reason).
+model-only, NMS (post-processing) and end-to-end latency apart. All four variants run for
+detectors: the box decode stays float (an FX leaf in PyTorch INT8, float head convs in the ONNX
+Runtime QDQ), and QAT fine-tunes on the dataset's training split (python -m quant.qat).
 
 Instance networks (panoptic_lite) run on segmentation data with instance ids (synthetic,
 synthetic-lt; fp32, static, dynamic) and record PQ / SQ / RQ over the thing classes, PQ on
@@ -119,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), default="entropy",
                    help="static PTQ calibration (default entropy: kept more FP32 mIoU than minmax here)")
     p.add_argument("--calib-seed", type=int, default=0)
+    p.add_argument("--keep-float-from", metavar="JSON",
+                   help="static ONNX cells: leave the layers a python -m quant.sensitivity run kept in float "
+                        "(its sensitivity.json, or the INT8 model's sidecar) unquantized; part of the artifact key "
+                        "and recorded with the artifact")
     p.add_argument("--qat-epochs", type=int,
                    help="QAT fine-tuning epochs when no QAT checkpoint exists (default: a tenth of the FP32 recipe's, >= 2)")
     p.add_argument("--dla-core", type=int, help="tensorrt/onnxruntime-trt: run on this DLA core (GPU fallback)")
@@ -134,6 +142,11 @@ def config_from_args(args: argparse.Namespace):
     from bench.runner import BenchConfig
 
     sizes = parse_sizes(args.input_size) if args.input_size else None
+    keep_float: list[str] = []
+    if args.keep_float_from:
+        from quant.sensitivity import kept_float_from
+
+        keep_float = kept_float_from(args.keep_float_from)
     return BenchConfig(models=args.model, variants=args.quant, backends=args.backend, data=args.data,
                        data_root=args.data_root, split=args.split, weights=args.weights, seed=args.seed,
                        input_hw=sizes, batch=args.batch, threads=args.threads, out=args.out,
@@ -143,7 +156,7 @@ def config_from_args(args: argparse.Namespace):
                        timing_images=args.timing_images, force=args.force, progress=not args.no_progress,
                        train_epochs=args.train_epochs, dla_core=args.dla_core, trt_precision=args.trt_precision,
                        calib_images=args.calib_images, calib_method=args.calib_method, calib_seed=args.calib_seed,
-                       qat_epochs=args.qat_epochs)
+                       qat_epochs=args.qat_epochs, keep_float=tuple(keep_float), keep_float_from=args.keep_float_from)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,10 +128,21 @@ def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
         # "bnconv": the ORT artifact runs stand-alone BNs as INT8 depthwise convs (quant.onnx_rewrites);
         # part of the key so artifacts made before that rewrite are not reused.
         rewrite = "-bnconv" if target == "ort" else ""
-        return f"{target}{rewrite}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
+        return f"{target}{rewrite}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}{keep_float_tag(cfg)}"
     if variant == "qat":
         return "fx-int8" if torch_backend else f"qdq-{target}"
     return ""
+
+
+def keep_float_tag(cfg: "BenchConfig") -> str:
+    """Static ONNX artifacts with `keep_float` nodes left unquantized (--keep-float-from, a
+    mixed-precision list from python -m quant.sensitivity): "-float<count>-<hash of the names>"."""
+    if not cfg.keep_float:
+        return ""
+    digest = hashlib.sha256(json.dumps(sorted(cfg.keep_float)).encode()).hexdigest()
+    return f"-float{len(cfg.keep_float)}-{digest[:8]}"
+
+
 REFERENCE_MIN_TIMEOUT = 600.0
 KILL_AFTER_ENV = "EDGEZOO_BENCH_KILL_AFTER"
 KILL_IN_WRITE_ENV = "EDGEZOO_BENCH_KILL_IN_WRITE"
@@ -177,6 +188,8 @@ class BenchConfig:
     qat_epochs: int | None = None     # QAT fine-tuning when no QAT checkpoint exists (default: recipe's tenth)
     trt_precision: str = "fp16"       # precision of TensorRT engines built from the FP32 ONNX
     trt_workspace_mb: int = 1024
+    keep_float: Sequence[str] = ()      # static ONNX PTQ: node names left in float (mixed precision)
+    keep_float_from: str | None = None  # the quant.sensitivity report they came from
 
     def sizes(self, default: Sequence[int]) -> list[tuple[int, int]]:
         hw = self.input_hw
@@ -341,9 +354,15 @@ class Prepared:
                 # class logits of very different ranges into that decode; kept float like a
                 # segmentation classifier. (Issue #7: "the head's large-range nodes kept in float".)
                 head = {"float_head": True} if self.task == "detection" else {}
-                quantize_static_onnx(fp32["path"], path, calib, target=target, method=cfg.calib_method, **head)
+                if cfg.keep_float:
+                    log(f"  keeping {len(cfg.keep_float)} layer(s) in float (from {cfg.keep_float_from})")
+                quantize_static_onnx(fp32["path"], path, calib, target=target, method=cfg.calib_method,
+                                     nodes_to_exclude=list(cfg.keep_float), **head)
         meta = json.loads(path.with_suffix(".json").read_text())
-        self.quantized[key] = _describe({"kind": "onnx", "path": str(path), "quant": _quant_summary(meta)})
+        summary = _quant_summary(meta)
+        if cfg.keep_float:
+            summary["kept_float"] = {"from": cfg.keep_float_from, "nodes": list(cfg.keep_float)}
+        self.quantized[key] = _describe({"kind": "onnx", "path": str(path), "quant": summary})
         return self.quantized[key]
 
     def build_kwargs(self) -> dict:

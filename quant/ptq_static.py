@@ -282,8 +282,17 @@ def quantize_static_onnx(
         if not pre_processed:
             rewritten = ort_pre_process(fp32_onnx, pre, bn_as_conv=bn_as_conv)
         excluded = list(nodes_to_exclude or [])
-        if keep_head_float:
-            excluded += [n for n in output_head_nodes(onnx.load(str(pre))) if n not in excluded]
+        if excluded or keep_head_float:
+            pre_proto = onnx.load(str(pre))
+            # ORT ignores names it does not know: a list made for another export would silently
+            # quantize everything.
+            unknown = [n for n in excluded if n not in {node.name for node in pre_proto.graph.node}]
+            if unknown:
+                raise QuantError(f"{len(unknown)} of the {len(excluded)} nodes to keep in float are not in the "
+                                 f"pre-processed graph of '{fp32_onnx}' (e.g. {unknown[:3]}); the list was made "
+                                 "for another model, input size or export")
+            if keep_head_float:
+                excluded += [n for n in output_head_nodes(pre_proto) if n not in excluded]
         result = tmp / "int8.onnx"
         # ORT's histogram calibrators print progress to stdout; keep stdout for our callers' output.
         with contextlib.redirect_stdout(sys.stderr):

@@ -6,20 +6,44 @@
    minus the SQNR of its output. Ranking by added noise points at the layers whose own
    quantization hurts, not at the late layers that merely inherit earlier error.
 2. **Mixed precision.** `search_mixed_precision` quantizes everything, scores the result on
-   held-out images (the validation split; calibration uses training images), and while the score
-   is below ``target_retention`` x FP32 keeps the 1, 2, 4, 8 ... most noise-adding layers in float
-   (then bisects back to the smallest such set). Calibration runs once: ORT's calibration cache
-   holds the ranges for every re-quantization. The artifact lists the layers kept in float.
+   held-out images, and while the score is below ``target_retention`` x FP32 keeps the 1, 2, 4, 8
+   ... most noise-adding layers in float (then bisects back to the smallest such set). Calibration
+   runs once: ORT's calibration cache holds the ranges for every re-quantization. The artifact
+   lists the layers kept in float.
+
+The score follows the task of the model (zoo.registry): mIoU for segmentation; COCO mAP50-95 for
+detection (pycocotools via `zoo.evaluate.evaluate_detector`: square letterbox at the fixed input
+size, the decode inside the model, NMS with torchvision's batched_nms at the "map" preset, conf
+0.001 / IoU 0.65). The report and the summary name the metric.
+
+Which images (``--search-on``):
+  train-holdout  (default) calibration and search both come from the *training* split, disjoint:
+                 a seeded permutation of its files (sorted by name) is cut into a calibration part
+                 (at most --calib-images) and a held-out part (--holdout-fraction of the split,
+                 at most --max-images) that the search scores. The validation split, which
+                 reports use (bench.run), stays unseen, so its numbers are not fitted to it.
+  val            the old behaviour: calibrate on a seeded subset of the training split (the rule
+                 of quant.calibrate.build_calibration), score the search on the validation split.
+                 The chosen float layers are then tuned on the images reported later.
+Both lists of image names, with the calibration hash, go into the report and the INT8 sidecar.
+
+Use the result in a benchmark: `python -m bench.run ... --quant static --keep-float-from
+artifacts/sensitivity/<model>/sensitivity.json` quantizes with the same layers kept in float (the
+bench's own calibration set; the list is part of the cell key and the record).
 
     python -m quant.sensitivity --model ddrnet --data camvid --data-root ../shared/data/camvid --top 15
+    python -m quant.sensitivity --model yolov5n --data coco --data-root ../shared/data/coco-tiny \\
+        --weights ../shared/weights/yolov5n.pt --target-retention 0.97 --top 15
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -125,13 +149,15 @@ class SearchResult:
     target: float
     steps: list[dict[str, Any]] = field(default_factory=list)
     layers: list[LayerError] = field(default_factory=list)
+    metric: str = "score"   # what `score` measures: "miou", "map50_95", ...
 
     @property
     def retention(self) -> float:
         return self.score / self.fp32_score if self.fp32_score else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kept_float": self.kept_float, "score": self.score, "fp32_score": self.fp32_score,
+        return {"metric": self.metric, "kept_float": self.kept_float, "score": self.score,
+                "fp32_score": self.fp32_score,
                 "retention": self.retention, "target_retention": self.target, "reached": self.score >= self.target * self.fp32_score,
                 "steps": self.steps, "top_layers": [e.as_dict() for e in self.layers[:20]]}
 
@@ -146,11 +172,17 @@ def search_mixed_precision(
     target_retention: float = 0.99,
     method: str = "entropy",
     max_float: int | None = None,
+    metric: str = "score",
+    record: dict[str, Any] | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
     **quant_kwargs: Any,
 ) -> SearchResult:
     """Static PTQ (ORT target) that keeps the fewest most-sensitive layers in float for
-    ``score(int8) >= target_retention * fp32_score``; writes ``out`` (+ sidecar with the search)."""
+    ``score(int8) >= target_retention * fp32_score``; writes ``out`` (+ sidecar with the search).
+
+    ``score`` should look at images other than ``calib``'s (see the module docstring); ``metric``
+    names what it measures and ``record`` (e.g. which images calibrated and which scored) is
+    stored in the sidecar's ``mixed_precision`` entry."""
     if not 0 < target_retention <= 1:
         raise QuantError(f"--target-retention must be in (0, 1], got {target_retention}")
     out = Path(out)
@@ -172,7 +204,7 @@ def search_mixed_precision(
                                         calibration_cache=cache, pre_processed=True, **quant_kwargs)
             s = float(score(path))
             tried[k] = (path, s, meta)
-            log(f"  mixed precision: {k} layer(s) in float -> score {s:.4f} (goal {goal:.4f})")
+            log(f"  mixed precision: {k} layer(s) in float -> {metric} {s:.4f} (goal {goal:.4f})")
             return s
 
         if attempt(0) < goal:
@@ -200,28 +232,152 @@ def search_mixed_precision(
         out.with_suffix(".tmp").replace(out)
     result = SearchResult(path=out, kept_float=[e.node for e in ranked[:best_k]], score=best_score,
                           fp32_score=fp32_score, target=target_retention,
-                          steps=[{"float_layers": k, "score": v[1]} for k, v in sorted(tried.items())], layers=ranked)
+                          steps=[{"float_layers": k, "score": v[1]} for k, v in sorted(tried.items())], layers=ranked,
+                          metric=metric)
     meta = {**meta, "path": str(out), "parent": {**meta["parent"], "path": str(fp32_onnx)},
-            "mixed_precision": result.as_dict(), "nodes_to_exclude": meta["nodes_to_exclude"]}
+            "mixed_precision": {**result.as_dict(), **(record or {})}, "nodes_to_exclude": meta["nodes_to_exclude"]}
     write_json(out.with_suffix(".json"), meta)
     return result
+
+
+def _ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def onnx_miou(path: Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *, num_classes: int,
               ignore_index: int, threads: int = 2) -> float:
     """mIoU of an ONNX segmentation model on pre-processed images (1xCxHxW float32) and labels (HxW)."""
-    import onnxruntime as ort
-
     from zoo.metrics import ConfusionMatrix
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = _ort_session(path, threads)
     name = sess.get_inputs()[0].name
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     for x, y in zip(images, labels):
         cm.update(sess.run(None, {name: x})[0].argmax(1)[0], y)
     return cm.scores().miou
+
+
+class _OrtDetector:
+    """An ONNX detector (decode inside: (1, N, 5 + nc) out) in the shape `zoo.evaluate.evaluate_detector`
+    expects of a torch model: ``eval()`` and a call on a (1, 3, H, W) tensor."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.sess = _ort_session(path, threads)
+        self.name = self.sess.get_inputs()[0].name
+
+    def eval(self) -> "_OrtDetector":
+        return self
+
+    def __call__(self, x):
+        import torch
+
+        return torch.from_numpy(self.sess.run(None, {self.name: x.numpy()})[0])
+
+
+def onnx_map(path: Path, dataset, *, threads: int = 2) -> float:
+    """COCO mAP50-95 of an ONNX detector on a `zoo.data` detection dataset whose transform is a square
+    `DetEvalTransform`, scored as `zoo.evaluate` does (pycocotools on the dataset's image ids, NMS
+    preset "map": conf 0.001, IoU 0.65, multi-label, torchvision batched_nms)."""
+    import torch
+
+    from zoo.det.postprocess import MAP_NMS
+    from zoo.evaluate import evaluate_detector
+
+    # NMS gains nothing from threads and torch's pool would compete with ORT's on the same cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "no detections to evaluate: mAP is 0"
+            scores, _ = evaluate_detector(_OrtDetector(path, threads), dataset, nms=MAP_NMS, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return float(scores.map)
+
+
+def kept_float_from(path: str | Path) -> list[str]:
+    """The layers a sensitivity run kept in float, from its report (``sensitivity.json``) or from the
+    INT8 artifact's sidecar (``mixed_precision.kept_float``); what `bench.run --keep-float-from` reads."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise QuantError(f"cannot read the sensitivity report '{path}': {exc}; pass the sensitivity.json "
+                         "that python -m quant.sensitivity wrote") from None
+    kept = data.get("kept_float", (data.get("mixed_precision") or {}).get("kept_float"))
+    if not isinstance(kept, list) or not all(isinstance(n, str) for n in kept):
+        raise QuantError(f"'{path}' has no kept_float list of node names; pass the sensitivity.json (or the INT8 "
+                         "model's .json sidecar) that python -m quant.sensitivity wrote")
+    return list(kept)
+
+
+# --- which images calibrate and which score -------------------------------------------------
+
+SEARCH_ON = ("train-holdout", "val")
+HOLDOUT_FRACTION = 0.4
+
+
+def _file_key(ds, i: int) -> str:
+    f = ds.files[i]
+    return str(f[0] if isinstance(f, (tuple, list)) else f)
+
+
+def split_train(ds, *, calib_images: int, holdout_fraction: float, max_images: int | None,
+                seed: int) -> tuple[list[int], list[int]]:
+    """(calibration indices, held-out indices) of a training split, disjoint and reproducible.
+
+    The split's files are sorted by name, permuted with ``numpy.random.default_rng(seed)``; the last
+    ``round(holdout_fraction * n)`` of the permutation are held out (at most ``max_images`` of them
+    scored), the first ``min(calib_images, rest)`` calibrate. Both lists come back sorted.
+    With ``holdout_fraction`` 0 nothing is held out and the calibration follows
+    `quant.calibrate.build_calibration`'s rule instead (the same images as bench.run's static PTQ).
+    """
+    from quant.calibrate import MIN_IMAGES
+
+    order = sorted(range(len(ds)), key=lambda i: _file_key(ds, i))
+    n = len(order)
+    if holdout_fraction <= 0:
+        if n < min(calib_images, MIN_IMAGES):
+            raise QuantError(f"the training split has {n} images, fewer than the minimum {MIN_IMAGES} to calibrate; "
+                             "add training images or lower --calib-images")
+        if n <= calib_images:
+            return list(order), []
+        picks = np.random.default_rng(seed).choice(n, size=calib_images, replace=False)
+        return [order[i] for i in sorted(int(p) for p in picks)], []
+    if not 0 < holdout_fraction < 1:
+        raise QuantError(f"--holdout-fraction must be in [0, 1), got {holdout_fraction}")
+    held = int(round(holdout_fraction * n))
+    if held < 1 or n - held < MIN_IMAGES:
+        raise QuantError(f"the training split has {n} images: holding out {held} leaves {n - held} to calibrate "
+                         f"(minimum {MIN_IMAGES}) and needs at least 1 to score; add training images, change "
+                         "--holdout-fraction, or pass --search-on val")
+    perm = np.random.default_rng(seed).permutation(n)
+    calib = sorted(order[int(p)] for p in perm[:min(calib_images, n - held)])
+    score = sorted(order[int(p)] for p in perm[n - held:])
+    return calib, score[:max_images] if max_images else score
+
+
+def subset_calibration(ds, indices: Sequence[int], to_array: Callable[[Any], np.ndarray], *, dataset: str,
+                       seed: int, input_hw: tuple[int, int], preprocess: dict[str, Any],
+                       requested: int) -> CalibrationData:
+    """`CalibrationData` of ``ds``'s ``indices`` (train split), each sample made an NCHW batch of one by
+    ``to_array``; hashed like `quant.calibrate.build_calibration`'s sets."""
+    from quant.calibrate import _hash
+
+    arrays, names = [], []
+    for i in indices:
+        sample = ds.load(i)
+        arrays.append(np.ascontiguousarray(to_array(sample), dtype=np.float32))
+        names.append(sample.name)
+    digest = _hash(dataset, "train", names, preprocess, input_hw, int(seed), arrays)
+    return CalibrationData(arrays=arrays, names=names, sha256=digest, dataset=dataset, split="train",
+                           seed=int(seed), input_hw=tuple(input_hw), preprocess=preprocess, requested=int(requested))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,11 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-root")
     p.add_argument("--weights", help="FP32 checkpoint (default: the cached one)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the dataset card's")
-    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="default: the dataset card's (detection: its long side rounded up to the stride, as a square)")
+    p.add_argument("--calib-images", type=int, default=256, help="at most this many calibration images (train split)")
     p.add_argument("--calib-method", default="entropy", choices=["minmax", "percentile", "entropy"])
-    p.add_argument("--target-retention", type=float, help="also search the mixed-precision model for this fraction of FP32 mIoU")
-    p.add_argument("--max-images", type=int, help="score on the first N validation images (default: all)")
+    p.add_argument("--calib-seed", type=int, default=0, help="seed of the image selection (default 0)")
+    p.add_argument("--search-on", choices=SEARCH_ON, default="train-holdout",
+                   help="images the search scores: train-holdout (default: a held-out part of the training "
+                        "split, disjoint from the calibration images; the validation split stays unseen) or val "
+                        "(the validation split, which reports use: the float layers are then fitted to it)")
+    p.add_argument("--holdout-fraction", type=float, default=HOLDOUT_FRACTION,
+                   help=f"train-holdout: fraction of the training split held out for scoring (default {HOLDOUT_FRACTION}; "
+                        "coco-tiny: 32 of 80, the other 48 calibrate)")
+    p.add_argument("--target-retention", type=float,
+                   help="also search the mixed-precision model for this fraction of the FP32 score "
+                        "(mIoU for segmentation, COCO mAP50-95 for detection)")
+    p.add_argument("--max-float", type=int,
+                   help="keep at most N layers in float; when the target is not reached by then, the best model tried wins")
+    p.add_argument("--max-images", type=int, help="score on at most N images (default: all held-out / validation images)")
     p.add_argument("--top", type=int, default=20, help="layers to print")
     p.add_argument("--out", default="artifacts/sensitivity", help="folder for the report JSON and the INT8 model")
     p.add_argument("--threads", type=int, default=2)
@@ -250,42 +419,117 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
 
 
+@dataclass
+class _Task:
+    """What the search needs of the task: the metric, the input size, how a sample becomes a network
+    input, and how a model is scored on a set of images."""
+
+    name: str                                   # "segmentation" | "detection"
+    metric: str                                 # "miou" | "map50_95"
+    hw: tuple[int, int]
+    preprocess: dict[str, Any]                  # as recorded with the calibration
+    to_array: Callable[[Any], np.ndarray]       # dataset sample -> 1xCxHxW float32
+    scorer: Callable[[Any, list[int]], Callable[[Path], float]]  # (dataset, indices) -> score(path)
+
+
+def _task(args: argparse.Namespace, card, entry, pre) -> _Task:
+    from zoo import data as zdata
+
+    if entry.task == "detection":
+        if card.task != "detection":
+            raise QuantError(f"{entry.name} is a detector but dataset {card.name!r} is for {card.task}; "
+                             "pick a detection dataset (coco, synthetic-det)")
+        from zoo.data.letterbox import RESIZE_BACKEND, DetEvalTransform
+
+        side = int(np.ceil(max(card.input_size) / 32) * 32)
+        if args.input_size:
+            h, w = args.input_size
+            if h != w or h % 32:
+                raise QuantError(f"detectors are quantized at a square input whose side is a multiple of 32 "
+                                 f"(the stride), got {h}x{w}; pass e.g. --input-size {side} {side}")
+            side = h
+        transform = DetEvalTransform(pre, side, rect=False)
+
+        def scorer(ds, indices: list[int]) -> Callable[[Path], float]:
+            sub = copy.copy(ds)
+            sub.images = [ds.images[i] for i in indices]
+            sub.transform = transform
+            return lambda path: onnx_map(path, sub, threads=args.threads)
+
+        return _Task("detection", "map50_95", (side, side),
+                     {**pre.to_dict(), "letterbox": f"square {side}x{side}, grey 114, {RESIZE_BACKEND} (zoo.data.letterbox)"},
+                     lambda sample: transform(sample)[0].numpy()[None], scorer)
+    # Everything else is scored like segmentation: mIoU of the arg-max of the first output.
+    hw = tuple(args.input_size or card.input_size)
+    transform = zdata.EvalTransform(pre, size=hw)
+
+    def seg_scorer(ds, indices: list[int]) -> Callable[[Path], float]:
+        samples = [transform(ds.load(i)) for i in indices]
+        images = [x.numpy()[None] for x, _ in samples]
+        labels = [y.numpy() for _, y in samples]
+        return lambda path: onnx_miou(path, images, labels, num_classes=card.num_classes,
+                                      ignore_index=card.ignore_index, threads=args.threads)
+
+    return _Task("segmentation", "miou", (int(hw[0]), int(hw[1])), pre.to_dict(),
+                 lambda sample: transform(sample)[0].numpy()[None], seg_scorer)
+
+
 def _main(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from quant.calibrate import build_calibration
     from quant.export import export_onnx
     from zoo import data as zdata
     from zoo.api import load_fp32
+    from zoo.registry import get_entry
 
     card = zdata.load_card(args.data)
-    hw = tuple(args.input_size or card.input_size)
+    entry = get_entry(args.model)
     loaded = load_fp32(args.model, dataset=args.data, weights=args.weights, data_root=args.data_root,
                        train_if_missing=False)
     pre = zdata.Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else zdata.Preprocess.from_card(card)
+    task = _task(args, card, entry, pre)
+    hw = task.hw
+
+    train = zdata.build_dataset(args.data, root=args.data_root, split="train")
+    holdout = args.holdout_fraction if args.search_on == "train-holdout" else 0.0
+    calib_idx, score_idx = split_train(train, calib_images=args.calib_images, holdout_fraction=holdout,
+                                       max_images=args.max_images, seed=args.calib_seed)
+    calib = subset_calibration(train, calib_idx, task.to_array, dataset=args.data, seed=args.calib_seed,
+                               input_hw=hw, preprocess=task.preprocess, requested=args.calib_images)
+    if args.search_on == "val":
+        score_ds = zdata.build_dataset(args.data, root=args.data_root, split="val")
+        score_idx = list(range(min(len(score_ds), args.max_images or len(score_ds))))
+        score_split = "val"
+    else:
+        score_ds, score_split = train, "train"
+    score = task.scorer(score_ds, score_idx)
+    images_record = {
+        "search_on": args.search_on, "seed": args.calib_seed,
+        "holdout_fraction": holdout if args.search_on == "train-holdout" else None,
+        "calibration": {"split": "train", "sha256": calib.sha256, "count": calib.size, "names": list(calib.names)},
+        "search": {"split": score_split, "count": len(score_idx),
+                   "names": [Path(_file_key(score_ds, i)).stem for i in score_idx]},
+    }
+    overlap = set(images_record["calibration"]["names"]) & set(images_record["search"]["names"])
+    if score_split == "train" and overlap:  # cannot happen with split_train; a guard for future edits
+        raise QuantError(f"{len(overlap)} image(s) both calibrate and score the search")
+
     out_dir = Path(args.out) / loaded.model.__class__.__name__.lower()
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = out_dir / f"fp32_{hw[0]}x{hw[1]}.onnx"
     export_onnx(loaded.model.eval(), fp32, input_hw=hw)
-    calib = build_calibration(args.data, root=args.data_root, split="train", num_images=args.calib_images,
-                              preprocess=pre, input_hw=hw)
-    val = zdata.build_dataset(args.data, root=args.data_root, split="val", transform=zdata.EvalTransform(pre, size=hw))
-    n = min(len(val), args.max_images or len(val))
-    samples = [val[i] for i in range(n)]
-    images = [s[0].numpy()[None] for s in samples]
-    labels = [s[1].numpy() for s in samples]
-
-    def score(path: Path) -> float:
-        return onnx_miou(path, images, labels, num_classes=card.num_classes, ignore_index=card.ignore_index,
-                         threads=args.threads)
-
+    where = f"{len(score_idx)} {args.data}/{score_split} images" + (
+        f" held out from the {calib.size} calibration images" if score_split == "train" else "")
     fp32_score = score(fp32)
-    print(f"FP32 mIoU {100 * fp32_score:.2f} on {n} {args.data}/val images", file=sys.stderr)
+    print(f"FP32 {task.metric} {100 * fp32_score:.2f} on {where}", file=sys.stderr)
     int8 = out_dir / f"static_mixed_{hw[0]}x{hw[1]}.onnx"
     # Without a target every layer stays INT8 and the run only ranks them.
     target = args.target_retention if args.target_retention else 1e-9
+    record = {"task": task.name, "model": entry.name, "dataset": args.data, "input_hw": list(hw),
+              "weights": str(loaded.path), "weights_sha256": loaded.sha256, "images": images_record}
     result = search_mixed_precision(fp32, int8, calib, score, fp32_score=fp32_score, target_retention=target,
-                                    method=args.calib_method)
+                                    method=args.calib_method, max_float=args.max_float, metric=task.metric,
+                                    record=record)
     layers = result.layers
     if not layers:  # the all-INT8 model met the goal; rank its layers anyway for the report
         with tempfile.TemporaryDirectory() as tmp:
@@ -293,9 +537,14 @@ def _main(args: argparse.Namespace) -> int:
             ort_pre_process(fp32, pre_path, bn_as_conv=True)
             layers = layer_errors(pre_path, int8, calib)
     print(pd.DataFrame([e.as_dict() for e in layers[:args.top]]).to_markdown(index=False))
-    print(f"\nINT8 mIoU {100 * result.score:.2f} ({100 * result.retention:.1f}% of FP32) with "
+    all_int8 = next((s["score"] for s in result.steps if s["float_layers"] == 0), float("nan"))
+    print(f"\n{task.metric} on {where} ({args.calib_method} calibration): FP32 {100 * fp32_score:.2f}, "
+          f"all INT8 {100 * all_int8:.2f} ({100 * all_int8 / fp32_score if fp32_score else float('nan'):.1f}%), "
+          f"mixed precision {100 * result.score:.2f} ({100 * result.retention:.1f}% of FP32) with "
           f"{len(result.kept_float)} layer(s) in float: {', '.join(result.kept_float) or '-'}")
-    write_json(out_dir / "sensitivity.json", {**result.as_dict(), "top_layers": [e.as_dict() for e in layers]})
+    report = {**result.as_dict(), **record, "calib_method": args.calib_method, "int8_path": str(int8),
+              "fp32_path": str(fp32), "all_int8_score": all_int8, "top_layers": [e.as_dict() for e in layers]}
+    write_json(out_dir / "sensitivity.json", report)
     return 0
 
 
