@@ -203,3 +203,43 @@ def test_cli_subprocess_is_torch_free(tmp_path):
                            "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def _video_record(kind: str, variant: str, status: str = "ok", **extra) -> dict:
+    rec = {"schema": 2, "kind": kind, "dataset": "camvid", "model": "ddrnet23_slim", "variant": variant,
+           "backend": "onnxruntime", "input_hw": [360, 480], "status": status, "error": None,
+           "decoder": {"element": "avdec_h264", "hardware": False}, "measured_frames": 295,
+           "fps": 32.2, "cpu_ms_per_frame": 61.7, "overhead_pct": 10.9, "stage_overhead_pct": 9.1,
+           "stages_ms": {"decode_wait": {"median": 0.1}, "pre": {"median": 0.8}, "infer": {"median": 27.5},
+                         "post": {"median": 1.9}}}
+    rec.update(extra)
+    return rec
+
+
+def test_video_records_get_their_own_table(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "static.json").write_text(json.dumps(_video_record("video", "static")))
+    skipped = _video_record("video-decode", "hw", status="skipped", error="no hardware H.264 decoder",
+                            dataset="clip360", decoder={}, fps=None, stages_ms={})
+    (results / "hw.json").write_text(json.dumps(skipped))
+    paths = build_reports(results, None, tmp_path / "out")   # the clip's dataset does not count
+    folder = tmp_path / "out" / "camvid"
+    assert folder / "video.md" in paths and folder / "video.csv" in paths
+    md = (folder / "video.md").read_text()
+    assert "32.2" in md and "27.50" in md and "skipped: no hardware H.264 decoder" in md
+    rows = (folder / "video.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,model,variant,backend,decoder,measured_frames,fps,cpu_ms_per_frame")
+    assert len(rows) == 3 and any(r.startswith("video,ddrnet23_slim,static,onnxruntime,avdec_h264,295,32.2,61.7")
+                                  for r in rows)
+    index = (folder / "README.md").read_text()
+    assert "## video pipelines" in index and "from 2 record(s)" in index
+
+
+def test_video_records_next_to_cells(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES, results)
+    (results / "video.json").write_text(json.dumps(_video_record("video", "static")))
+    paths = build_reports(results, "camvid", tmp_path / "out")
+    names = {p.name for p in paths}
+    assert {"video.md", "table1_fp32_onnxruntime.md"} <= names
