@@ -364,9 +364,13 @@ def test_synthetic_cache_regeneration(cache: Path, capfd: pytest.CaptureFixture)
 
 
 def test_synthetic_generation_speed(tmp_path: Path) -> None:
-    """The spec asks >= 50 images/s at 360x480 on one core incl. PNG writing. The rate is taken
-    from this thread's CPU time, which other processes on a busy machine cannot inflate (the
-    generator is single-threaded numpy/zlib work); the assert keeps a margin below 50."""
+    """Issue #2 asks for >= 50 images/s at 360x480 on one core, including PNG writing.
+
+    The rate comes from this thread's CPU time, so time spent waiting for the CPU does not count;
+    cache and memory contention from a busy neighbour still do. The rate also depends on the CPU:
+    AVX-512 machines measured above 50, an AVX2-only Zen 3 gives ~32 quiet and 22-32 next to
+    other jobs (NOTES.md, session 4). This default test is a regression floor at 15; the spec's
+    50 is checked by the slow-marked test below."""
     syn.generate_sample(0, "test", 0)  # noise banks for this size, outside the timing
     n = 20
     t0 = time.thread_time()
@@ -377,7 +381,22 @@ def test_synthetic_generation_speed(tmp_path: Path) -> None:
         write_png(tmp_path / f"{i}_i.png", s["instances"])
     rate = n / (time.thread_time() - t0)
     print(f"synthetic generation: {rate:.1f} images/s of CPU time at 360x480 (incl. PNG writing)")
-    assert rate >= 40
+    assert rate >= 15
+
+
+@pytest.mark.slow
+def test_synthetic_generation_meets_the_spec_rate(tmp_path: Path) -> None:
+    """Issue #2's figure: >= 50 images/s of one core's CPU time (fails on AVX2-only CPUs today)."""
+    syn.generate_sample(0, "test", 0)
+    n = 40
+    t0 = time.thread_time()
+    for i in range(n):
+        s = syn.generate_sample(0, "test", i)
+        write_png(tmp_path / f"{i}.png", s["image"], photo=True)
+        write_png(tmp_path / f"{i}_l.png", s["label"])
+        write_png(tmp_path / f"{i}_i.png", s["instances"])
+    rate = n / (time.thread_time() - t0)
+    assert rate >= 50, f"{rate:.1f} images/s at 360x480 on this CPU"
 
 
 # --------------------------------------------------------------------------------------------
