@@ -159,6 +159,14 @@ def open_and_load(spec: dict, first_input, cell_id: str, threads: int):
     return LoadedCell(backend, options, build, mem, load_s, first_ms)
 
 
+def timing_batches(images: list, spec: dict, batch: int) -> list[list]:
+    """The end-to-end inputs every cell times: the first `timing_images` images (default 16)
+    cycled into batches of `batch`, held in memory."""
+    n_timing = max(1, min(len(images), int(spec.get("timing_images", 16))))
+    n_batches = max(1, math.ceil(n_timing / batch))
+    return [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
+
+
 def measure_split_e2e(end_to_end, e2e_inputs, profile, split_ns: list) -> tuple[dict, list, list, Any]:
     """Time the end-to-end loop of a warm model; `end_to_end` appends (pre ns, post ns) per call
     to `split_ns`. Returns the measurement, the pre- / post-processing milliseconds of the timed
@@ -237,9 +245,7 @@ def run_cell(spec: dict) -> dict:
         if ref_masks.shape[0] != len(images):
             raise RuntimeError(f"reference {ref['path']} has {ref_masks.shape[0]} masks for {len(images)} images")
     pre = imageops.Preprocessor(spec["preprocess"], hw)
-    n_timing = max(1, min(len(images), int(spec.get("timing_images", 16))))
-    n_batches = max(1, math.ceil(n_timing / batch))
-    e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
+    e2e_inputs = timing_batches(images, spec, batch)
     model_inputs = [pre(g) for g in e2e_inputs]
 
     loaded = open_and_load(spec, model_inputs[0], cell_id, int(spec["threads"]))
@@ -335,9 +341,7 @@ def run_det_cell(spec: dict) -> dict:
     if imageops.cv2 is not None:
         imageops.cv2.setNumThreads(threads)  # the letterbox resize stays within the cell's threads
     pre = imageops.DetPreprocessor(spec["preprocess"], hw)
-    n_timing = max(1, min(len(images), int(spec.get("timing_images", 16))))
-    n_batches = max(1, math.ceil(n_timing / batch))
-    e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
+    e2e_inputs = timing_batches(images, spec, batch)
     model_inputs = [pre(g)[0] for g in e2e_inputs]
 
     # -- model phase: load, first inference, model-only timing (torch not imported by ORT cells)

@@ -332,7 +332,7 @@ def run_instance_cell(spec: dict) -> dict:
     """One instance cell, or (``mode: "reference"``) the PyTorch FP32 reference run that saves
     its semantic masks and instances. See the module docstring."""
     from bench import imageops
-    from bench.cell import _groups, measure_split_e2e, open_and_load, timing_fields
+    from bench.cell import _groups, measure_split_e2e, open_and_load, timing_batches, timing_fields
     from bench.timing import TimingProfile, measure
     from zoo.instances.postprocess import GroupConfig, instances_from_output
 
@@ -357,9 +357,7 @@ def run_instance_cell(spec: dict) -> dict:
         if len(ref["masks"]) != len(images):
             raise RuntimeError(f"reference {ref_spec['path']} has {len(ref['masks'])} masks for {len(images)} images")
     pre = imageops.Preprocessor(spec["preprocess"], hw)
-    n_timing = max(1, min(len(images), int(spec.get("timing_images", 16))))
-    n_batches = max(1, math.ceil(n_timing / batch))
-    e2e_inputs = [[images[(j * batch + k) % n_timing] for k in range(batch)] for j in range(n_batches)]
+    e2e_inputs = timing_batches(images, spec, batch)
     model_inputs = [pre(g) for g in e2e_inputs]
 
     def postprocess(out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
