@@ -123,15 +123,26 @@ def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
     target = "trt" if backend in TRT_TARGET_BACKENDS else "ort"
     torch_backend = get_backend(backend).artifact_kind == "torch"
     if variant == "static":
-        if torch_backend:  # FX PTQ: histogram observers on the same calibration images
-            return f"fx-histogram-{cfg.calib_images}img-seed{cfg.calib_seed}"
+        method = calib_method_of(cfg)
+        if torch_backend:  # FX PTQ: the method's observers (quant.fx_quant.activation_observer)
+            return f"fx-{method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
         # "bnconv": the ORT artifact runs stand-alone BNs as INT8 depthwise convs (quant.onnx_rewrites);
         # part of the key so artifacts made before that rewrite are not reused.
         rewrite = "-bnconv" if target == "ort" else ""
-        return f"{target}{rewrite}-{cfg.calib_method}-{cfg.calib_images}img-seed{cfg.calib_seed}{keep_float_tag(cfg)}"
+        return f"{target}{rewrite}-{method}-{cfg.calib_images}img-seed{cfg.calib_seed}{keep_float_tag(cfg)}"
     if variant == "qat":
         return "fx-int8" if torch_backend else f"qdq-{target}"
     return ""
+
+
+def calib_method_of(cfg: "BenchConfig") -> str:
+    """The static-PTQ calibration method of a sweep: `cfg.calib_method`, or its task's default when
+    unset (`quant.calibrate.resolve_calib_method`: percentile for detection, entropy otherwise)."""
+    from quant.calibrate import resolve_calib_method
+
+    if cfg.calib_method is not None:
+        return resolve_calib_method(cfg.calib_method, "")
+    return resolve_calib_method(None, _task(cfg))
 
 
 def keep_float_tag(cfg: "BenchConfig") -> str:
@@ -183,7 +194,7 @@ class BenchConfig:
     train_epochs: int | None = None   # epochs of the quick training when no checkpoint exists
     dla_core: int | None = None       # tensorrt / onnxruntime-trt
     calib_images: int = 256           # static PTQ: calibration images from the train split
-    calib_method: str = "entropy"     # minmax | percentile | entropy
+    calib_method: str | None = None   # minmax | percentile | entropy; None: the task's (calib_method_of)
     calib_seed: int = 0
     qat_epochs: int | None = None     # QAT fine-tuning when no QAT checkpoint exists (default: recipe's tenth)
     trt_precision: str = "fp16"       # precision of TensorRT engines built from the FP32 ONNX
@@ -344,7 +355,7 @@ class Prepared:
                 from quant.ptq_static import quantize_static_onnx
 
                 target = config.split("-")[0]
-                log(f"static PTQ ({target} QDQ, {cfg.calib_method} calibration on {calib.size} images) -> {path}")
+                log(f"static PTQ ({target} QDQ, {calib_method_of(cfg)} calibration on {calib.size} images) -> {path}")
                 # Detection: `float_head` keeps `output_head_nodes` in float for both targets:
                 # the Detect head's three 1x1 convs and the decode subgraph after them (sigmoid,
                 # grid / anchor arithmetic, concat; ~50 nodes). The decode mixes pixel
@@ -356,7 +367,7 @@ class Prepared:
                 head = {"float_head": True} if self.task == "detection" else {}
                 if cfg.keep_float:
                     log(f"  keeping {len(cfg.keep_float)} layer(s) in float (from {cfg.keep_float_from})")
-                quantize_static_onnx(fp32["path"], path, calib, target=target, method=cfg.calib_method,
+                quantize_static_onnx(fp32["path"], path, calib, target=target, method=calib_method_of(cfg),
                                      nodes_to_exclude=list(cfg.keep_float), **head)
         meta = json.loads(path.with_suffix(".json").read_text())
         summary = _quant_summary(meta)
@@ -380,22 +391,24 @@ class Prepared:
         build_kwargs = self.build_kwargs()
         code = fx_int8_code_sha256(self.net, self.model)
         path = self.export_dir / torch_static_name(config, calib.sha256, code, hw)
+        method = calib_method_of(cfg)
         if not path.is_file():
             from quant.torch_ptq import quantize_static_torch
 
             # Detection: the calibration images are letterboxed like the cells' (`det_calibration`).
-            log(f"static PTQ (PyTorch FX, x86 kernels, histogram calibration on {calib.size} images) -> {path}")
-            quantize_static_torch(self.net, calib, path, parent_sha256=self.weights_sha256, build_kwargs=build_kwargs)
+            log(f"static PTQ (PyTorch FX, x86 kernels, {method} calibration on {calib.size} images) -> {path}")
+            quantize_static_torch(self.net, calib, path, method=method, parent_sha256=self.weights_sha256,
+                                  build_kwargs=build_kwargs)
         meta = json.loads(path.with_suffix(".json").read_text())
         quant = _quant_summary(meta)
-        quant.update(quantizers=meta["quantizers"], code_sha256=code)
+        quant.update(quantizers=meta["quantizers"], code_sha256=code, observer=meta.get("observer"))
         fx_int8 = {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
-                   "build_kwargs": meta["build_kwargs"]}
+                   "calib_method": meta["method"], "build_kwargs": meta["build_kwargs"]}
 
         def convert() -> torch.nn.Module:
             from quant.torch_ptq import load_static_torch
 
-            return load_static_torch(self.net, path, reduce_range=meta["reduce_range"])
+            return load_static_torch(self.net, path, reduce_range=meta["reduce_range"], method=meta["method"])
 
         example = _calibration_batch(calib, batch)
         ts_path = path.with_name(f"{path.stem}_b{batch}.int8.ts")
@@ -456,20 +469,20 @@ class Prepared:
         return art
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
-        """The QAT checkpoint fine-tuned from exactly these FP32 weights (made when missing)."""
+        """The QAT checkpoint fine-tuned from exactly these FP32 weights on the weight range this CPU
+        trains (made when missing or stale, `quant.qat.qat_checkpoint_stale`; announced)."""
         if getattr(self, "_qat_path", None) is not None:
             return self._qat_path
         if getattr(self, "_qat_error", None) is not None:
             raise self._qat_error  # fine-tune once per sweep, even when it fails
-        from quant.qat import QATConfig, find_qat_checkpoint, qat_finetune
+        from quant.qat import QATConfig, find_qat_checkpoint, qat_checkpoint_stale, qat_finetune
         from zoo.checkpoints import read_checkpoint
 
         path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts)
-        parent_sha = None
-        if path is not None:
-            parent_sha = (read_checkpoint(path).get("meta", {}).get("qat", {}).get("parent") or {}).get("sha256")
-        if path is None or parent_sha != self.weights_sha256:
-            why = "none cached" if path is None else "the cached one was fine-tuned from other FP32 weights"
+        # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
+        why = ("none cached" if path is None else
+               qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256))
+        if why:
             log(f"QAT: {why}; fine-tuning {self.model} from {self.weights_path} (announced: this trains)")
             try:
                 result = qat_finetune(QATConfig(model=self.model, data=cfg.data, data_root=cfg.data_root,
@@ -1118,6 +1131,8 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
     from zoo import data as zdata
 
     models, variants, backends = _planned(cfg)
+    # Named once for the whole sweep, so every record states the method its static cells used.
+    cfg = dataclasses.replace(cfg, calib_method=calib_method_of(cfg))
     card = zdata.load_card(cfg.data)
     sizes, batches = default_sizes(cfg, card), cfg.batches()
     _check(cfg, sizes, batches, card.task)
@@ -1152,6 +1167,8 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                             "images_subset": images_subset, "weights_sha256": prep.weights_sha256,
                         }
                         rec["quant_config"] = quant_config(cfg, variant, backend)
+                        # Only static PTQ calibrates; QAT learns its ranges, dynamic PTQ has none.
+                        rec["calib_method"] = cfg.calib_method if variant == "static" else None
                         ok, reason = sweep.availability(backend)
                         if ok:
                             ok, reason = variant_support(variant, bcls, cfg)

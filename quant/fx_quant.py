@@ -14,8 +14,11 @@ numbers everywhere:
   levels 0..255 around 128 are exactly the int8 levels -128..127 with the same scale. The
   TensorRT flavour of the exported ONNX rewrites them to int8 / zero point 0 (`to_trt_qdq`), an
   exact re-encoding (TensorRT only accepts symmetric int8 Q/DQ, docs/QUANTIZATION.md section 3).
-* **Activations (PyTorch static PTQ, `scheme="affine"`):** per-tensor affine uint8 from a
-  histogram observer, the x86 backend's own default, which uses the full range after ReLUs.
+* **Activations (PyTorch static PTQ, `scheme="affine"`):** per-tensor affine uint8, which uses
+  the full range after ReLUs, observed as the calibration method says (`activation_observer`):
+  minmax, percentile (the same cut as ONNX Runtime's, `PercentileObserver`) or entropy (torch's
+  HistogramObserver, an L2 search rather than ORT's KL divergence). Weights are per-channel
+  min/max for every method, as in ONNX Runtime, whose methods only calibrate activations.
 
 Why FX graph mode and not the torchao PT2E flow: PT2E needs `torchao` (not a dependency here) and
 `torch.compile` with a C++ toolchain at inference time; FX ships with torch, fuses Conv-BN(-ReLU)
@@ -37,6 +40,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.ao.quantization import MinMaxObserver
 
 SCHEMES = ("symmetric", "affine")
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127  # symmetric range: TensorRT's weight convention
@@ -97,15 +101,16 @@ def _weight_observer(fake: bool, qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_
 
 
 def qconfig_mapping(*, qat: bool, scheme: str = "symmetric", reduce_range: bool = False,
-                    weight_qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX)):
+                    weight_qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX), calib_method: str = "entropy"):
     """The QConfigMapping for `prepare_qat_fx` (qat=True) or `prepare_fx` (PTQ).
 
     `reduce_range` (7-bit activations) is for CPUs without VNNI, where fbgemm's u8*s8 pair sums
     can saturate int16; it is only meaningful for the affine PTQ scheme, whose activations then
     stay below 128. The symmetric scheme keeps 8-bit activations around zero point 128 and
-    restricts the weights instead (`weight_qrange`, see `weight_range`).
+    restricts the weights instead (`weight_qrange`, see `weight_range`). `calib_method` chooses
+    the PTQ activation observer (`activation_observer`); QAT learns its ranges and ignores it.
     """
-    from torch.ao.quantization import (FakeQuantize, HistogramObserver, MovingAverageMinMaxObserver, QConfig,
+    from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver, QConfig,
                                        get_default_qat_qconfig_mapping, get_default_qconfig_mapping)
 
     if scheme not in SCHEMES:
@@ -120,11 +125,117 @@ def qconfig_mapping(*, qat: bool, scheme: str = "symmetric", reduce_range: bool 
         act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, **act_kwargs)
         base = get_default_qat_qconfig_mapping(ENGINE)
     else:
-        act = (HistogramObserver if scheme == "affine" else MovingAverageMinMaxObserver).with_args(**act_kwargs)
+        act = activation_observer(calib_method).with_args(**act_kwargs)
         base = get_default_qconfig_mapping(ENGINE)
     # set_global overrides the engine's default for every op; fixed-qparams ops (sigmoid,
     # hardsigmoid, softmax) keep their mandatory configs from `base`.
     return base.set_global(QConfig(activation=act, weight=_weight_observer(qat, tuple(weight_qrange))))
+
+
+def activation_observer(calib_method: str) -> type:
+    """The PTQ activation observer class for a calibration method ("minmax", "percentile", "entropy").
+
+    * minmax: `MinMaxObserver`, the global min and max over all calibration images, as ORT's
+      MinMax calibrator (not the moving average that torch's defaults use).
+    * percentile: `PercentileObserver`, the cut ORT's Percentile calibrator makes.
+    * entropy: torch's `HistogramObserver`. It searches the histogram for the range that minimises
+      the L2 norm of the quantization error, which is *not* ORT's Entropy calibrator (KL
+      divergence between the float and the quantized distribution): both clip outliers by looking
+      at the whole histogram, so the name maps here, but the two backends' "entropy" ranges differ.
+    """
+    from torch.ao.quantization import HistogramObserver
+
+    observers = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "entropy": HistogramObserver}
+    method = str(calib_method).lower()
+    if method not in observers:
+        raise ValueError(f"unknown calibration method {calib_method!r}; valid methods: {', '.join(observers)}")
+    return observers[method]
+
+
+class PercentileObserver(MinMaxObserver):
+    """Per-tensor range cut at a percentile of |x|, the way ONNX Runtime's Percentile calibrator cuts it.
+
+    ORT (`CalibrationMethod.Percentile`, defaults) histograms |x| over all calibration tensors in
+    2048 bins, growing the histogram by whole bins of the same width when a later batch reaches
+    further, takes the threshold t where the cumulative count reaches 99.999 %, and calibrates
+    (-t, t) clamped to the observed (min, max). This observer does the same with
+    `quant.calibrate.PERCENTILE` and `PERCENTILE_BINS`, so "percentile" means one range on both
+    backends, up to one bin (1/2048 of max|x|): ORT reads the threshold at the left edge of the
+    bin where the count crosses, this at its right edge, so that a tensor whose values almost all
+    fall into the first bin is not cut to zero. When growth would make the histogram more than
+    `MAX_BIN_FACTOR` times its starting size, neighbouring bins are merged (coarser, same origin)
+    so memory stays bounded; ORT does not merge, which only matters after such extreme growth.
+
+    The cut range is stored in `min_val` / `max_val` after every batch, so the state dict that
+    `quant.torch_ptq` saves is MinMaxObserver's and converts to the same qparams; the histogram
+    itself is calibration-time state and not saved.
+    """
+
+    MAX_BIN_FACTOR = 16
+
+    def __init__(self, percentile: float | None = None, bins: int | None = None, **kwargs: Any) -> None:
+        from quant.calibrate import PERCENTILE, PERCENTILE_BINS
+
+        super().__init__(**kwargs)
+        self.percentile = float(PERCENTILE if percentile is None else percentile)
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must lie in (0, 100], got {self.percentile}")
+        self.bins = int(PERCENTILE_BINS if bins is None else bins)
+        self.bin_width = 0.0  # 0 until a batch with a non-zero value fixes the resolution
+        self.zeros_before_histogram = 0
+        self.register_buffer("abs_histogram", torch.zeros(0, dtype=torch.float64), persistent=False)
+        self.register_buffer("seen_min", torch.tensor(float("inf")), persistent=False)
+        self.register_buffer("seen_max", torch.tensor(float("-inf")), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().float()
+        lo, hi = torch.aminmax(x)
+        self.seen_min.copy_(torch.minimum(self.seen_min, lo))
+        self.seen_max.copy_(torch.maximum(self.seen_max, hi))
+        self._add_to_histogram(x.abs(), max(-float(lo), float(hi)))
+        t = self.threshold()
+        self.min_val.copy_(torch.maximum(self.seen_min, torch.tensor(-t)))
+        self.max_val.copy_(torch.minimum(self.seen_max, torch.tensor(t)))
+        return x_orig
+
+    def _add_to_histogram(self, absx: torch.Tensor, amax: float) -> None:
+        if self.bin_width == 0.0:
+            if amax == 0.0:  # no scale yet: count the zeros, they go into the first bin later
+                self.zeros_before_histogram += absx.numel()
+                return
+            self.bin_width = amax / self.bins
+            self.abs_histogram = torch.zeros(self.bins, dtype=torch.float64)
+            self.abs_histogram[0] += self.zeros_before_histogram
+        elif amax >= self.abs_histogram.numel() * self.bin_width:
+            self._grow(int(amax // self.bin_width) + 1)
+        top = self.abs_histogram.numel() * self.bin_width
+        self.abs_histogram += torch.histc(absx, bins=self.abs_histogram.numel(), min=0.0, max=top).double()
+
+    def _grow(self, bins: int) -> None:
+        """Extend the histogram to `bins` bins of the current width, merging neighbours when that
+        exceeds `MAX_BIN_FACTOR` times the starting size."""
+        hist = torch.cat([self.abs_histogram, self.abs_histogram.new_zeros(bins - self.abs_histogram.numel())])
+        limit = self.bins * self.MAX_BIN_FACTOR
+        if bins > limit:
+            merge = -(-bins // self.bins)  # ceil: back to about the starting number of bins
+            hist = torch.cat([hist, hist.new_zeros(-bins % merge)]).reshape(-1, merge).sum(dim=1)
+            self.bin_width *= merge
+        self.abs_histogram = hist
+
+    def threshold(self) -> float:
+        """max|x| kept: the right edge of the bin where the cumulative count reaches the percentile."""
+        total = float(self.abs_histogram.sum())
+        if total == 0.0:  # nothing observed, or only zeros so far
+            return 0.0
+        cdf = torch.cumsum(self.abs_histogram, dim=0) / total
+        idx = int(torch.searchsorted(cdf, torch.tensor([self.percentile / 100.0], dtype=torch.float64))[0])
+        return min(idx + 1, self.abs_histogram.numel()) * self.bin_width
+
+    def extra_repr(self) -> str:
+        return f"percentile={self.percentile}, bins={self.bins}, " + super().extra_repr()
 
 
 def example_input(batch: int, input_hw: tuple[int, int]) -> torch.Tensor:
@@ -133,16 +244,19 @@ def example_input(batch: int, input_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64), scheme: str = "symmetric",
-            reduce_range: bool = False,
-            weight_qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX)) -> torch.fx.GraphModule:
-    """Trace `model` and insert fake quantizers (QAT) or observers (PTQ). The input is not modified.
+            reduce_range: bool = False, weight_qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX),
+            calib_method: str = "entropy") -> torch.fx.GraphModule:
+    """Trace `model` and insert fake quantizers (QAT) or observers (PTQ, chosen by `calib_method`,
+    see `activation_observer`). The input is not modified.
 
     `weight_qrange` is not stored in a state dict: a checkpoint must be rebuilt with the range it
-    was trained with (`quant.qat` records it)."""
+    was trained with (`quant.qat` records it). Likewise a PTQ observer state only loads into the
+    observers of the method it was calibrated with (`quant.torch_ptq` records it)."""
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     model = copy.deepcopy(model)
-    mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range, weight_qrange=weight_qrange)
+    mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range, weight_qrange=weight_qrange,
+                              calib_method=calib_method)
     example = (example_input(2, input_hw),)
     custom = _prepare_custom_config(model)
     if qat:

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from quant.calibrate import CalibrationData, CalibrationReader, QuantError, calibration_method
+from quant.calibrate import PERCENTILE, CalibrationData, CalibrationReader, QuantError, calibration_method
 from quant.onnx_inspect import inspect_onnx
 from zoo.io import atomic_path, sha256_file, write_json
 
@@ -251,6 +251,9 @@ def quantize_static_onnx(
     input_name = check_calibration_shape(parent, calib)
 
     options: dict[str, Any] = {"CalibStridedMinMax": _calib_chunk(calib.size)}
+    if str(method).lower() == "percentile":
+        # ORT's default, named here so that PyTorch FX's percentile observer cuts at the same one.
+        options["CalibPercentile"] = PERCENTILE
     if target == "ort":
         types = ort_types()
         if reduce_range is not None:

@@ -204,12 +204,38 @@ def _resumed_weight_range(cfg: QATConfig, recipe_name: str) -> tuple[str, tuple[
     if not last.is_file():
         return None
     q = (read_checkpoint(last).get("meta") or {}).get("qat") or {}
-    qrange = tuple(q.get("weight_qrange") or (fx_quant.WEIGHT_QMIN, fx_quant.WEIGHT_QMAX))
+    qrange = recorded_weight_qrange(q)
     name = q.get("weight_range") or "full"
     if cfg.weight_range not in ("auto", name):
         raise QuantError(f"--resume: {last} trained with {name} weights ({qrange[0]}..{qrange[1]}); "
                          f"--weight-range {cfg.weight_range} would not fit its quantizers")
     return name, qrange
+
+
+def recorded_weight_qrange(qat_meta: dict[str, Any]) -> tuple[int, int]:
+    """The weight levels a QAT checkpoint trained on (its `meta["qat"]`): as recorded, or the full
+    range for checkpoints from before the range was recorded."""
+    lo, hi = qat_meta.get("weight_qrange") or (fx_quant.WEIGHT_QMIN, fx_quant.WEIGHT_QMAX)
+    return int(lo), int(hi)
+
+
+def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags: set[str] | None = None,
+                         machine: str | None = None) -> str | None:
+    """Why a cached QAT checkpoint (its `meta["qat"]`) cannot serve the FP32 weights `parent_sha256`
+    on this machine, or None when it can.
+
+    Stale: fine-tuned from other FP32 weights, or trained on another weight range than a
+    fine-tuning here would use (`fx_quant.weight_range("auto")`). A full-range checkpoint from a
+    VNNI machine makes INT8 artifacts whose int16 pair sums saturate on this CPU; a reduced-range
+    one from here would waste a bit of precision where nothing saturates."""
+    if (qat_meta.get("parent") or {}).get("sha256") != parent_sha256:
+        return "the cached one was fine-tuned from other FP32 weights"
+    trained = recorded_weight_qrange(qat_meta)
+    name, wanted = fx_quant.weight_range("auto", flags=flags, machine=machine)
+    if trained != tuple(wanted):
+        return (f"the cached one trained weights on {trained[0]}..{trained[1]}, but QAT on this CPU trains "
+                f"{name} weights {wanted[0]}..{wanted[1]} (quant.fx_quant.weight_range)")
+    return None
 
 
 def _announce(model: str, data: str, epochs: int, lr: float, parent_path, hooks) -> None:
@@ -250,7 +276,7 @@ def load_qat(model: str, path: str | Path, *, num_classes: int) -> tuple[nn.Modu
     net = entry.build(num_classes=num_classes, **qat_meta.get("build_kwargs", {}))
     # Quantizer ranges are not part of the state dict: rebuild with the trained one (checkpoints
     # from before the range was recorded trained on the full range).
-    weight_qrange = tuple(qat_meta.get("weight_qrange") or (fx_quant.WEIGHT_QMIN, fx_quant.WEIGHT_QMAX))
+    weight_qrange = recorded_weight_qrange(qat_meta)
     prepared = fx_quant.prepare(net, qat=True, input_hw=tuple(qat_meta.get("prepare_hw", PREPARE_HW)),
                                 scheme=qat_meta.get("scheme", "symmetric"), weight_qrange=weight_qrange)
     result = prepared.load_state_dict(state["model"], strict=False)

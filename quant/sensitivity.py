@@ -51,7 +51,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
-from quant.calibrate import CalibrationData, CalibrationReader, QuantError
+from quant.calibrate import CalibrationData, CalibrationReader, QuantError, resolve_calib_method
 from quant.ptq_static import ort_pre_process, quantize_static_onnx
 from zoo.io import write_json
 
@@ -390,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="default: the dataset card's (detection: its long side rounded up to the stride, as a square)")
     p.add_argument("--calib-images", type=int, default=256, help="at most this many calibration images (train split)")
-    p.add_argument("--calib-method", default="entropy", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--calib-method", default=None, choices=["minmax", "percentile", "entropy"],
+                   help="static PTQ calibration (default: the task's, as in python -m bench.run: percentile for "
+                        "detection, entropy for segmentation)")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the image selection (default 0)")
     p.add_argument("--search-on", choices=SEARCH_ON, default="train-holdout",
                    help="images the search scores: train-holdout (default: a held-out part of the training "
@@ -489,6 +491,7 @@ def _main(args: argparse.Namespace) -> int:
     pre = zdata.Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else zdata.Preprocess.from_card(card)
     task = _task(args, card, entry, pre)
     hw = task.hw
+    method = resolve_calib_method(args.calib_method, task.name)
 
     train = zdata.build_dataset(args.data, root=args.data_root, split="train")
     holdout = args.holdout_fraction if args.search_on == "train-holdout" else 0.0
@@ -528,7 +531,7 @@ def _main(args: argparse.Namespace) -> int:
     record = {"task": task.name, "model": entry.name, "dataset": args.data, "input_hw": list(hw),
               "weights": str(loaded.path), "weights_sha256": loaded.sha256, "images": images_record}
     result = search_mixed_precision(fp32, int8, calib, score, fp32_score=fp32_score, target_retention=target,
-                                    method=args.calib_method, max_float=args.max_float, metric=task.metric,
+                                    method=method, max_float=args.max_float, metric=task.metric,
                                     record=record)
     layers = result.layers
     if not layers:  # the all-INT8 model met the goal; rank its layers anyway for the report
@@ -538,11 +541,11 @@ def _main(args: argparse.Namespace) -> int:
             layers = layer_errors(pre_path, int8, calib)
     print(pd.DataFrame([e.as_dict() for e in layers[:args.top]]).to_markdown(index=False))
     all_int8 = next((s["score"] for s in result.steps if s["float_layers"] == 0), float("nan"))
-    print(f"\n{task.metric} on {where} ({args.calib_method} calibration): FP32 {100 * fp32_score:.2f}, "
+    print(f"\n{task.metric} on {where} ({method} calibration): FP32 {100 * fp32_score:.2f}, "
           f"all INT8 {100 * all_int8:.2f} ({100 * all_int8 / fp32_score if fp32_score else float('nan'):.1f}%), "
           f"mixed precision {100 * result.score:.2f} ({100 * result.retention:.1f}% of FP32) with "
           f"{len(result.kept_float)} layer(s) in float: {', '.join(result.kept_float) or '-'}")
-    report = {**result.as_dict(), **record, "calib_method": args.calib_method, "int8_path": str(int8),
+    report = {**result.as_dict(), **record, "calib_method": method, "int8_path": str(int8),
               "fp32_path": str(fp32), "all_int8_score": all_int8, "top_layers": [e.as_dict() for e in layers]}
     write_json(out_dir / "sensitivity.json", report)
     return 0

@@ -354,6 +354,9 @@ def test_bench_makes_torch_static_and_qat_artifacts_for_a_detector(tiny_det, tmp
 
     static = prep.variant_artifact(cfg, "torch", "static", "torch", hw, 1, log)
     assert static["fx_int8"]["build_kwargs"] == {"stem": "conv6x6", "act": "silu"}
+    # --calib-method unset: a detector calibrates with percentile, and the file name says so.
+    assert static["quant"]["method"] == static["fx_int8"]["calib_method"] == "percentile"
+    assert static["quant"]["observer"] == "PercentileObserver" and "static_fx-percentile-" in static["fx_int8"]["source"]
     assert static["quant"]["int8_modules"] == convs and static["quant"]["float_convs"] == 0
     # Converted once here and stored as TorchScript: the record's size is that file's.
     assert static["fx_int8"]["format"] == "torchscript" and static["fx_int8"]["parity"]["bit_exact"]

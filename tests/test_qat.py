@@ -233,6 +233,51 @@ def test_full_range_weights_do_saturate_on_this_cpu():
     assert min(layers.values()) < 30.0, layers
 
 
+AVX2, AVX512_VNNI = {"sse2", "avx2"}, {"sse2", "avx2", "avx512f", "avx512_vnni"}
+
+
+def test_qat_checkpoint_is_stale_on_another_weight_range():
+    from quant.qat import qat_checkpoint_stale
+
+    reduced = {"parent": {"sha256": "abc"}, "weight_range": "reduced", "weight_qrange": [-64, 64]}
+    full = {"parent": {"sha256": "abc"}, "weight_range": "full", "weight_qrange": [-127, 127]}
+    legacy = {"parent": {"sha256": "abc"}}  # from before the range was recorded: trained full range
+    on_avx2, on_vnni = dict(flags=AVX2, machine="x86_64"), dict(flags=AVX512_VNNI, machine="x86_64")
+    assert qat_checkpoint_stale(reduced, "abc", **on_avx2) is None
+    assert qat_checkpoint_stale(full, "abc", **on_vnni) is None and qat_checkpoint_stale(legacy, "abc", **on_vnni) is None
+    for stale in (full, legacy):
+        assert "-127..127" in qat_checkpoint_stale(stale, "abc", **on_avx2)
+        assert "reduced weights -64..64" in qat_checkpoint_stale(stale, "abc", **on_avx2)
+    assert "full weights -127..127" in qat_checkpoint_stale(reduced, "abc", **on_vnni)
+    assert "other FP32 weights" in qat_checkpoint_stale(reduced, "xyz", **on_avx2)
+
+
+@pytest.mark.parametrize("recorded", [[-64, 64], [-127, 127]])
+def test_bench_fine_tunes_again_when_the_cached_qat_range_differs(recorded, tmp_path, monkeypatch):
+    """`bench.runner.Prepared.qat_checkpoint` reuses a cached QAT checkpoint only when it was trained on
+    the weight range this CPU would train; otherwise it says why and fine-tunes a new one."""
+    import quant.qat as qat_mod
+    import zoo.checkpoints as ckpts
+    from bench.runner import BenchConfig, Prepared
+
+    cached, fresh = tmp_path / "cached.pt", tmp_path / "fresh.pt"
+    meta = {"meta": {"qat": {"parent": {"sha256": "abc"}, "weight_qrange": recorded}}}
+    trained = []
+    monkeypatch.setattr(fx_quant, "int8_pairs_saturate", lambda flags=None, machine=None: True)  # reduced here
+    monkeypatch.setattr(qat_mod, "find_qat_checkpoint", lambda *a, **k: cached)
+    monkeypatch.setattr(ckpts, "read_checkpoint", lambda path: meta)
+    monkeypatch.setattr(qat_mod, "qat_finetune", lambda cfg: trained.append(cfg) or {"best": fresh})
+    prep = Prepared(model="ddrnet", num_classes=11, preprocess={}, weights_path="fp32.pt", weights_sha256="abc",
+                    weights_meta={}, net=torch.nn.Identity(), export_dir=tmp_path, torch_artifact={}, params=0)
+    logged = []
+    path = prep.qat_checkpoint(BenchConfig(models=["ddrnet"], data="camvid", progress=False), logged.append)
+    if recorded == [-64, 64]:
+        assert path == cached and not trained and not logged
+    else:
+        assert path == fresh and len(trained) == 1 and trained[0].weight_range == "auto"
+        assert "-127..127" in logged[0] and "fine-tuning ddrnet" in logged[0]
+
+
 def test_load_qat_refuses_an_fp32_checkpoint(fp32_and_qat):
     from zoo.checkpoints import CheckpointError
 

@@ -221,6 +221,42 @@ def test_calibration_methods():
         calibration_method("kl")
 
 
+def test_task_default_calibration_method():
+    from quant.calibrate import TASK_CALIB_METHODS, resolve_calib_method
+
+    assert resolve_calib_method(None, "detection") == "percentile"
+    assert resolve_calib_method(None, "segmentation") == "entropy"
+    assert resolve_calib_method(None, "instance") == "entropy"  # unlisted tasks keep the former default
+    assert resolve_calib_method("MinMax", "detection") == "minmax"  # a named method always wins
+    assert set(TASK_CALIB_METHODS.values()) <= {"minmax", "percentile", "entropy"}
+    with pytest.raises(QuantError, match="valid methods: minmax, percentile, entropy"):
+        resolve_calib_method("kl", "detection")
+
+
+def test_bench_and_api_calibration_default_is_the_tasks():
+    """--calib-method unset means the task's method in bench.run, zoo.load and quant.sensitivity, and
+    the artifact key names the method on both backends."""
+    import inspect
+
+    from bench.run import build_parser as bench_parser
+    from bench.runner import BenchConfig, calib_method_of, quant_config
+    from quant.sensitivity import build_parser as sensitivity_parser
+
+    assert bench_parser().parse_args(["--model", "yolov5n"]).calib_method is None
+    assert "percentile for detection" in " ".join(bench_parser().format_help().split())
+    assert sensitivity_parser().parse_args(["--model", "yolov5n"]).calib_method is None
+    assert inspect.signature(zoo.load).parameters["calib_method"].default is None
+    det = BenchConfig(models=["yolov5n"], data="coco")
+    seg = BenchConfig(models=["ddrnet"], data="synthetic")
+    assert calib_method_of(det) == "percentile" and calib_method_of(seg) == "entropy"
+    assert calib_method_of(BenchConfig(models=["yolov5n"], data="coco", calib_method="minmax")) == "minmax"
+    assert quant_config(det, "static", "torch").startswith("fx-percentile-")
+    assert quant_config(det, "static", "onnxruntime").startswith("ort-bnconv-percentile-")
+    keys = {quant_config(BenchConfig(models=["ddrnet"], calib_method=m), "static", "torch")
+            for m in ("minmax", "percentile", "entropy")}
+    assert len(keys) == 3  # artifacts made with different methods never share a file
+
+
 # --- graph inspection ------------------------------------------------------------------------
 
 def test_inspect_fp32(tiny_onnx):
@@ -381,6 +417,116 @@ def test_torch_static_ptq_runs_int8_kernels_and_agrees(tiny_model, tiny_calib, t
     with torch.no_grad():
         agree = (int8(x).argmax(1) == tiny_model(x).argmax(1)).float().mean().item()
     assert agree > 0.95
+
+
+def _observers(prepared: nn.Module) -> dict[str, nn.Module]:
+    from torch.ao.quantization import ObserverBase
+
+    return {n: m for n, m in prepared.named_modules() if isinstance(m, ObserverBase)}
+
+
+def _outlier_batches() -> list[torch.Tensor]:
+    """Four 3x128x128 images of N(0, 1) noise, one pixel of one image at 60: a single value in
+    196,608, rarer than the 0.001 % the percentile method cuts."""
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(1, 3, 128, 128, generator=gen) for _ in range(4)]
+    xs[2][0, 1, 7, 9] = 60.0
+    return xs
+
+
+def test_fx_ptq_observers_follow_the_calibration_method():
+    from torch.ao.quantization import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+
+    from quant import fx_quant
+
+    expected = {"minmax": MinMaxObserver, "percentile": fx_quant.PercentileObserver, "entropy": HistogramObserver}
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    scales = {}
+    for method, cls in expected.items():
+        prepared = fx_quant.prepare(net, qat=False, input_hw=(16, 16), scheme="affine", reduce_range=True,
+                                    calib_method=method)
+        observers = _observers(prepared)
+        assert observers and all(type(o) is cls for o in observers.values()), (method, observers)
+        fx_quant.calibrate(prepared, _outlier_batches())
+        # The input's observer: minmax stretches its range to the outlier, percentile cuts it.
+        scale, _ = prepared.activation_post_process_0.calculate_qparams()
+        scales[method] = float(scale)
+        # Weights: per-channel symmetric min/max whatever the method (ORT's methods calibrate activations only).
+        weight = fx_quant.qconfig_mapping(qat=False, scheme="affine", calib_method=method).global_qconfig.weight()
+        assert isinstance(weight, PerChannelMinMaxObserver) and weight.qscheme == torch.per_channel_symmetric
+    assert scales["minmax"] > 60 / 127  # 7-bit activations (reduce_range) over -4.x .. 60
+    assert scales["percentile"] * 127 < 10  # about -4.5 .. 4.5: the N(0, 1) noise without the outlier
+    with pytest.raises(ValueError, match="valid methods: minmax, percentile, entropy"):
+        fx_quant.prepare(net, qat=False, scheme="affine", calib_method="kl")
+
+
+def test_percentile_observer_cuts_where_onnx_runtime_does():
+    """Same data through ORT's percentile histogram collector (its defaults: |x|, 2048 bins, 99.999)
+    and through the FX observer: the same threshold, up to the documented one-bin difference."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from quant import fx_quant
+    from quant.calibrate import PERCENTILE, PERCENTILE_BINS
+
+    rng = np.random.default_rng(1)
+    # Sizes that leave no exact tie at the percentile; a later, wider batch grows the histogram.
+    batches = [(rng.standard_normal(100_003) * s).astype(np.float32) for s in (1.0, 2.0, 0.5, 3.0)]
+    batches[1][5] = 50.0
+    obs = fx_quant.PercentileObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    for b in batches:
+        obs(torch.from_numpy(b))
+    ort = HistogramCollector(method="percentile", symmetric=True, num_bins=PERCENTILE_BINS, num_quantized_bins=128,
+                             percentile=PERCENTILE, scenario="same")
+    with contextlib.redirect_stdout(io.StringIO()):  # the collector prints its progress
+        for b in batches:
+            ort.collect({"t": [b]})
+        ort_lo, ort_hi = (float(v) for v in ort.compute_collection_result()["t"][:2])
+    assert abs(float(obs.max_val) - ort_hi) <= 2 * obs.bin_width and abs(float(obs.min_val) - ort_lo) <= 2 * obs.bin_width
+    everything = np.abs(np.concatenate(batches))
+    assert float(obs.max_val) < 20 < everything.max()  # the 50 is cut
+    assert abs(float(obs.max_val) - np.quantile(everything, PERCENTILE / 100)) <= obs.bin_width
+
+
+def test_percentile_observer_edge_cases():
+    from quant import fx_quant
+
+    obs = fx_quant.PercentileObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, bins=8)
+    obs(torch.zeros(10))  # only zeros: no resolution yet, an empty range
+    assert float(obs.min_val) == float(obs.max_val) == 0.0
+    obs(torch.linspace(0, 1, 1000))
+    assert float(obs.abs_histogram[0]) >= 10 and float(obs.max_val) == 1.0  # the zeros count, nothing cut
+    obs(torch.tensor([1000.0]))  # 1000x the range: neighbours merge instead of 8000 bins
+    assert obs.abs_histogram.numel() <= 8 * fx_quant.PercentileObserver.MAX_BIN_FACTOR
+    assert float(obs.abs_histogram.sum()) == 1011
+    assert "abs_histogram" not in obs.state_dict()  # the saved state is MinMaxObserver's
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_torch_static_ptq_records_and_reloads_its_method(method, tiny_model, tiny_calib, tmp_path):
+    from quant.torch_ptq import load_static_torch, quantize_static_torch
+
+    meta = quantize_static_torch(tiny_model, tiny_calib, tmp_path / "static.pt", method=method)
+    assert meta["method"] == method and json.loads((tmp_path / "static.json").read_text())["method"] == method
+    # Without `method` the sidecar decides which observers the saved state loads into.
+    int8 = load_static_torch(TinyNet(), tmp_path / "static.pt", reduce_range=meta["reduce_range"])
+    x = torch.from_numpy(tiny_calib.arrays[0])
+    with torch.no_grad():
+        assert (int8(x).argmax(1) == tiny_model(x).argmax(1)).float().mean() > 0.9
+    if method == "entropy":  # a histogram state does not fit min/max observers: one line says so
+        from zoo.checkpoints import CheckpointError
+
+        with pytest.raises(CheckpointError, match="does not fit"):
+            load_static_torch(TinyNet(), tmp_path / "static.pt", reduce_range=meta["reduce_range"], method="minmax")
+
+
+def test_ort_percentile_is_pinned_to_the_fx_one(tiny_onnx, tiny_calib, tmp_path):
+    from quant.calibrate import PERCENTILE
+
+    meta = quantize_static_onnx(tiny_onnx, tmp_path / "p.onnx", tiny_calib, method="percentile")
+    assert meta["method"] == "percentile" and meta["extra_options"]["CalibPercentile"] == PERCENTILE
 
 
 # --- sensitivity and mixed precision ---------------------------------------------------------

@@ -101,7 +101,7 @@ class LoadedVariant:
 def load(model: str, variant: str = "fp32", *, backend: str | None = None, dataset: str = "synthetic",
          weights: str | Path | None = None, artifacts: str | Path | None = None,
          data_root: str | Path | None = None, input_hw: tuple[int, int] | None = None, batch: int = 1,
-         threads: int = 2, calib_images: int = 256, calib_method: str = "entropy",
+         threads: int = 2, calib_images: int = 256, calib_method: str | None = None,
          progress: bool = True, **kwargs: Any) -> Any:
     """Load `model` in one of the four variants.
 
@@ -110,6 +110,8 @@ def load(model: str, variant: str = "fp32", *, backend: str | None = None, datas
     `LoadedVariant`: the cached artifact for (model, dataset, variant, backend, input size),
     produced first when missing (announced: export, calibration, or QAT fine-tuning), loaded on
     that backend. The artifacts are exactly the ones `python -m bench.run` measures.
+    `calib_method` (static PTQ: "minmax", "percentile", "entropy") defaults to the dataset task's
+    (`quant.calibrate.resolve_calib_method`: percentile for detection, entropy for segmentation).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
