@@ -157,7 +157,7 @@ def test_static_and_dynamic_variants(tmp_path):
     # PyTorch static INT8: FX-converted x86 kernels, converted once when the artifact was built and
     # stored as frozen TorchScript; the cell loads that file, and its size is the file's.
     torch_static = recs[("static", "torch")]
-    assert torch_static["artifact"]["fx_int8"]["mode"] == "ptq" and "fx-histogram" in torch_static["quant_config"]
+    assert torch_static["artifact"]["fx_int8"]["mode"] == "ptq" and "fx-minmax" in torch_static["quant_config"]
     assert torch_static["artifact"]["fx_int8"]["format"] == "torchscript"
     assert torch_static["artifact"]["size_basis"].startswith("TorchScript file")
     assert torch_static["size_mb"] < 0.35 * recs[("fp32", "torch")]["size_mb"]
