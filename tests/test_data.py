@@ -277,6 +277,27 @@ def test_png_writer_round_trip(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "x.png").mode == "I;16"
 
 
+def test_synthetic_fast_uniform_is_numpys() -> None:
+    """The generator's scalar uniform must draw exactly what numpy's would (same scenes)."""
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    fast = syn._Rng(b)
+    for lo, hi in [(0.5, 1.5), (-4.0, 10.0), (3, 150), (0.0, 1.0), (2.5, 2.5)]:
+        assert [a.uniform(lo, hi) for _ in range(5)] == [fast.uniform(lo, hi) for _ in range(5)]
+    assert a.random() == fast.random()
+
+
+def test_synthetic_box_blur_matches_pillow() -> None:
+    """The generator's planar box blur is PIL's BoxBlur up to rounding (v1 used Pillow's)."""
+    from PIL import ImageFilter
+
+    plane = np.random.default_rng(0).integers(0, 256, (37, 53), dtype=np.uint8)
+    plane[10:20, 5:30] = 250  # edges, where the two roundings differ most
+    for radius in (0.5, 0.8, 1.0, 1.3, 1.49):
+        ref = np.asarray(Image.fromarray(plane).filter(ImageFilter.BoxBlur(radius)))
+        diff = np.abs(syn._box_blur(plane, radius).astype(int) - ref.astype(int))
+        assert diff.max() <= 1, radius
+
+
 def test_synthetic_is_deterministic() -> None:
     a = syn.generate_sample(0, "train", 3, TINY)
     b = syn.generate_sample(0, "train", 3, TINY)
@@ -379,18 +400,19 @@ def test_synthetic_generation_speed(tmp_path: Path) -> None:
     """Issue #2 asks for >= 50 images/s at 360x480 on one core, including PNG writing.
 
     The rate comes from this thread's CPU time, so time spent waiting for the CPU does not count;
-    cache and memory contention from a busy neighbour still do. The rate also depends on the CPU:
-    AVX-512 machines measured above 50, an AVX2-only Zen 3 gives ~32 quiet and 22-32 next to
-    other jobs (NOTES.md, session 4). This default test is a regression floor at 15; the spec's
-    50 is checked by the slow-marked test below."""
+    cache and memory contention from a busy neighbour still do, and the rate depends on the CPU.
+    Generator v2 on an AVX2-only Zen 3 VM (2 vCPUs): 50-69 images/s with the machine to itself,
+    40-50 next to a training job or other tests (v1 there: 29-37 and 22-31). This default test
+    is a regression floor at 30, with room for a loaded CI machine; the spec's 50 is checked by
+    the slow-marked test below."""
     rate = _generation_rate(tmp_path, 20)
     print(f"synthetic generation: {rate:.1f} images/s of CPU time at 360x480 (incl. PNG writing)")
-    assert rate >= 15
+    assert rate >= 30
 
 
 @pytest.mark.slow
 def test_synthetic_generation_meets_the_spec_rate(tmp_path: Path) -> None:
-    """Issue #2's figure: >= 50 images/s of one core's CPU time (fails on AVX2-only CPUs today)."""
+    """Issue #2's figure: >= 50 images/s of one core's CPU time (run it on a quiet machine)."""
     rate = _generation_rate(tmp_path, 40)
     assert rate >= 50, f"{rate:.1f} images/s at 360x480 on this CPU"
 
