@@ -48,7 +48,6 @@ instance networks (`bench.runner._task`); the pieces that differ from segmentati
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -158,8 +157,8 @@ def prepare_instance_evalset(cfg: Any, hw: tuple[int, int], log: Callable[[str],
     ``thing_ids``), cached by a fingerprint of the files (path, size, mtime); `sha256` hashes
     their contents. Touching flags are computed on the resized ids (gap 1 px, as
     ``python -m zoo.instances.evaluate``)."""
+    from bench.evalset_cache import contents_sha256, evalset_slot, file_listing
     from bench.imageops import resize_label
-    from zoo.checkpoints import artifacts_dir
     from zoo.errors import UsageError
     from zoo.instances.data import open_data
     from zoo.instances.metrics import touching_instances
@@ -178,20 +177,15 @@ def prepare_instance_evalset(cfg: Any, hw: tuple[int, int], log: Callable[[str],
     for i in range(n):
         img, lab = ds.files[i]
         files.append((Path(img).resolve(), Path(lab).resolve(), Path(ds.instance_path(i)).resolve()))
-    listing = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for trio in files for p in trio]
-    fp = hashlib.sha256(json.dumps([cfg.data, cfg.split, list(hw), "instances", listing]).encode()).hexdigest()
-    folder = (artifacts_dir(cfg.artifacts) / "evalsets" / f"{cfg.data}-{cfg.split.replace('+', '_')}"
-              / f"{fp[:16]}_{hw[0]}x{hw[1]}_inst")
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if Path(meta["labels"]).is_file():
-            return meta
-    log(f"evaluation set: {n} {cfg.data}/{cfg.split} labels and instance ids at {hw[0]}x{hw[1]} -> {folder}")
+    listing = file_listing(p for trio in files for p in trio)
+    slot = evalset_slot(cfg.artifacts, cfg.data, cfg.split, [cfg.data, cfg.split, list(hw), "instances", listing],
+                        f"_{hw[0]}x{hw[1]}_inst")
+    if slot.meta is not None:
+        return slot.meta
+    log(f"evaluation set: {n} {cfg.data}/{cfg.split} labels and instance ids at {hw[0]}x{hw[1]} -> {slot.folder}")
     labels = np.zeros((n, *hw), dtype=np.uint8)
     ids_all = np.zeros((n, *hw), dtype=np.uint16)
     classes, touching, counts = [], [], []
-    content = hashlib.sha256()
     for i in range(n):
         s = data.dataset.load(i)
         labels[i] = resize_label(np.asarray(s.semantic), hw)
@@ -202,9 +196,7 @@ def prepare_instance_evalset(cfg: Any, hw: tuple[int, int], log: Callable[[str],
         classes.append(np.asarray(s.classes, np.int64))
         touching.append(touching_instances(ids, s.classes))
         counts.append(len(s.classes))
-        for p in files[i]:
-            content.update(hashlib.sha256(p.read_bytes()).digest())
-    labels_path = folder / "labels.npz"
+    labels_path = slot.folder / "labels.npz"
     with atomic_path(labels_path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, labels=labels, ids=ids_all, classes=np.concatenate(classes),
@@ -215,8 +207,9 @@ def prepare_instance_evalset(cfg: Any, hw: tuple[int, int], log: Callable[[str],
             "input_hw": list(hw), "thing_ids": list(data.thing_ids), "thing_classes": list(data.thing_names),
             "instances": int(sum(int(p.sum()) for p in present)),
             "touching_instances": int(sum(int((t[1:] & p).sum()) for t, p in zip(touching, present))),
-            "fingerprint": fp, "sha256": content.hexdigest(), "dataset": cfg.data, "split": cfg.split}
-    write_json(meta_path, meta)
+            "fingerprint": slot.fingerprint, "sha256": contents_sha256(p for trio in files for p in trio),
+            "dataset": cfg.data, "split": cfg.split}
+    write_json(slot.meta_path, meta)
     return meta
 
 

@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=256,
                    help="static PTQ: calibration images, a seeded subset of the train split (default 256)")
     p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), default=None,
-                   help="static PTQ calibration of activations (default: the task's: percentile for detection, "
-                        "which kept the most yolov5n mAP50-95; entropy for segmentation, best on DDRNet). "
+                   help="static PTQ calibration of activations (default: the task's for the backend: percentile for "
+                        "detection on ONNX Runtime / TensorRT and entropy for detection on PyTorch, which kept "
+                        "the most yolov5n mAP50-95 on each; entropy for segmentation, best on DDRNet). "
                         "Each record states the method used. ONNX Runtime uses its calibrator of that name; "
                         "PyTorch FX uses MinMaxObserver, the same 99.999th percentile of |x| as ORT, or torch's "
                         "HistogramObserver for entropy (an L2 error search, not ORT's KL divergence)")
@@ -151,16 +152,33 @@ def config_from_args(args: argparse.Namespace):
         from quant.sensitivity import kept_float_from
 
         keep_float = kept_float_from(args.keep_float_from)
-    return BenchConfig(models=args.model, variants=args.quant, backends=args.backend, data=args.data,
-                       data_root=args.data_root, split=args.split, weights=args.weights, seed=args.seed,
-                       input_hw=sizes, batch=args.batch, threads=args.threads, out=args.out,
-                       artifacts=args.artifacts, profile=args.profile, timeout=args.timeout,
-                       max_images=args.max_images, iters=args.iters, min_time=args.min_time,
-                       warmup=args.warmup, trials=args.trials, cv_threshold=args.cv_threshold,
-                       timing_images=args.timing_images, force=args.force, progress=not args.no_progress,
-                       train_epochs=args.train_epochs, dla_core=args.dla_core, trt_precision=args.trt_precision,
-                       calib_images=args.calib_images, calib_method=args.calib_method, calib_seed=args.calib_seed,
-                       qat_epochs=args.qat_epochs, keep_float=tuple(keep_float), keep_float_from=args.keep_float_from)
+    cfg = BenchConfig(models=args.model, variants=args.quant, backends=args.backend, data=args.data,
+                      data_root=args.data_root, split=args.split, weights=args.weights, seed=args.seed,
+                      input_hw=sizes, batch=args.batch, threads=args.threads, out=args.out,
+                      artifacts=args.artifacts, profile=args.profile, timeout=args.timeout,
+                      max_images=args.max_images, iters=args.iters, min_time=args.min_time,
+                      warmup=args.warmup, trials=args.trials, cv_threshold=args.cv_threshold,
+                      timing_images=args.timing_images, force=args.force, progress=not args.no_progress,
+                      train_epochs=args.train_epochs, dla_core=args.dla_core, trt_precision=args.trt_precision,
+                      calib_images=args.calib_images, calib_method=args.calib_method, calib_seed=args.calib_seed,
+                      qat_epochs=args.qat_epochs, keep_float=tuple(keep_float), keep_float_from=args.keep_float_from)
+    if args.keep_float_from:
+        check_keep_float_method(cfg)
+    return cfg
+
+
+def check_keep_float_method(cfg) -> None:
+    """A mixed-precision list is the answer for the calibration it was searched with; the static ONNX
+    cells must calibrate the same way, or the layers left in float are not the ones that hurt."""
+    from bench.runner import calib_method_of
+    from quant.sensitivity import searched_calib_method
+    from zoo.errors import UsageError
+
+    searched, used = searched_calib_method(cfg.keep_float_from), calib_method_of(cfg, "onnx")
+    if searched is not None and searched != used:
+        raise UsageError(f"--keep-float-from {cfg.keep_float_from} was searched with {searched} calibration but the "
+                         f"static ONNX cells calibrate with {used}; pass --calib-method {searched} (or rerun "
+                         f"python -m quant.sensitivity with --calib-method {used})")
 
 
 def main(argv: list[str] | None = None) -> int:

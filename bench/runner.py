@@ -123,7 +123,7 @@ def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
     target = "trt" if backend in TRT_TARGET_BACKENDS else "ort"
     torch_backend = get_backend(backend).artifact_kind == "torch"
     if variant == "static":
-        method = calib_method_of(cfg)
+        method = calib_method_of(cfg, "torch" if torch_backend else "onnx")
         if torch_backend:  # FX PTQ: the method's observers (quant.fx_quant.activation_observer)
             return f"fx-{method}-{cfg.calib_images}img-seed{cfg.calib_seed}"
         # "bnconv": the ORT artifact runs stand-alone BNs as INT8 depthwise convs (quant.onnx_rewrites);
@@ -135,14 +135,21 @@ def quant_config(cfg: "BenchConfig", variant: str, backend: str) -> str:
     return ""
 
 
-def calib_method_of(cfg: "BenchConfig") -> str:
-    """The static-PTQ calibration method of a sweep: `cfg.calib_method`, or its task's default when
-    unset (`quant.calibrate.resolve_calib_method`: percentile for detection, entropy otherwise)."""
+def calib_method_of(cfg: "BenchConfig", runtime: str = "onnx") -> str:
+    """The static-PTQ calibration method of a sweep's cells on `runtime` ("onnx": ORT / TensorRT QDQ
+    artifacts; "torch": FX observers): `cfg.calib_method`, or the task's default for that runtime
+    when unset (`quant.calibrate.resolve_calib_method`: percentile for detection on ONNX, entropy
+    otherwise)."""
     from quant.calibrate import resolve_calib_method
 
     if cfg.calib_method is not None:
         return resolve_calib_method(cfg.calib_method, "")
-    return resolve_calib_method(None, _task(cfg))
+    return resolve_calib_method(None, _task(cfg), runtime)
+
+
+def calib_runtime(backend: str) -> str:
+    """Which calibrator a backend's static artifact uses: "torch" (FX observers) or "onnx"."""
+    return "torch" if get_backend(backend).artifact_kind == "torch" else "onnx"
 
 
 def keep_float_tag(cfg: "BenchConfig") -> str:
@@ -285,6 +292,28 @@ def fx_int8_code_sha256(net: torch.nn.Module, model: str) -> str:
     return code_sha256(network_source_files(net, model) + extra_files, extra=(f"torch {torch.__version__}",))
 
 
+# The code behind every ONNX artifact of a cell, besides the network's own source: export,
+# ORT pre-processing and graph rewrites, the PTQ producers, QAT's QDQ export.
+ONNX_CODE_MODULES = ("quant.export", "quant.ptq_static", "quant.ptq_dynamic", "quant.onnx_rewrites",
+                     "quant.qdq_onnx", "quant.fx_quant", "zoo.layers")
+
+
+def onnx_code_sha256(net: torch.nn.Module, model: str) -> str:
+    """The code identity of a network's ONNX artifacts (FP32 export and the static, dynamic and QAT
+    files made from it): its source files, the export / quantization code and the versions of
+    torch, onnx and onnxruntime. Part of their file names, so that a changed network or exporter
+    makes new files instead of silently reusing ones traced from the old code."""
+    import importlib
+
+    import onnx
+    import onnxruntime
+
+    extra_files = [Path(importlib.import_module(m).__file__) for m in ONNX_CODE_MODULES]
+    return code_sha256(network_source_files(net, model) + extra_files,
+                       extra=(f"torch {torch.__version__}", f"onnx {onnx.__version__}",
+                              f"onnxruntime {onnxruntime.__version__}"))
+
+
 def torch_static_name(config: str, calib_sha256: str, code_sha256: str, hw: tuple[int, int]) -> str:
     """File name of the FX PTQ observer state: quantization config, calibration set, code identity
     (`fx_int8_code_sha256`) and input size each change it."""
@@ -319,6 +348,13 @@ class Prepared:
     calibrations: dict = field(default_factory=dict)  # (h, w) -> CalibrationData
     task: str = "segmentation"
 
+    @property
+    def onnx_code(self) -> str:
+        """"code<sha10>": `onnx_code_sha256` of this network, in every ONNX artifact's file name."""
+        if getattr(self, "_onnx_code", None) is None:
+            self._onnx_code = "code" + onnx_code_sha256(self.net, self.model)[:10]
+        return self._onnx_code
+
     def variant_artifact(self, cfg: "BenchConfig", kind: str, variant: str, backend: str, hw: tuple[int, int],
                          batch: int, log: Callable[[str], None]) -> dict:
         """The artifact a backend loads for `variant`; quantized ones are made once and cached."""
@@ -342,7 +378,7 @@ class Prepared:
         if variant == "dynamic":
             from quant.ptq_dynamic import quantize_dynamic_onnx
 
-            path = self.export_dir / f"dynamic_{hw[0]}x{hw[1]}_b{batch}.onnx"
+            path = self.export_dir / f"dynamic-{self.onnx_code}_{hw[0]}x{hw[1]}_b{batch}.onnx"
             if not path.is_file():
                 log(f"dynamic PTQ (ONNX Runtime quantize_dynamic, u8 weights) -> {path}")
                 quantize_dynamic_onnx(fp32["path"], path)
@@ -350,12 +386,12 @@ class Prepared:
             if batch != 1:
                 raise UsageError("static PTQ is calibrated at batch 1; run static cells with --batch 1")
             calib = self.calibration(cfg, hw, log)
-            path = self.export_dir / f"static_{config}-{calib.sha256[:10]}_{hw[0]}x{hw[1]}_b1.onnx"
+            path = self.export_dir / f"static_{config}-{calib.sha256[:10]}-{self.onnx_code}_{hw[0]}x{hw[1]}_b1.onnx"
             if not path.is_file():
                 from quant.ptq_static import quantize_static_onnx
 
                 target = config.split("-")[0]
-                log(f"static PTQ ({target} QDQ, {calib_method_of(cfg)} calibration on {calib.size} images) -> {path}")
+                log(f"static PTQ ({target} QDQ, {calib_method_of(cfg, 'onnx')} calibration on {calib.size} images) -> {path}")
                 # Detection: `float_head` keeps `output_head_nodes` in float for both targets:
                 # the Detect head's three 1x1 convs and the decode subgraph after them (sigmoid,
                 # grid / anchor arithmetic, concat; ~50 nodes). The decode mixes pixel
@@ -367,7 +403,7 @@ class Prepared:
                 head = {"float_head": True} if self.task == "detection" else {}
                 if cfg.keep_float:
                     log(f"  keeping {len(cfg.keep_float)} layer(s) in float (from {cfg.keep_float_from})")
-                quantize_static_onnx(fp32["path"], path, calib, target=target, method=calib_method_of(cfg),
+                quantize_static_onnx(fp32["path"], path, calib, target=target, method=calib_method_of(cfg, "onnx"),
                                      nodes_to_exclude=list(cfg.keep_float), **head)
         meta = json.loads(path.with_suffix(".json").read_text())
         summary = _quant_summary(meta)
@@ -391,7 +427,7 @@ class Prepared:
         build_kwargs = self.build_kwargs()
         code = fx_int8_code_sha256(self.net, self.model)
         path = self.export_dir / torch_static_name(config, calib.sha256, code, hw)
-        method = calib_method_of(cfg)
+        method = calib_method_of(cfg, "torch")
         if not path.is_file():
             from quant.torch_ptq import quantize_static_torch
 
@@ -478,7 +514,7 @@ class Prepared:
         from quant.qat import QATConfig, find_qat_checkpoint, qat_checkpoint_stale, qat_finetune
         from zoo.checkpoints import read_checkpoint
 
-        path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts)
+        path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts, parent_sha256=self.weights_sha256)
         # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
         why = ("none cached" if path is None else
                qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256))
@@ -533,7 +569,7 @@ class Prepared:
             from quant.fx_quant import export_qdq_onnx
 
             target = config.rsplit("-", 1)[-1]
-            path = self.export_dir / f"qat_{target}-{ckpt_sha[:10]}_{hw[0]}x{hw[1]}_b{batch}.onnx"
+            path = self.export_dir / f"qat_{target}-{ckpt_sha[:10]}-{self.onnx_code}_{hw[0]}x{hw[1]}_b{batch}.onnx"
             if not path.is_file():
                 log(f"QAT -> QDQ ONNX for {target} ({hw[0]}x{hw[1]}, batch {batch}) -> {path}")
                 info = export_qdq_onnx(prepared, path, input_hw=hw, batch=batch, target=target)
@@ -567,7 +603,7 @@ class Prepared:
             return self.torch_artifact
         key = (hw[0], hw[1], batch)
         if key not in self.onnx:
-            path = self.export_dir / f"fp32_{hw[0]}x{hw[1]}_b{batch}.onnx"
+            path = self.export_dir / f"fp32-{self.onnx_code}_{hw[0]}x{hw[1]}_b{batch}.onnx"
             if not path.is_file():
                 from quant.export import export_onnx
 
@@ -740,6 +776,7 @@ def prepare_evalset(cfg: BenchConfig, hw: tuple[int, int], log: Callable[[str], 
     files (path, size, mtime); `sha256` hashes their contents (the data-subset hash)."""
     from zoo import data as zdata
 
+    from bench.evalset_cache import contents_sha256, evalset_slot, file_listing
     from bench.imageops import resize_label
 
     ds = zdata.build_dataset(cfg.data, root=cfg.data_root, split=cfg.split)
@@ -747,32 +784,24 @@ def prepare_evalset(cfg: BenchConfig, hw: tuple[int, int], log: Callable[[str], 
     if n == 0:
         raise UsageError(f"the {cfg.data} {cfg.split} split has no images")
     files = [(Path(i).resolve(), Path(l).resolve()) for i, l in ds.files[:n]]
-    listing = []
-    for img, lab in files:
-        si, sl = img.stat(), lab.stat()
-        listing.append([str(img), si.st_size, si.st_mtime_ns, str(lab), sl.st_size, sl.st_mtime_ns])
-    fp = hashlib.sha256(json.dumps([cfg.data, cfg.split, list(hw), listing]).encode()).hexdigest()
-    folder = artifacts_dir(cfg.artifacts) / "evalsets" / f"{cfg.data}-{cfg.split.replace('+', '_')}" / f"{fp[:16]}_{hw[0]}x{hw[1]}"
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if Path(meta["labels"]).is_file():
-            return meta
-    log(f"evaluation set: {n} {cfg.data}/{cfg.split} labels at {hw[0]}x{hw[1]} -> {folder}")
+    # One row per (image, label) pair, as the fingerprint has always been computed.
+    listing = [a + b for a, b in zip(file_listing(i for i, _ in files), file_listing(l for _, l in files))]
+    slot = evalset_slot(cfg.artifacts, cfg.data, cfg.split, [cfg.data, cfg.split, list(hw), listing],
+                        f"_{hw[0]}x{hw[1]}")
+    if slot.meta is not None:
+        return slot.meta
+    log(f"evaluation set: {n} {cfg.data}/{cfg.split} labels at {hw[0]}x{hw[1]} -> {slot.folder}")
     labels = np.zeros((n, *hw), dtype=np.uint8)
-    content = hashlib.sha256()
     for i in range(n):
-        sample = ds[i]
-        labels[i] = resize_label(np.asarray(sample.label), hw)
-        for p in files[i]:
-            content.update(hashlib.sha256(p.read_bytes()).digest())
-    labels_path = folder / "labels.npz"
+        labels[i] = resize_label(np.asarray(ds[i].label), hw)
+    labels_path = slot.folder / "labels.npz"
     with atomic_path(labels_path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, labels=labels)
     meta = {"labels": str(labels_path), "images": [str(i) for i, _ in files], "n": n, "input_hw": list(hw),
-            "fingerprint": fp, "sha256": content.hexdigest(), "dataset": cfg.data, "split": cfg.split}
-    write_json(meta_path, meta)
+            "fingerprint": slot.fingerprint, "sha256": contents_sha256(p for pair in files for p in pair),
+            "dataset": cfg.data, "split": cfg.split}
+    write_json(slot.meta_path, meta)
     return meta
 
 
@@ -783,6 +812,8 @@ def prepare_det_evalset(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     the images' and the ground truth's contents (the data-subset hash)."""
     from zoo import data as zdata
 
+    from bench.evalset_cache import contents_sha256, evalset_slot, file_listing
+
     ds = zdata.build_dataset(cfg.data, root=cfg.data_root, split=cfg.split)
     n = len(ds) if not cfg.max_images else min(len(ds), cfg.max_images)
     if n == 0:
@@ -790,38 +821,28 @@ def prepare_det_evalset(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     recs = ds.images[:n]
     files = [Path(r.path).resolve() for r in recs]
     gt = ds.ground_truth()
-    listing = []
-    for img in files:
-        st = img.stat()
-        listing.append([str(img), st.st_size, st.st_mtime_ns])
     if isinstance(gt, (str, Path)):
         gt_file = Path(gt).resolve()
-        st = gt_file.stat()
-        gt_id: Any = [str(gt_file), st.st_size, st.st_mtime_ns]
+        gt_id: Any = file_listing([gt_file])[0]
     else:
         ids = {int(r.image_id) for r in recs}
         gt = {**gt, "images": [im for im in gt["images"] if int(im["id"]) in ids],
               "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in ids]}
         gt_id = hashlib.sha256(json.dumps(gt, sort_keys=True).encode()).hexdigest()
-    fp = hashlib.sha256(json.dumps([cfg.data, cfg.split, listing, gt_id]).encode()).hexdigest()
-    folder = artifacts_dir(cfg.artifacts) / "evalsets" / f"{cfg.data}-{cfg.split.replace('+', '_')}" / f"{fp[:16]}_det"
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if Path(meta["gt"]).is_file():
-            return meta
-    log(f"evaluation set: {n} {cfg.data}/{cfg.split} images with COCO-format ground truth -> {folder}")
+    slot = evalset_slot(cfg.artifacts, cfg.data, cfg.split, [cfg.data, cfg.split, file_listing(files), gt_id],
+                        "_det", required="gt")
+    if slot.meta is not None:
+        return slot.meta
+    log(f"evaluation set: {n} {cfg.data}/{cfg.split} images with COCO-format ground truth -> {slot.folder}")
     if isinstance(gt, dict):
-        gt_file = folder / "ground_truth.json"
+        gt_file = slot.folder / "ground_truth.json"
         write_json(gt_file, gt)
-    content = hashlib.sha256()
-    for p in files + [gt_file]:
-        content.update(hashlib.sha256(p.read_bytes()).digest())
     meta = {"task": "detection", "labels": None, "images": [str(i) for i in files],
             "image_ids": [int(r.image_id) for r in recs], "gt": str(gt_file),
             "category_ids": [int(c) for c in ds.category_ids], "classes": list(ds.classes), "n": n,
-            "fingerprint": fp, "sha256": content.hexdigest(), "dataset": cfg.data, "split": cfg.split}
-    write_json(meta_path, meta)
+            "fingerprint": slot.fingerprint, "sha256": contents_sha256(files + [gt_file]),
+            "dataset": cfg.data, "split": cfg.split}
+    write_json(slot.meta_path, meta)
     return meta
 
 
@@ -1131,8 +1152,6 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
     from zoo import data as zdata
 
     models, variants, backends = _planned(cfg)
-    # Named once for the whole sweep, so every record states the method its static cells used.
-    cfg = dataclasses.replace(cfg, calib_method=calib_method_of(cfg))
     card = zdata.load_card(cfg.data)
     sizes, batches = default_sizes(cfg, card), cfg.batches()
     _check(cfg, sizes, batches, card.task)
@@ -1168,7 +1187,8 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                         }
                         rec["quant_config"] = quant_config(cfg, variant, backend)
                         # Only static PTQ calibrates; QAT learns its ranges, dynamic PTQ has none.
-                        rec["calib_method"] = cfg.calib_method if variant == "static" else None
+                        rec["calib_method"] = (calib_method_of(cfg, calib_runtime(backend))
+                                               if variant == "static" else None)
                         ok, reason = sweep.availability(backend)
                         if ok:
                             ok, reason = variant_support(variant, bcls, cfg)

@@ -8,7 +8,7 @@ quantized artifact's metadata so that two INT8 artifacts can be told apart by th
 
 ``CalibrationReader`` adapts it to ONNX Runtime's ``CalibrationDataReader``; ``calibration_method``
 maps our method names onto ``onnxruntime.quantization.CalibrationMethod``, and
-``resolve_calib_method`` picks a task's default method when none is named.
+``resolve_calib_method`` picks a task's default method (per runtime) when none is named.
 """
 from __future__ import annotations
 
@@ -37,11 +37,20 @@ MIN_IMAGES = 16
 # ORT explicitly and `quant.fx_quant.PercentileObserver` uses both, so the two backends agree.
 PERCENTILE = 99.999
 PERCENTILE_BINS = 2048
-# The calibration method a task gets when none is named (--calib-method unset). Measured in
-# session 4 (NOTES.md): on yolov5n / coco-tiny, ORT static INT8 kept 97.6 % of FP32 mAP50-95 with
-# percentile against 94.6 % (entropy) and 92.9 % (minmax); on DDRNet segmentation entropy kept the
-# most mIoU. Tasks not listed (instance networks) keep entropy, the former default for everything.
-TASK_CALIB_METHODS = {"detection": "percentile", "segmentation": "entropy"}
+# The calibration method a (task, runtime) gets when none is named (--calib-method unset). The
+# runtime is the calibrator behind the artifact: "onnx" is ONNX Runtime's (ORT and TensorRT QDQ
+# artifacts, quant.sensitivity), "torch" the FX observers (PyTorch static INT8). Measured (NOTES.md):
+# on yolov5n / coco-tiny at 640, ORT static INT8 kept 97.6 % of FP32 mAP50-95 with percentile
+# against 94.6 % (entropy) and 92.9 % (minmax) (session 4), while FX static INT8 kept 93.7 % with
+# entropy against 87.6 % (percentile) and 84.4 % (minmax) (session 5); on DDRNet segmentation
+# entropy kept the most mIoU. Tasks not listed (instance networks) keep entropy.
+RUNTIMES = ("onnx", "torch")
+TASK_CALIB_METHODS = {
+    ("detection", "onnx"): "percentile",
+    ("detection", "torch"): "entropy",
+    ("segmentation", "onnx"): "entropy",
+    ("segmentation", "torch"): "entropy",
+}
 FALLBACK_CALIB_METHOD = "entropy"
 
 
@@ -88,10 +97,13 @@ def calibration_method(name: str) -> CalibrationMethod:
     return getattr(CalibrationMethod, METHODS[key])
 
 
-def resolve_calib_method(method: str | None, task: str) -> str:
-    """The calibration method to use: `method` when named, else `task`'s default (`TASK_CALIB_METHODS`)."""
+def resolve_calib_method(method: str | None, task: str, runtime: str = "onnx") -> str:
+    """The calibration method to use: `method` when named, else the default of `task` calibrated
+    by `runtime` ("onnx" or "torch", see `TASK_CALIB_METHODS`)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown calibration runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     if method is None:
-        return TASK_CALIB_METHODS.get(task, FALLBACK_CALIB_METHOD)
+        return TASK_CALIB_METHODS.get((task, runtime), FALLBACK_CALIB_METHOD)
     key = str(method).lower()
     if key not in METHODS:
         raise QuantError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")

@@ -20,13 +20,15 @@ recipe's epochs at a tenth of its learning rate. Detectors fine-tune the same wa
 `zoo.det.train` (YOLOv5 loss, EMA: the EMA weights are validated and saved), without the
 recipe's warm-up, on the FP32 parent's classes and pre-processing; YOLOv5's box decode stays a
 float FX leaf (`zoo.det.yolov5.BoxDecode`). Checkpoints go to
-<artifacts>/checkpoints/<model>/<data>/qat-<fp32 recipe>/ and hold the fake-quantized graph's
+<artifacts>/checkpoints/<model>/<data>/qat-<fp32 recipe>-<parent sha256[:12]>/ (one folder per FP32
+parent, so that benchmarking two FP32 checkpoints keeps both QAT runs) and hold the fake-quantized graph's
 state dict; `load_qat` rebuilds it, and `quant.fx_quant.export_qdq_onnx` / `convert_int8` turn it
 into a QDQ ONNX file or real PyTorch INT8 kernels.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +67,10 @@ class QATConfig:
     progress: bool = True
 
 
-def qat_run_name(parent_recipe: str) -> str:
-    return f"qat-{parent_recipe}"
+def qat_run_name(parent_recipe: str, parent_sha256: str | None = None) -> str:
+    """The checkpoint folder of a QAT run: ``qat-<recipe>-<parent sha256[:12]>``; without a parent
+    hash, ``qat-<recipe>``, where runs made before the hash was part of the name live."""
+    return f"qat-{parent_recipe}-{parent_sha256[:12]}" if parent_sha256 else f"qat-{parent_recipe}"
 
 
 def schedule(epochs: int, freeze_bn_epoch: int | None, freeze_observer_epoch: int | None) -> tuple[int, int]:
@@ -169,7 +173,8 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
     from zoo.train import TrainHooks
 
     bn_epoch, obs_epoch = schedule(epochs, cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)
-    range_name, weight_qrange = _resumed_weight_range(cfg, recipe_name) or fx_quant.weight_range(cfg.weight_range)
+    range_name, weight_qrange = (_resumed_weight_range(cfg, recipe_name, parent.sha256)
+                                 or fx_quant.weight_range(cfg.weight_range))
 
     def prepare_model(model: nn.Module) -> nn.Module:
         return fx_quant.prepare(init(model), qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
@@ -189,10 +194,10 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
                            "recipe": _recipe_name(parent.meta), "metrics": parent.meta.get("metrics", {})},
                 "versions": {"torch": torch.__version__}}
     return TrainHooks(build_kwargs=build_kwargs, prepare_model=prepare_model, on_epoch_start=on_epoch_start,
-                      run_name=qat_run_name(recipe_name), meta={"qat": qat_meta})
+                      run_name=qat_run_name(recipe_name, parent.sha256), meta={"qat": qat_meta})
 
 
-def _resumed_weight_range(cfg: QATConfig, recipe_name: str) -> tuple[str, tuple[int, int]] | None:
+def _resumed_weight_range(cfg: QATConfig, recipe_name: str, parent_sha256: str) -> tuple[str, tuple[int, int]] | None:
     """The weight range a run being resumed (`--resume`, last.pt present) was trained with: its
     quantizer scales only mean something on that range, whatever this CPU would choose."""
     from zoo.checkpoints import checkpoint_dir, read_checkpoint
@@ -200,7 +205,8 @@ def _resumed_weight_range(cfg: QATConfig, recipe_name: str) -> tuple[str, tuple[
 
     if not cfg.resume:
         return None
-    last = checkpoint_dir(get_entry(cfg.model).name, cfg.data, qat_run_name(recipe_name), cfg.artifacts) / "last.pt"
+    last = (checkpoint_dir(get_entry(cfg.model).name, cfg.data, qat_run_name(recipe_name, parent_sha256), cfg.artifacts)
+            / "last.pt")
     if not last.is_file():
         return None
     q = (read_checkpoint(last).get("meta") or {}).get("qat") or {}
@@ -246,16 +252,30 @@ def _announce(model: str, data: str, epochs: int, lr: float, parent_path, hooks)
           f"weights {q['weight_range']} {lo}..{hi})", file=sys.stderr, flush=True)
 
 
-def find_qat_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None) -> Path | None:
-    """The best QAT checkpoint for (model, dataset): from the family recipe's parent first, then `quick`'s."""
+def find_qat_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None,
+                        parent_sha256: str | None = None) -> Path | None:
+    """The best QAT checkpoint for (model, dataset), from the family recipe's parent first, then
+    `quick`'s: the one fine-tuned from `parent_sha256` when given (or, failing that, one in the
+    folder of runs made before the parent was part of the name, which the caller checks with
+    `qat_checkpoint_stale`); without it, the newest one."""
     from zoo.checkpoints import checkpoint_dir
     from zoo.registry import get_entry
 
     entry = get_entry(model)
-    for recipe in (entry.default_recipe, "quick"):
-        path = checkpoint_dir(entry.name, dataset, qat_run_name(recipe), artifacts) / "best.pt"
-        if path.is_file():
-            return path
+    recipes = (entry.default_recipe, "quick")
+    if parent_sha256:
+        names = [qat_run_name(r, parent_sha256) for r in recipes] + [qat_run_name(r) for r in recipes]
+        for name in names:
+            path = checkpoint_dir(entry.name, dataset, name, artifacts) / "best.pt"
+            if path.is_file():
+                return path
+        return None
+    for recipe in recipes:
+        base = checkpoint_dir(entry.name, dataset, qat_run_name(recipe), artifacts)
+        own = re.compile(re.escape(base.name) + r"(-[0-9a-f]{12})?")
+        found = [p for p in base.parent.glob(f"{base.name}*/best.pt") if own.fullmatch(p.parent.name)]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime_ns)
     return None
 
 

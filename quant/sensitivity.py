@@ -299,22 +299,39 @@ def onnx_map(path: Path, dataset, *, threads: int = 2) -> float:
     return float(scores.map)
 
 
-def kept_float_from(path: str | Path) -> list[str]:
-    """The layers a sensitivity run kept in float, from its report (``sensitivity.json``) or from the
-    INT8 artifact's sidecar (``mixed_precision.kept_float``); what `bench.run --keep-float-from` reads."""
+def _read_report(path: Path) -> dict:
     import json
 
-    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise QuantError(f"cannot read the sensitivity report '{path}': {exc}; pass the sensitivity.json "
                          "that python -m quant.sensitivity wrote") from None
+    if not isinstance(data, dict):
+        raise QuantError(f"'{path}' is not a sensitivity report (a JSON object); pass the sensitivity.json "
+                         "that python -m quant.sensitivity wrote")
+    return data
+
+
+def kept_float_from(path: str | Path) -> list[str]:
+    """The layers a sensitivity run kept in float, from its report (``sensitivity.json``) or from the
+    INT8 artifact's sidecar (``mixed_precision.kept_float``); what `bench.run --keep-float-from` reads."""
+    path = Path(path)
+    data = _read_report(path)
     kept = data.get("kept_float", (data.get("mixed_precision") or {}).get("kept_float"))
     if not isinstance(kept, list) or not all(isinstance(n, str) for n in kept):
         raise QuantError(f"'{path}' has no kept_float list of node names; pass the sensitivity.json (or the INT8 "
                          "model's .json sidecar) that python -m quant.sensitivity wrote")
     return list(kept)
+
+
+def searched_calib_method(path: str | Path) -> str | None:
+    """The calibration method a sensitivity run searched with (the report's ``calib_method``, or the
+    INT8 sidecar's ``method``); None for a report that does not say. The float list is only valid
+    for that method: another calibration has other per-layer errors."""
+    data = _read_report(Path(path))
+    method = data.get("calib_method", data.get("method") if "mixed_precision" in data else None)
+    return str(method).lower() if method else None
 
 
 # --- which images calibrate and which score -------------------------------------------------

@@ -157,10 +157,15 @@ def test_static_int8_keeps_decode_float_and_torch_int8_and_qat_cells_run(det_dat
     artifacts = tmp_path / "artifacts"
     res = _bench(["--model", "yolov5n", "--data", "coco", "--data-root", str(det_data), "--weights", str(det_weights),
                   "--input-size", "128x128", "--quant", "static", "qat", "--backend", "torch", "onnxruntime",
-                  "--calib-images", "16", "--calib-method", "minmax", "--max-images", "2", "--qat-epochs", "1", *FAST],
+                  "--calib-images", "16", "--max-images", "2", "--qat-epochs", "1", *FAST],
                  tmp_path, artifacts)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = {(r["variant"], r["backend"]): r for r in _records(tmp_path)}
+    # --calib-method unset: each backend's calibrator gets the method measured best for detection.
+    assert recs[("static", "torch")]["calib_method"] == "entropy" and "fx-entropy" in recs[("static", "torch")]["quant_config"]
+    assert recs[("static", "onnxruntime")]["calib_method"] == "percentile"
+    assert "-percentile-" in recs[("static", "onnxruntime")]["quant_config"]
+    assert recs[("qat", "torch")]["calib_method"] is None
     for key, rec in recs.items():
         assert rec["status"] == "ok", (key, rec["error"])
         assert rec["metrics"]["map50_95"] is not None and rec["metrics"]["box_agreement"] is not None

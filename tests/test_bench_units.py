@@ -527,3 +527,61 @@ def test_fx_int8_artifact_name_changes_with_the_network_code(tmp_path, monkeypat
     assert runner.fx_int8_code_sha256(net, "ddrnet") == before  # stable
     src.write_text("class Net: x = 1\n")
     assert runner.fx_int8_code_sha256(net, "ddrnet") != before
+
+
+def test_onnx_artifact_names_change_with_the_network_code(tmp_path, monkeypatch):
+    """Every ONNX artifact of a cell (FP32 export, and the static / dynamic / QAT files made from it)
+    is named with a hash of the network's and the exporter's code, so an edited network or a new
+    onnxruntime makes new files instead of reusing ones traced from the old code."""
+    import torch
+
+    from bench import runner
+
+    src = tmp_path / "net.py"
+    src.write_text("class Net: pass\n")
+    monkeypatch.setattr(runner, "network_source_files", lambda net, model: [src])
+    net = torch.nn.Conv2d(3, 3, 1)
+    before = runner.onnx_code_sha256(net, "ddrnet")
+    assert runner.onnx_code_sha256(net, "ddrnet") == before
+    src.write_text("class Net: x = 1\n")
+    assert runner.onnx_code_sha256(net, "ddrnet") != before
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "0.0.1")  # another runtime: other static artifacts
+    changed = runner.onnx_code_sha256(net, "ddrnet")
+    assert changed != before
+    # The FP32 export's file name carries it (no export runs: the file is already "there").
+    prep = runner.Prepared(model="ddrnet", num_classes=3, preprocess={}, weights_path="w", weights_sha256="s" * 64,
+                           weights_meta={}, net=net, export_dir=tmp_path, torch_artifact={}, params=0)
+    assert prep.onnx_code == "code" + changed[:10]
+    path = tmp_path / f"fp32-{prep.onnx_code}_8x8_b1.onnx"
+    path.write_bytes(b"stands for an exported model")
+    assert prep.artifact("onnx", (8, 8), 1, lambda m: None)["path"] == str(path)
+
+
+def test_evalset_cache_slot_is_found_again_only_while_complete(tmp_path):
+    """An evaluation set is reused by the fingerprint of its files' listing; a touched source file
+    or a missing labels file means it is built again."""
+    import json
+    import os
+
+    from bench.evalset_cache import contents_sha256, evalset_slot, file_listing
+
+    src = tmp_path / "a.png"
+    src.write_bytes(b"pixels")
+    key = lambda: ["synthetic", "val", [8, 8], file_listing([src])]  # noqa: E731
+    slot_mtime = src.stat().st_mtime_ns
+    slot = evalset_slot(str(tmp_path / "art"), "synthetic", "val", key(), "_8x8")
+    assert slot.meta is None and slot.folder.name.endswith("_8x8") and slot.folder.parent.name == "synthetic-val"
+    slot.folder.mkdir(parents=True)
+    labels = slot.folder / "labels.npz"
+    labels.write_bytes(b"x")
+    slot.meta_path.write_text(json.dumps({"labels": str(labels), "fingerprint": slot.fingerprint}))
+    again = evalset_slot(str(tmp_path / "art"), "synthetic", "val", key(), "_8x8")
+    assert again.meta == {"labels": str(labels), "fingerprint": slot.fingerprint}
+    os.utime(src, ns=(0, 0))  # same bytes, other mtime: another fingerprint, another folder
+    assert evalset_slot(str(tmp_path / "art"), "synthetic", "val", key(), "_8x8").fingerprint != slot.fingerprint
+    labels.unlink()
+    os.utime(src, ns=(src.stat().st_atime_ns, slot_mtime))
+    assert evalset_slot(str(tmp_path / "art"), "synthetic", "val", key(), "_8x8").meta is None  # labels gone
+    assert contents_sha256([src]) != contents_sha256([src, src])

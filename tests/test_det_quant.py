@@ -215,10 +215,14 @@ def test_qat_detector_checkpoint_provenance_and_schedule(tiny_det):
     from zoo.registry import get_entry
 
     _, _, artifacts, fp32, qat = tiny_det
-    assert find_qat_checkpoint("yolov5n", CARD, artifacts) == qat["best"] and qat["best"].parent.name == "qat-quick"
     meta = read_checkpoint(qat["best"])["meta"]
     q = meta["qat"]
     parent = load_weights(get_entry("yolov5n"), fp32["best"], num_classes=2)
+    # One folder per FP32 parent: qat-<parent recipe>-<parent sha256[:12]>.
+    assert qat["best"].parent.name == f"qat-quick-{parent.sha256[:12]}"
+    assert find_qat_checkpoint("yolov5n", CARD, artifacts) == qat["best"]
+    assert find_qat_checkpoint("yolov5n", CARD, artifacts, parent_sha256=parent.sha256) == qat["best"]
+    assert find_qat_checkpoint("yolov5n", CARD, artifacts, parent_sha256="0" * 64) is None
     assert q["parent"]["sha256"] == parent.sha256 and q["parent"]["recipe"] == "quick"
     assert meta["init"]["path"] == str(fp32["best"]) and meta["init"]["head"] == "kept (same classes)"
     assert q["build_kwargs"] == meta["build_kwargs"] == {"stem": "conv6x6", "act": "silu"}
@@ -303,7 +307,11 @@ def test_qat_cli_resumes_a_killed_detector_run(tiny_det, tmp_path):
     killed = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600,
                             env={**env, "EDGEZOO_FAULT_KILL_AT_STEP": "3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    last = mine / "checkpoints" / "yolov5n" / CARD / "qat-quick" / "last.pt"
+    from zoo.io import sha256_file
+
+    parent_sha = sha256_file(mine / "checkpoints" / "yolov5n" / CARD / "quick" / "best.pt")
+    last = mine / "checkpoints" / "yolov5n" / CARD / f"qat-quick-{parent_sha[:12]}" / "last.pt"
+    assert last.is_file()
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr and "epoch 2, step 0/2" in resumed.stderr
@@ -354,9 +362,10 @@ def test_bench_makes_torch_static_and_qat_artifacts_for_a_detector(tiny_det, tmp
 
     static = prep.variant_artifact(cfg, "torch", "static", "torch", hw, 1, log)
     assert static["fx_int8"]["build_kwargs"] == {"stem": "conv6x6", "act": "silu"}
-    # --calib-method unset: a detector calibrates with percentile, and the file name says so.
-    assert static["quant"]["method"] == static["fx_int8"]["calib_method"] == "percentile"
-    assert static["quant"]["observer"] == "PercentileObserver" and "static_fx-percentile-" in static["fx_int8"]["source"]
+    # --calib-method unset: a detector on PyTorch calibrates with entropy (HistogramObserver; on
+    # ONNX Runtime it would be percentile), and the file name says so.
+    assert static["quant"]["method"] == static["fx_int8"]["calib_method"] == "entropy"
+    assert static["quant"]["observer"] == "HistogramObserver" and "static_fx-entropy-" in static["fx_int8"]["source"]
     assert static["quant"]["int8_modules"] == convs and static["quant"]["float_convs"] == 0
     # Converted once here and stored as TorchScript: the record's size is that file's.
     assert static["fx_int8"]["format"] == "torchscript" and static["fx_int8"]["parity"]["bit_exact"]

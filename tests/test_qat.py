@@ -1,6 +1,8 @@
 """Quantization-aware training end to end on tiny data: fine-tune, rebuild, export, run INT8."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -64,9 +66,10 @@ def test_schedule_defaults_and_bounds():
 def test_qat_checkpoint_has_provenance_and_rebuilds(fp32_and_qat, tiny_camvid):
     artifacts, fp32, qat = fp32_and_qat
     path = find_qat_checkpoint("ddrnet", "camvid", artifacts)
-    assert path == qat["best"] and path.parent.name == "qat-quick"
     model, meta = load_qat("ddrnet", path, num_classes=11)
     q = meta["qat"]
+    assert path == qat["best"] and path.parent.name == f"qat-quick-{q['parent']['sha256'][:12]}"
+    assert find_qat_checkpoint("ddrnet", "camvid", artifacts, parent_sha256=q["parent"]["sha256"]) == path
     assert q["scheme"] == "symmetric" and q["parent"]["sha256"] and q["freeze_bn_epoch"] == 0
     # The weight range follows this CPU (-64..64 where x86 INT8 kernels saturate int16) and is
     # recorded, since quantizer ranges are not part of the state dict.
@@ -276,6 +279,30 @@ def test_bench_fine_tunes_again_when_the_cached_qat_range_differs(recorded, tmp_
     else:
         assert path == fresh and len(trained) == 1 and trained[0].weight_range == "auto"
         assert "-127..127" in logged[0] and "fine-tuning ddrnet" in logged[0]
+
+
+def test_qat_checkpoints_of_two_parents_live_side_by_side(tmp_path):
+    """Each FP32 parent has its own QAT folder: the one asked for is found, never the other's; a
+    run from before the parent was in the folder name is still found (the caller checks it)."""
+    from zoo.checkpoints import checkpoint_dir
+
+    def make(name: str) -> Path:
+        path = checkpoint_dir("ddrnet23_slim", "camvid", name, tmp_path) / "best.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"checkpoint")
+        return path
+
+    a, b = make(f"qat-quick-{'a' * 12}"), make(f"qat-quick-{'b' * 12}")
+    make("qat-quickish")  # another recipe whose name starts alike: never taken for quick's
+    assert find_qat_checkpoint("ddrnet", "camvid", tmp_path, parent_sha256="a" * 64) == a
+    assert find_qat_checkpoint("ddrnet", "camvid", tmp_path, parent_sha256="b" * 64) == b
+    assert find_qat_checkpoint("ddrnet", "camvid", tmp_path, parent_sha256="c" * 64) is None
+    import os
+
+    os.utime(a, ns=(0, 0))  # without a parent: the newest
+    assert find_qat_checkpoint("ddrnet", "camvid", tmp_path) == b
+    legacy = make("qat-quick")
+    assert find_qat_checkpoint("ddrnet", "camvid", tmp_path, parent_sha256="c" * 64) == legacy
 
 
 def test_load_qat_refuses_an_fp32_checkpoint(fp32_and_qat):

@@ -224,13 +224,17 @@ def test_calibration_methods():
 def test_task_default_calibration_method():
     from quant.calibrate import TASK_CALIB_METHODS, resolve_calib_method
 
-    assert resolve_calib_method(None, "detection") == "percentile"
-    assert resolve_calib_method(None, "segmentation") == "entropy"
+    assert resolve_calib_method(None, "detection") == "percentile"  # ONNX Runtime's calibrator
+    assert resolve_calib_method(None, "detection", "onnx") == "percentile"
+    assert resolve_calib_method(None, "detection", "torch") == "entropy"  # FX observers: measured best
+    assert resolve_calib_method(None, "segmentation", "torch") == resolve_calib_method(None, "segmentation") == "entropy"
     assert resolve_calib_method(None, "instance") == "entropy"  # unlisted tasks keep the former default
-    assert resolve_calib_method("MinMax", "detection") == "minmax"  # a named method always wins
+    assert resolve_calib_method("MinMax", "detection", "torch") == "minmax"  # a named method always wins
     assert set(TASK_CALIB_METHODS.values()) <= {"minmax", "percentile", "entropy"}
     with pytest.raises(QuantError, match="valid methods: minmax, percentile, entropy"):
         resolve_calib_method("kl", "detection")
+    with pytest.raises(ValueError, match="valid: onnx, torch"):
+        resolve_calib_method(None, "detection", "tensorrt")
 
 
 def test_bench_and_api_calibration_default_is_the_tasks():
@@ -249,9 +253,13 @@ def test_bench_and_api_calibration_default_is_the_tasks():
     det = BenchConfig(models=["yolov5n"], data="coco")
     seg = BenchConfig(models=["ddrnet"], data="synthetic")
     assert calib_method_of(det) == "percentile" and calib_method_of(seg) == "entropy"
-    assert calib_method_of(BenchConfig(models=["yolov5n"], data="coco", calib_method="minmax")) == "minmax"
-    assert quant_config(det, "static", "torch").startswith("fx-percentile-")
+    assert calib_method_of(det, "torch") == "entropy" and calib_method_of(seg, "torch") == "entropy"
+    named = BenchConfig(models=["yolov5n"], data="coco", calib_method="minmax")
+    assert calib_method_of(named) == calib_method_of(named, "torch") == "minmax"
+    # The default depends on the backend's calibrator, and the artifact key says which was used.
+    assert quant_config(det, "static", "torch").startswith("fx-entropy-")
     assert quant_config(det, "static", "onnxruntime").startswith("ort-bnconv-percentile-")
+    assert quant_config(det, "static", "tensorrt").startswith("trt-percentile-")
     keys = {quant_config(BenchConfig(models=["ddrnet"], calib_method=m), "static", "torch")
             for m in ("minmax", "percentile", "entropy")}
     assert len(keys) == 3  # artifacts made with different methods never share a file

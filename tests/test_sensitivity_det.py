@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from quant.calibrate import QuantError
+from zoo.errors import UsageError
 from tests.test_bench_det import FAST, _bench, _records, det_weights, write_coco_split  # noqa: F401 (fixture)
 
 SIZE = ["--input-size", "128", "128"]
@@ -109,6 +110,12 @@ def test_keep_float_list_must_name_nodes_of_the_graph(sens_report, tmp_path):
     rep = json.loads(sens_report.read_text())
     assert kept_float_from(sens_report) == rep["kept_float"]
     assert kept_float_from(Path(rep["int8_path"]).with_suffix(".json")) == rep["kept_float"]
+    from quant.sensitivity import searched_calib_method
+
+    assert searched_calib_method(sens_report) == searched_calib_method(Path(rep["int8_path"]).with_suffix(".json")) == "minmax"
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(QuantError, match="not a sensitivity report"):
+        kept_float_from(tmp_path / "list.json")
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(QuantError, match="kept_float"):
         kept_float_from(tmp_path / "bad.json")
@@ -135,6 +142,13 @@ def test_bench_static_cell_keeps_the_reported_layers_in_float(sens_report, det_t
     args = ["--model", "yolov5n", "--data", "coco", "--data-root", str(det_train_data), "--weights", str(det_weights),
             "--input-size", "128x128", "--quant", "static", "--backend", "onnxruntime", "--keep-float-from",
             str(report), *FAST]
+    # The report was searched with minmax; a detector's ONNX default (percentile) is refused, one line.
+    assert rep["calib_method"] == "minmax"
+    with pytest.raises(UsageError, match="searched with minmax calibration but .* percentile; pass --calib-method minmax"):
+        config_from_args(build_parser().parse_args(args))
+    res = _bench(args, tmp_path, tmp_path / "artifacts")
+    assert res.returncode == 2 and "--calib-method minmax" in res.stderr and res.stderr.count("\n") == 1
+    args += ["--calib-method", "minmax"]
     cfg = config_from_args(build_parser().parse_args(args))
     assert "-float2-" in quant_config(cfg, "static", "onnxruntime")
     assert "float" not in quant_config(cfg, "static", "torch")  # PyTorch FX PTQ does not take the list

@@ -63,7 +63,7 @@ class PluginConfig:
     threads: int = 2
     artifacts: str | None = None
     calib_images: int = 256             # static PTQ calibration (as bench.run)
-    calib_method: str = "entropy"
+    calib_method: str | None = None    # None: the task's default for the backend (bench.runner.calib_method_of)
     seed: int = 0                       # seed of --weights random
     alpha: float = 0.5                  # overlay opacity
     conf_thres: float = 0.25            # detection

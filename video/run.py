@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     p.add_argument("--artifacts", help="artifact cache (default ./artifacts or $EDGEZOO_ARTIFACTS)")
     p.add_argument("--calib-images", type=int, default=256, help="static PTQ calibration images (default 256)")
-    p.add_argument("--calib-method", default="entropy", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--calib-method", default=None, choices=["minmax", "percentile", "entropy"],
+                   help="static PTQ calibration (default: the task's for the backend, as bench.run)")
     p.add_argument("--alpha", type=float, default=0.5, help="segmentation overlay opacity (default 0.5)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="detection confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="detection NMS IoU threshold")
