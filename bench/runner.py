@@ -460,13 +460,20 @@ class Prepared:
         (`fx_int8["convert_s"]`, `["script_s"]`): it is the variant's compile step, not the cell's.
 
         If tracing, freezing or the parity check fails, the artifact is `source` itself and the cell
-        converts it (`fx_int8["format"] == "fx-state"`, with `torchscript_error` saying why)."""
+        converts it (`fx_int8["format"] == "fx-state"`, with `torchscript_error` saying why). The
+        failure is remembered in the sidecar for `source`'s bytes (the file name already carries
+        the code and torch version), so later sweeps do not convert and trace again to fail again."""
         from quant.fx_quant import count_int8_modules, save_torchscript
 
         sidecar = ts_path.with_suffix(".json")
         source_sha = sha256_file(source)
-        info = json.loads(sidecar.read_text()) if ts_path.is_file() and sidecar.is_file() else None
-        if info and info.get("source_sha256") == source_sha and info.get("sha256") == sha256_file(ts_path):
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        if info and info.get("format") == "fx-state" and info.get("source_sha256") == source_sha:
+            quant.update(info["counts"])
+            return self._fx_state_artifact(source, fx_int8, quant, build_kwargs, info["torchscript_error"],
+                                           info["converted_state_dict_bytes"])
+        if (info and ts_path.is_file() and info.get("source_sha256") == source_sha
+                and info.get("sha256") == sha256_file(ts_path)):
             quant.update(info["counts"])
         else:
             t0 = time.perf_counter()
@@ -480,11 +487,11 @@ class Prepared:
                 first = (str(exc).strip().splitlines() or [""])[0]
                 reason = f"{type(exc).__name__}: {first}"[:300]
                 log(f"  TorchScript export of the INT8 model failed ({reason}); the cell converts it instead")
-                art = _describe({"kind": "torch", "path": str(source), "model": self.model,
-                                 "num_classes": self.num_classes, "build_kwargs": build_kwargs,
-                                 "fx_int8": {**fx_int8, "format": "fx-state", "torchscript_error": reason},
-                                 "quant": quant})
-                return _int8_deploy_size(art, int8)
+                size = _state_dict_bytes(int8)
+                write_json(sidecar, {"format": "fx-state", "source": str(source), "source_sha256": source_sha,
+                                     "torchscript_error": reason, "counts": counts,
+                                     "converted_state_dict_bytes": size, "torch": torch.__version__})
+                return self._fx_state_artifact(source, fx_int8, quant, build_kwargs, reason, size)
             info = {"format": "torchscript", "source": str(source), "source_sha256": source_sha,
                     "path": str(ts_path), "sha256": sha256_file(ts_path), "convert_s": round(convert_s, 3),
                     **check, "parity_input": example_what, "counts": counts,
@@ -503,6 +510,15 @@ class Prepared:
         art.update(size_basis="TorchScript file (frozen converted INT8 model, loaded as is)",
                    file_bytes=art["bytes"])
         return art
+
+    def _fx_state_artifact(self, source: Path, fx_int8: dict, quant: dict, build_kwargs: dict, reason: str,
+                           converted_bytes: int) -> dict:
+        """The torch INT8 artifact when TorchScript export failed: the observer / QAT state file, which
+        the cell converts itself; its size is the converted state dict's (`_int8_deploy_size`)."""
+        art = _describe({"kind": "torch", "path": str(source), "model": self.model, "num_classes": self.num_classes,
+                         "build_kwargs": build_kwargs,
+                         "fx_int8": {**fx_int8, "format": "fx-state", "torchscript_error": reason}, "quant": quant})
+        return _int8_deploy_size(art, converted_bytes)
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
         """The QAT checkpoint fine-tuned from exactly these FP32 weights on the weight range this CPU
@@ -638,11 +654,11 @@ def _state_dict_bytes(model: torch.nn.Module) -> int:
     return buffer.tell()
 
 
-def _int8_deploy_size(art: dict, int8_model: torch.nn.Module) -> dict:
-    """Size of a PyTorch INT8 artifact the cell converts itself (no TorchScript file): the converted
-    model's state dict (packed int8 weights, qparams). The artifact file holds the float
-    calibration / QAT state it is converted from, so its bytes would overstate the variant's size."""
-    size = _state_dict_bytes(int8_model)
+def _int8_deploy_size(art: dict, size: int) -> dict:
+    """Size of a PyTorch INT8 artifact the cell converts itself (no TorchScript file): `size`, the
+    bytes of the converted model's state dict (packed int8 weights, qparams). The artifact file
+    holds the float calibration / QAT state it is converted from, so its bytes would overstate the
+    variant's size."""
     art.update(file_bytes=art["bytes"], bytes=size, size_mb=size / 1e6,
                size_basis="converted INT8 state dict (the file holds the float state it is converted from)")
     return art

@@ -407,6 +407,20 @@ def test_bench_makes_torch_static_and_qat_artifacts_for_a_detector(tiny_det, tmp
     assert fallback["fx_int8"]["format"] == "fx-state" and fallback["path"].endswith(".pt")
     assert fallback["fx_int8"]["torchscript_error"] == "RuntimeError: tracing refused"
     assert fallback["size_basis"].startswith("converted INT8 state dict")
+    # The failure is remembered for this observer state: the next sweep neither converts nor traces.
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("converted or traced again")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fx_quant, "save_torchscript", must_not_run)
+    mp.setattr(fx_quant, "count_int8_modules", must_not_run)
+    try:
+        prep.quantized.clear()
+        again = prep.variant_artifact(cfg, "torch", "static", "torch", hw, 1, log)
+    finally:
+        mp.undo()
+    assert {k: again[k] for k in ("path", "bytes", "fx_int8")} == {k: fallback[k] for k in ("path", "bytes", "fx_int8")}
+    assert again["quant"]["int8_modules"] == fallback["quant"]["int8_modules"]
     runner = get_backend("torch")()
     runner.load(fallback, threads=1)
     np.testing.assert_array_equal(runner.infer(x), outputs[0])
