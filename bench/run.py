@@ -162,23 +162,7 @@ def config_from_args(args: argparse.Namespace):
                       train_epochs=args.train_epochs, dla_core=args.dla_core, trt_precision=args.trt_precision,
                       calib_images=args.calib_images, calib_method=args.calib_method, calib_seed=args.calib_seed,
                       qat_epochs=args.qat_epochs, keep_float=tuple(keep_float), keep_float_from=args.keep_float_from)
-    if args.keep_float_from:
-        check_keep_float_method(cfg)
     return cfg
-
-
-def check_keep_float_method(cfg) -> None:
-    """A mixed-precision list is the answer for the calibration it was searched with; the static ONNX
-    cells must calibrate the same way, or the layers left in float are not the ones that hurt."""
-    from bench.runner import calib_method_of
-    from quant.sensitivity import searched_calib_method
-    from zoo.errors import UsageError
-
-    searched, used = searched_calib_method(cfg.keep_float_from), calib_method_of(cfg, "onnx")
-    if searched is not None and searched != used:
-        raise UsageError(f"--keep-float-from {cfg.keep_float_from} was searched with {searched} calibration but the "
-                         f"static ONNX cells calibrate with {used}; pass --calib-method {searched} (or rerun "
-                         f"python -m quant.sensitivity with --calib-method {used})")
 
 
 def main(argv: list[str] | None = None) -> int:

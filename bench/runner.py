@@ -1161,6 +1161,21 @@ def _check(cfg: BenchConfig, sizes: list[tuple[int, int]], batches: list[int], t
             raise UsageError(f"{name} must be >= 1")
     if cfg.trt_precision not in ("fp16", "fp32"):
         raise UsageError("--trt-precision must be fp16 or fp32")
+    if cfg.keep_float_from:
+        check_keep_float_method(cfg)
+
+
+def check_keep_float_method(cfg: BenchConfig) -> None:
+    """A mixed-precision list is the answer for the calibration it was searched with; the static ONNX
+    cells must calibrate the same way, or the layers left in float are not the ones that hurt. Part of
+    the sweep's validation, so the Python API (`run_sweep`) refuses a mismatch like the CLI does."""
+    from quant.sensitivity import searched_calib_method
+
+    searched, used = searched_calib_method(cfg.keep_float_from), calib_method_of(cfg, "onnx")
+    if searched is not None and searched != used:
+        raise UsageError(f"--keep-float-from {cfg.keep_float_from} was searched with {searched} calibration but the "
+                         f"static ONNX cells calibrate with {used}; pass --calib-method {searched} (or rerun "
+                         f"python -m quant.sensitivity with --calib-method {used})")
 
 
 def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:

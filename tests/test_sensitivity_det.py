@@ -133,7 +133,7 @@ def test_bench_static_cell_keeps_the_reported_layers_in_float(sens_report, det_t
     """bench.run --keep-float-from: the static ORT artifact leaves the sensitivity run's layers float,
     and its key and record say so."""
     from bench.run import build_parser, config_from_args
-    from bench.runner import quant_config
+    from bench.runner import quant_config, run_sweep
 
     rep = json.loads(sens_report.read_text())
     kept = ["/model.0/conv/Conv", "/model.2/m/m.0/cv1/conv/Conv"]  # a fixed list, whatever the search kept
@@ -144,8 +144,9 @@ def test_bench_static_cell_keeps_the_reported_layers_in_float(sens_report, det_t
             str(report), *FAST]
     # The report was searched with minmax; a detector's ONNX default (percentile) is refused, one line.
     assert rep["calib_method"] == "minmax"
+    # The Python API refuses it too, before any work (the check lives in the sweep's validation).
     with pytest.raises(UsageError, match="searched with minmax calibration but .* percentile; pass --calib-method minmax"):
-        config_from_args(build_parser().parse_args(args))
+        run_sweep(config_from_args(build_parser().parse_args(args)), log=lambda m: None)
     res = _bench(args, tmp_path, tmp_path / "artifacts")
     assert res.returncode == 2 and "--calib-method minmax" in res.stderr and res.stderr.count("\n") == 1
     args += ["--calib-method", "minmax"]
