@@ -123,7 +123,10 @@ def qat_finetune(cfg: QATConfig) -> dict[str, Any]:
     tcfg = TrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name, epochs=epochs,
                        lr=lr, batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed, resume=cfg.resume, artifacts=cfg.artifacts,
                        workers=cfg.workers, threads=cfg.threads, progress=cfg.progress,
-                       eval_every=cfg.eval_every or max(1, epochs // 5))
+                       eval_every=cfg.eval_every or max(1, epochs // 5),
+                       # No warm-up, as for detectors: it exists for random weights, and the DDRNet
+                       # recipe's 200 iterations would be 4 of a 10-epoch fine-tuning's epochs.
+                       warmup_iters=0)
     _announce(entry.name, cfg.data, epochs, lr, parent.path, hooks)
     return train(tcfg, hooks)
 

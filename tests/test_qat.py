@@ -14,6 +14,7 @@ from quant.qdq_onnx import _constant_values
 from quant.qat import QATConfig, find_qat_checkpoint, load_qat, qat_finetune, schedule
 from quant.calibrate import QuantError
 from zoo.train import TrainConfig, train
+from zoo.recipes import get_recipe
 
 TINY = dict(batch_size=2, crop=(64, 96), workers=0, progress=False, threads=1)
 
@@ -80,6 +81,8 @@ def test_qat_checkpoint_has_provenance_and_rebuilds(fp32_and_qat, tiny_camvid):
             for m in model.modules() if hasattr(m, "weight_fake_quant")} == {qrange}
     assert fx_quant.saturation_hazard(model) is None
     assert meta["recipe"]["epochs"] == 2 and meta["recipe"]["lr"] == pytest.approx(2e-4)
+    # The parent recipe warms up (from random weights); fine-tuning trained weights does not.
+    assert get_recipe("quick").warmup_iters > 0 and meta["recipe"]["warmup_iters"] == 0
     counts = fx_quant.count_quantizers(model)
     assert counts["weight_quantizers"] > 20 and counts["activation_quantizers"] > 20
     # Every activation quantizer is symmetric uint8 around 128 (= int8 for TensorRT).

@@ -54,6 +54,7 @@ class TrainConfig:
     beta: float | None = None            # None: zoo.class_weights.default_beta(counts)
     count_source: str = "pixels"         # pixels|images|instances
     eval_every: int | None = None
+    warmup_iters: int | None = None      # None: the recipe's (QAT passes 0: its weights are trained)
     seed: int = 0
     resume: bool = False
     artifacts: str | Path | None = None
@@ -173,7 +174,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         raise ValueError(f"{entry.name} is an instance network: train it with python -m zoo.instances.train")
     recipe = get_recipe(cfg.recipe or entry.default_recipe).with_overrides(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, crop=tuple(cfg.crop) if cfg.crop else None,
-        optimizer=cfg.optimizer, loss=cfg.loss, eval_every=cfg.eval_every,
+        optimizer=cfg.optimizer, loss=cfg.loss, eval_every=cfg.eval_every, warmup_iters=cfg.warmup_iters,
     )
     if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0:
         raise ValueError(f"--epochs, --batch-size and --lr must be positive (got {recipe.epochs}, "
