@@ -120,6 +120,9 @@ def qat_finetune(cfg: QATConfig) -> dict[str, Any]:
         return model
 
     hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, load_parent)
+    # The parent's outputs and pre-processing, not the card's: an official checkpoint may have a
+    # void channel and its own normalisation, and fine-tuning on other inputs would undo it.
+    hooks.num_classes, hooks.preprocess = parent.num_classes, parent.preprocess
     tcfg = TrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name, epochs=epochs,
                        lr=lr, batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed, resume=cfg.resume, artifacts=cfg.artifacts,
                        workers=cfg.workers, threads=cfg.threads, progress=cfg.progress,

@@ -316,6 +316,25 @@ def test_load_qat_refuses_an_fp32_checkpoint(fp32_and_qat):
         load_qat("ddrnet", fp32["best"], num_classes=11)
 
 
+def test_qat_of_an_official_checkpoint_keeps_its_void_output_and_preprocessing(tiny_camvid, tmp_path):
+    """The official ESPNet CamVid weights have 12 outputs (11 classes + void) and BGR 0..255
+    normalisation: QAT fine-tunes that network on those inputs, not an 11-output one on the card's."""
+    from zoo.checkpoints import read_checkpoint
+    from zoo.data import load_card
+
+    official = Path(__file__).resolve().parents[2] / "shared" / "weights" / "espnet_p_2_q_8_camvid.pth"
+    if not official.is_file():
+        pytest.skip("../shared/weights absent (only on the project's machines)")
+    res = qat_finetune(QATConfig(model="espnet", data="camvid", data_root=tiny_camvid, weights=official, epochs=1,
+                                 eval_every=1, artifacts=tmp_path, **TINY))
+    meta = read_checkpoint(res["best"])["meta"]
+    card = load_card("camvid")
+    assert card.num_classes == 11 and meta["num_classes"] == 12
+    assert meta["preprocess"]["bgr"] is True and meta["preprocess"]["mean"] != list(card.mean)
+    model, _ = load_qat("espnet", res["best"], num_classes=meta["num_classes"])
+    assert model(torch.zeros(1, 3, 64, 96)).shape[1] == 12
+
+
 def test_qat_without_parent_gives_one_line_error(tmp_path):
     from zoo.checkpoints import CheckpointError
 

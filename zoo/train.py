@@ -77,7 +77,10 @@ class TrainHooks:
     a fake-quantized graph initialised from FP32 weights) before the optimizer sees it;
     `on_epoch_start(model, epoch, epochs)` runs before every epoch, resumed ones included (freeze
     schedules); `run_name` names the checkpoint folder instead of the recipe; `meta` is added to
-    every checkpoint's metadata.
+    every checkpoint's metadata. `num_classes` (output channels) and `preprocess` (a
+    `Preprocess.to_dict()`) replace the dataset card's where the network being fine-tuned was
+    trained otherwise: the official ESPNet CamVid checkpoint has a 12th (void) output and
+    BGR 0..255 normalisation.
     """
 
     build_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +88,8 @@ class TrainHooks:
     on_epoch_start: Callable[[nn.Module, int, int], None] | None = None
     run_name: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    preprocess: dict[str, Any] | None = None
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -183,7 +188,12 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by the {world} processes")
     per_rank_batch = recipe.batch_size // world
     card = zdata.load_card(cfg.data)
-    pre = zdata.Preprocess.from_card(card)
+    pre = zdata.Preprocess.from_dict(hooks.preprocess) if hooks.preprocess else zdata.Preprocess.from_card(card)
+    # Outputs beyond the card's classes (a void channel) get no target; evaluation counts a pixel
+    # predicted as one of them as wrong (zoo.metrics).
+    out_classes = hooks.num_classes or card.num_classes
+    if out_classes < card.num_classes:
+        raise ValueError(f"{cfg.model} with {out_classes} outputs cannot learn {cfg.data}'s {card.num_classes} classes")
     train_set = zdata.build_dataset(
         cfg.data, root=cfg.data_root, split="train",
         transform=zdata.TrainTransform(pre, crop_size=recipe.crop, scale_range=recipe.scale_range,
@@ -196,11 +206,13 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     total_iters = recipe.epochs * n_steps
 
     _seed_everything(cfg.seed)
-    model = entry.build(num_classes=card.num_classes, **hooks.build_kwargs)
+    model = entry.build(num_classes=out_classes, **hooks.build_kwargs)
     if hooks.prepare_model is not None:
         model = hooks.prepare_model(model)
     model = model.to(device)
     weight, weighting = _class_weights(cfg, recipe, card, is_main=is_main, distributed=distributed)
+    if weight is not None and out_classes > len(weight):  # a void output is never a target: any weight
+        weight = torch.cat([weight, weight.new_ones(out_classes - len(weight))])
     # A loss chosen on the command line does not inherit the recipe loss's own options
     # (e.g. OHEM's thresh/min_kept would be invalid for cb_ce).
     loss_kwargs = recipe.loss_kwargs if recipe.loss == get_recipe(recipe.name).loss else {}
@@ -231,7 +243,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
     meta_base = {
         "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
-        "num_classes": card.num_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
+        "num_classes": out_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
         "amp": cfg.amp, "class_weighting": weighting,
         "preprocess": pre.to_dict(), **hooks.meta,
     }
