@@ -1278,14 +1278,14 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
         reference = sweep.reference(prep, hw, base_spec)
         spec = {**base_spec, "reference": reference if reference.get("status") == "ok" else None}
         log(f"cell {short_id(rec)}: measuring in a separate process ...")
-        load_before = _load_average()
-        if load_before is not None and load_before > (os.cpu_count() or 1) - cfg.threads + 0.5:
-            log(f"  warning: load average {load_before:.1f} on {os.cpu_count()} cores: other processes compete "
+        load_before, busy = _load_average(), busy_cores()
+        if busy is not None and busy > (os.cpu_count() or 1) - cfg.threads + 0.5:
+            log(f"  warning: other processes keep {busy:.1f} of {os.cpu_count()} cores busy: they compete "
                 "with this cell, so its timings are not trustworthy (stop them for reportable numbers)")
         t0 = time.time()
         result = run_cell_process(spec, cfg.timeout)
-        rec["machine_load"] = {"load_1m_before": load_before, "load_1m_after": _load_average(),
-                               "cores": os.cpu_count()}
+        rec["machine_load"] = {"busy_cores_before": busy, "load_1m_before": load_before,
+                               "load_1m_after": _load_average(), "cores": os.cpu_count()}
         if prep.task == "detection" and result.get("status") == "ok":
             try:  # scored here, outside the measured process (see the module docstring)
                 result["metrics"] = sweep.score(ev, result.pop("_detections"), reference)
@@ -1300,6 +1300,19 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
     status = rec["status"] if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}"
     log(f"  -> {status} ({path})")
     return rec
+
+
+def busy_cores(interval_s: float = 1.0) -> float | None:
+    """How many cores are busy right now, measured over `interval_s` while the sweep waits: with
+    nothing else running it is ~0, so it counts other processes only. (The 1-minute load average,
+    also recorded, counts the sweep's own export and calibration work of the last minute as well,
+    which made it warn before nearly every cell of a sequential sweep.)"""
+    try:
+        import psutil
+
+        return psutil.cpu_percent(interval=interval_s) / 100.0 * (psutil.cpu_count() or 1)
+    except Exception:  # noqa: BLE001 - a missing /proc: no measurement, no warning
+        return None
 
 
 def _load_average() -> float | None:

@@ -585,3 +585,21 @@ def test_evalset_cache_slot_is_found_again_only_while_complete(tmp_path):
     os.utime(src, ns=(src.stat().st_atime_ns, slot_mtime))
     assert evalset_slot(str(tmp_path / "art"), "synthetic", "val", key(), "_8x8").meta is None  # labels gone
     assert contents_sha256([src]) != contents_sha256([src, src])
+
+
+# -- busy-machine check ---------------------------------------------------------------------------
+def test_busy_cores_counts_another_process_spinning():
+    """The sweep's pre-cell check sees a process that keeps a core busy (one spinning child is
+    at least ~0.8 of a core over the 1 s window, whatever else runs)."""
+    from bench.runner import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)  # let it start spinning
+        busy = busy_cores(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and 0.7 <= busy <= (os.cpu_count() or 1) + 0.01
