@@ -17,6 +17,8 @@ VARIANT_TITLES = {"fp32": "FP32", "qat": "QAT", "static": "static PTQ", "dynamic
 NOT_RUN = "not run"
 REASON_CHARS = 60
 UNSTABLE_MARK = "*"
+FLOAT_MARK = "†"
+FLOAT_NOTE = "float: nothing quantized"
 VERSION_KEYS = ("python", "torch", "onnxruntime", "onnx", "numpy", "tensorrt", "cuda")
 
 
@@ -143,6 +145,28 @@ def _gmacs(value: float | None) -> str:
 
 def _signed(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def nothing_quantized(rec: dict[str, Any] | None) -> bool:
+    """An INT8 variant whose artifact quantized nothing, e.g. PyTorch dynamic quantization of a
+    network without Linear/LSTM layers: FP32 in all but name (issue #3: never passed off as INT8)."""
+    quant = ((rec or {}).get("artifact") or {}).get("quant") or {}
+    if quant.get("is_int8") is False:
+        return True
+    graph = quant.get("graph") or {}
+    ops = quant.get("int8_ops") or {}
+    return bool(graph) and not graph.get("quantized_convs") and not any(ops.values())
+
+
+def _float_mark(rec: dict[str, Any] | None) -> str:
+    return f" {FLOAT_MARK}" if nothing_quantized(rec) else ""
+
+
+def _float_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
+    if not any(nothing_quantized(r) for r in records):
+        return []
+    return [f"{FLOAT_MARK}: {FLOAT_NOTE} (the artifact holds no INT8 layer: PyTorch dynamic quantization only "
+            "acts on Linear/LSTM layers), so this is the FP32 network in all but name"]
 
 
 def _fps_text(rec: dict[str, Any]) -> str:
@@ -279,8 +303,9 @@ def table2(rows: list[Row], backend: str, dataset: str) -> Table:
             if rec is not None and rec.get("status") == "ok":
                 acc = accuracy(rec, acc_key)
                 cells.append(f"{_num(None if acc is None else 100 * acc, 2)} / "
-                             f"{_num(rec.get('size_mb'), 2)} MB / {_fps_text(rec)}")
-                cs.append([row.label, v, "ok", "", acc, rec.get("size_mb"), fps(rec), bool(rec.get("unstable"))])
+                             f"{_num(rec.get('size_mb'), 2)} MB / {_fps_text(rec)}{_float_mark(rec)}")
+                cs.append([row.label, v, "ok", FLOAT_NOTE if nothing_quantized(rec) else "", acc,
+                           rec.get("size_mb"), fps(rec), bool(rec.get("unstable"))])
             else:
                 cells.append(reason(rec))
                 cs.append([row.label, v, rec.get("status") if rec else "missing", reason(rec),
@@ -288,7 +313,7 @@ def table2(rows: list[Row], backend: str, dataset: str) -> Table:
         md.append(cells)
     used = used or [c for r in rows for c in r.cells.values() if c]
     return Table(f"table2_variants_{backend}", f"Table 2: INT8 variants on {backend} ({dataset})",
-                 header, md, csv_header, cs, footer(used, dataset))
+                 header, md, csv_header, cs, footer(used, dataset) + _float_footer(used))
 
 
 def table3(rows: list[Row], backend: str, dataset: str) -> Table:
@@ -312,8 +337,8 @@ def table3(rows: list[Row], backend: str, dataset: str) -> Table:
                 change = None if a is None or b is None else 100 * (a - b)
                 size = decrease_pct(base.get("size_mb"), rec.get("size_mb"))
                 ram = decrease_pct(base.get("peak_rss_mb"), rec.get("peak_rss_mb"))
-                cells.append(f"{_signed(change, 2)} / {_num(size, 1)}% / {_num(ram, 1)}%")
-                cs.append([row.label, v, "ok", "", change, size, ram])
+                cells.append(f"{_signed(change, 2)} / {_num(size, 1)}% / {_num(ram, 1)}%{_float_mark(rec)}")
+                cs.append([row.label, v, "ok", FLOAT_NOTE if nothing_quantized(rec) else "", change, size, ram])
             else:
                 why = reason(rec) if rec is None or rec.get("status") != "ok" else \
                     "no FP32 baseline: " + reason(row.cells.get("fp32"))
@@ -323,7 +348,7 @@ def table3(rows: list[Row], backend: str, dataset: str) -> Table:
             used.append(row.cells["fp32"])
         md.append(cells)
     used = used or [c for r in rows for c in r.cells.values() if c]
-    foot = footer(used, dataset, timings=False)
+    foot = footer(used, dataset, timings=False) + _float_footer(used)
     foot.append(f"Deltas against the FP32 record of the same network, backend, dataset, split, input size, "
                 f"batch, threads and weights; {short} change in points, RAM = peak RSS of the cell process")
     return Table(f"table3_deltas_{backend}", f"Table 3: INT8 vs FP32 on {backend} ({dataset})",

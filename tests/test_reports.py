@@ -243,3 +243,25 @@ def test_video_records_next_to_cells(tmp_path):
     paths = build_reports(results, "camvid", tmp_path / "out")
     names = {p.name for p in paths}
     assert {"video.md", "table1_fp32_onnxruntime.md"} <= names
+
+
+def test_a_variant_that_quantized_nothing_is_marked_float(tmp_path):
+    """PyTorch dynamic quantization of a conv-only network leaves it float: Tables 2 and 3 say so
+    (mark, footer, CSV note) instead of passing it off as INT8."""
+    records = tmp_path / "records"
+    shutil.copytree(FIXTURES, records)
+    for variant, quant in (("fp32", None), ("dynamic", {"variant": "dynamic", "runtime": "torch", "int8_modules": 0,
+                                                         "float_convs": 55, "is_int8": False})):
+        rec = json.loads((FIXTURES / f"ddrnet23_slim__{variant}__onnxruntime.json").read_text())
+        rec["backend"] = "torch"
+        rec["artifact"] = {**(rec.get("artifact") or {}), "quant": quant}
+        (records / f"ddrnet23_slim__{variant}__torch.json").write_text(json.dumps(rec))
+    build_reports(records, "camvid", tmp_path / "out")
+    t2 = (tmp_path / "out" / "camvid" / "table2_variants_torch.md").read_text()
+    t3 = (tmp_path / "out" / "camvid" / "table3_deltas_torch.md").read_text()
+    assert "MB / 15.6 †" in t2 and "- †: float: nothing quantized" in t2
+    assert "% †" in t3 and "- †: float: nothing quantized" in t3
+    assert [r["note"] for r in _csv(tmp_path / "out" / "camvid" / "table2_variants_torch.csv")
+            if r["variant"] == "dynamic"] == ["float: nothing quantized"]
+    # The ONNX Runtime dynamic cell (ConvInteger) is INT8 and carries no mark.
+    assert "†" not in (tmp_path / "out" / "camvid" / "table2_variants_onnxruntime.md").read_text()
