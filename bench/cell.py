@@ -254,7 +254,9 @@ def run_cell(spec: dict) -> dict:
     backend, build, mem, load_s, first_ms = loaded.backend, loaded.build, loaded.mem, loaded.load_s, loaded.first_ms
 
     # -- accuracy (and parity) through the end-to-end pipeline: pixels -> mask --------------
-    conf = ConfusionMatrix(int(spec["num_classes"]), int(spec.get("ignore_index", 255)))
+    # The dataset's classes, not the network's outputs: an official 12-output CamVid model's void
+    # channel is a wrong prediction, not a 12th class whose IoU of 0 would enter the mean.
+    conf = ConfusionMatrix(len(spec.get("classes") or ()) or int(spec["num_classes"]), int(spec.get("ignore_index", 255)))
     agree = Agreement()
     masks = None
     for idx in _groups(len(images), batch):
