@@ -527,13 +527,15 @@ class Prepared:
             return self._qat_path
         if getattr(self, "_qat_error", None) is not None:
             raise self._qat_error  # fine-tune once per sweep, even when it fails
+        from quant import fx_quant
         from quant.qat import QATConfig, find_qat_checkpoint, qat_checkpoint_stale, qat_finetune
         from zoo.checkpoints import read_checkpoint
 
         path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts, parent_sha256=self.weights_sha256)
         # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
         why = ("none cached" if path is None else
-               qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256))
+               qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256,
+                                    float_modules=fx_quant.float_module_names(self.net)))
         if why:
             log(f"QAT: {why}; fine-tuning {self.model} from {self.weights_path} (announced: this trains)")
             try:

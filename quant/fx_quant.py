@@ -258,11 +258,74 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range, weight_qrange=weight_qrange,
                               calib_method=calib_method)
     example = (example_input(2, input_hw),)
-    custom = _prepare_custom_config(model)
     if qat:
         fold_transposed_conv_bn(model)
+    keep_float(model)
+    custom = _prepare_custom_config(model)
+    if qat:
         return prepare_qat_fx(model.train(), mapping, example_inputs=example, prepare_custom_config=custom)
     return prepare_fx(model.eval(), mapping, example_inputs=example, prepare_custom_config=custom)
+
+
+class FloatPReLU(nn.PReLU):
+    """An `nn.PReLU` that FX quantization leaves in float (`keep_float`).
+
+    torch's quantized PReLU kernel (x86 engine, torch 2.14, AVX2 CPU) is not trustworthy: slopes
+    stored above level 127 of its quint8 weight wrap around, and even with 6-bit slopes it got
+    10-14 % of ESPNet's positive inputs wrong (measured against its own dequantized arithmetic,
+    NOTES.md session 8), which took the official ESPNet from 70.1 to 0 mIoU. In float the
+    activation costs a dequantize / quantize pair and computes what the QDQ graph says."""
+
+    fx_leaf = True
+
+
+class FloatBatchNorm2d(nn.BatchNorm2d):
+    """A standalone `nn.BatchNorm2d` (no convolution before it to fold into) whose only consumer is
+    a float PReLU: computed in float together with it (`keep_float`), since quantizing its output
+    would add a rounding step for a tensor that is dequantized right after."""
+
+    fx_leaf = True
+
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def float_module_names(model: nn.Module) -> list[str]:
+    """The modules `keep_float` runs in float in FX INT8 graphs: every `nn.PReLU`, and every
+    standalone `nn.BatchNorm2d` (its input is not a convolution's output) that feeds only PReLUs.
+    Empty for networks without PReLU (DDRNet, YOLOv5, ...), whose graphs it leaves unchanged."""
+    graph = _LeafTracer(fx_leaf_classes(model)).trace(model)
+    modules = dict(model.named_modules())
+
+    def module_of(node) -> nn.Module | None:
+        return modules.get(node.target) if getattr(node, "op", None) == "call_module" else None
+
+    names = []
+    for node in graph.nodes:
+        mod = module_of(node)
+        if isinstance(mod, nn.PReLU):
+            names.append(node.target)
+        elif type(mod) is nn.BatchNorm2d:
+            src = node.args[0] if node.args else None
+            feeds_prelu_only = bool(node.users) and all(isinstance(module_of(u), nn.PReLU) for u in node.users)
+            if feeds_prelu_only and not isinstance(module_of(src), _CONV_TYPES):
+                names.append(node.target)
+    return list(dict.fromkeys(names))
+
+
+def keep_float(model: nn.Module) -> list[str]:
+    """Mark the modules of `float_module_names` as float islands, in place, and return their names.
+
+    Each becomes its `fx_leaf` twin (`FloatPReLU`, `FloatBatchNorm2d`): same parameters, buffers
+    and state-dict keys, but no quantization pattern matches the subclass, so FX dequantizes
+    before it and the next quantized op quantizes after it, in QAT, PTQ, the INT8 kernels and the
+    exported QDQ graph alike."""
+    names = float_module_names(model)
+    twins = {nn.PReLU: FloatPReLU, nn.BatchNorm2d: FloatBatchNorm2d}
+    for name in names:
+        mod = model.get_submodule(name)
+        mod.__class__ = twins.get(type(mod), type(mod))
+    return names
 
 
 def fx_leaf_classes(model: nn.Module) -> list[type]:

@@ -183,7 +183,10 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
                                  or fx_quant.weight_range(cfg.weight_range))
 
     def prepare_model(model: nn.Module) -> nn.Module:
-        return fx_quant.prepare(init(model), qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
+        model = init(model)
+        # Recorded so that a checkpoint trained with other float islands counts as stale.
+        qat_meta["float_modules"] = fx_quant.float_module_names(model)
+        return fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
                                 weight_qrange=weight_qrange)
 
     def on_epoch_start(model: nn.Module, epoch: int, total: int) -> None:
@@ -232,16 +235,22 @@ def recorded_weight_qrange(qat_meta: dict[str, Any]) -> tuple[int, int]:
 
 
 def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags: set[str] | None = None,
-                         machine: str | None = None) -> str | None:
+                         machine: str | None = None, float_modules: list[str] | None = None) -> str | None:
     """Why a cached QAT checkpoint (its `meta["qat"]`) cannot serve the FP32 weights `parent_sha256`
     on this machine, or None when it can.
 
     Stale: fine-tuned from other FP32 weights, or trained on another weight range than a
     fine-tuning here would use (`fx_quant.weight_range("auto")`). A full-range checkpoint from a
     VNNI machine makes INT8 artifacts whose int16 pair sums saturate on this CPU; a reduced-range
-    one from here would waste a bit of precision where nothing saturates."""
+    one from here would waste a bit of precision where nothing saturates. With `float_modules`
+    (`fx_quant.float_module_names` of the network now), also stale when it trained with other
+    modules kept in float (checkpoints from before the field was recorded kept none): its
+    quantizers sit elsewhere in the graph."""
     if (qat_meta.get("parent") or {}).get("sha256") != parent_sha256:
         return "the cached one was fine-tuned from other FP32 weights"
+    if float_modules is not None and sorted(qat_meta.get("float_modules") or []) != sorted(float_modules):
+        return (f"the cached one was trained with {len(qat_meta.get('float_modules') or [])} modules in float, "
+                f"the FX graph now keeps {len(float_modules)} (quant.fx_quant.keep_float)")
     trained = recorded_weight_qrange(qat_meta)
     name, wanted = fx_quant.weight_range("auto", flags=flags, machine=machine)
     if trained != tuple(wanted):

@@ -256,6 +256,11 @@ def test_qat_checkpoint_is_stale_on_another_weight_range():
         assert "reduced weights -64..64" in qat_checkpoint_stale(stale, "abc", **on_avx2)
     assert "full weights -127..127" in qat_checkpoint_stale(reduced, "abc", **on_vnni)
     assert "other FP32 weights" in qat_checkpoint_stale(reduced, "xyz", **on_avx2)
+    # Float islands (quant.fx_quant.keep_float): a checkpoint trained before ESPNet's PReLUs ran in
+    # float (no record) does not fit the graph now; networks without any are unaffected.
+    assert qat_checkpoint_stale(reduced, "abc", float_modules=[], **on_avx2) is None
+    assert "0 modules in float" in qat_checkpoint_stale(reduced, "abc", float_modules=["act"], **on_avx2)
+    assert qat_checkpoint_stale({**reduced, "float_modules": ["act"]}, "abc", float_modules=["act"], **on_avx2) is None
 
 
 @pytest.mark.parametrize("recorded", [[-64, 64], [-127, 127]])
@@ -386,5 +391,31 @@ def test_every_network_prepares_for_qat_exports_qdq_and_converts(name, tmp_path)
     info = fx_quant.export_qdq_onnx(prepared, tmp_path / "q.onnx", input_hw=(64, 64))
     assert info["graph"]["quantized_convs"] > 0.8 * (info["graph"]["quantized_convs"] + info["graph"]["float_convs"])
     int8 = fx_quant.convert_int8(prepared)
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert int8(torch.randn(1, 3, 64, 64)).shape == (1, 11, 64, 64)
+        fake, real = prepared(x), int8(x)
+    assert real.shape == (1, 11, 64, 64)
+    # The INT8 kernels must compute what the fake-quantized graph trained. Before PReLU ran in
+    # float, ESPNet's INT8 output had 0 dB against it (quantized PReLU kernel, see FloatPReLU);
+    # healthy networks give 10-32 dB at this random init. A network whose fake-quantized output
+    # is constant at random init (BiSeNetV2's) has nothing to compare.
+    if float(fake.std()) > 0:
+        assert fx_quant.sqnr_db(fake, real) >= 6.0
+
+
+def test_prelu_and_its_standalone_batchnorm_stay_float_in_fx_graphs():
+    """ESPNet's PReLUs (and the BatchNorms of its BR blocks that feed only a PReLU) run in float
+    in every FX graph; conv-BN-PReLU keeps its BN for folding; networks without PReLU are untouched."""
+    from zoo import registry
+
+    espnet = registry.build("espnet", num_classes=11)
+    names = fx_quant.float_module_names(espnet)
+    assert "encoder.level1.act" in names and "encoder.b1.bn" in names and "encoder.b1.act" in names
+    assert "encoder.level1.bn" not in names  # follows a conv: folded, not a float island
+    keys = {f"{n}.{k}" for n in names for k in espnet.get_submodule(n).state_dict()}
+    prepared = fx_quant.prepare(espnet, qat=False, input_hw=(64, 64))
+    assert isinstance(prepared.get_submodule("encoder.b1.act"), fx_quant.FloatPReLU)
+    assert isinstance(prepared.get_submodule("encoder.b1.bn"), fx_quant.FloatBatchNorm2d)
+    assert type(espnet.get_submodule("encoder.b1.act")) is torch.nn.PReLU  # the input is not modified
+    assert keys <= set(prepared.state_dict())  # the islands keep their parameter names
+    assert fx_quant.float_module_names(registry.build("ddrnet23_slim", num_classes=11, aux=False)) == []
