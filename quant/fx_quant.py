@@ -395,6 +395,33 @@ def calibrate(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tensor])
     return n
 
 
+@torch.no_grad()
+def calibrate_qat(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tensor]) -> int:
+    """Start a QAT graph's quantizer ranges from calibration images instead of the first training
+    batches: eval mode (BN running statistics), observers on, each moving-average observer's
+    averaging constant set to 1/k at the k-th image so that its range is the plain mean of the
+    per-image min/max (constants restored afterwards, training mode as it was). Returns the count."""
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+    observers = [m.activation_post_process for m in prepared.modules()
+                 if isinstance(m, FakeQuantizeBase) and hasattr(m.activation_post_process, "averaging_constant")]
+    saved = [o.averaging_constant for o in observers]
+    was_training = prepared.training
+    prepared.eval()
+    n = 0
+    try:
+        for batch in batches:
+            for o in observers:
+                o.averaging_constant = 1.0 / (n + 1)
+            prepared(torch.as_tensor(batch))
+            n += 1
+    finally:
+        for o, c in zip(observers, saved):
+            o.averaging_constant = c
+        prepared.train(was_training)
+    return n
+
+
 def freeze_bn_stats(model: nn.Module) -> None:
     """Stop updating BatchNorm running statistics in the fused QAT Conv-BN modules (and plain BNs)."""
     import torch.ao.nn.intrinsic.qat as nniqat

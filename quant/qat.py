@@ -12,7 +12,10 @@ there the CPU kernels add u8*s8 pairs into a saturating int16, and full-range we
 the INT8 artifacts compute something else than the fake-quantized graph. Conv-BN pairs are
 fused into QAT modules that fold BN into the quantized weight; BN statistics are frozen after
 `freeze_bn_epoch` epochs and the quantizers' ranges after `freeze_observer_epoch`, so the last
-epochs train against the exact integer grid that inference will use.
+epochs train against the exact integer grid that inference will use. Segmentation runs start the
+ranges from `--calib-images` train images (`fx_quant.calibrate_qat`) and validate that calibrated,
+not yet fine-tuned graph as "epoch 0": it stays best.pt unless fine-tuning beats it, and the
+history says which epoch won.
 
 The fine-tuning reuses `zoo.train` (recipe, loss, progress, periodic validation, best / last
 checkpoints, mid-epoch `--resume`, torchrun) through its `TrainHooks`: about a tenth of the FP32
@@ -65,6 +68,8 @@ class QATConfig:
     threads: int | None = None
     eval_every: int | None = None
     progress: bool = True
+    calib_images: int = 32                 # segmentation: quantizer ranges start from these train
+                                           # images (fx_quant.calibrate_qat); 0: from the first batches
 
 
 def qat_run_name(parent_recipe: str, parent_sha256: str | None = None) -> str:
@@ -119,10 +124,15 @@ def qat_finetune(cfg: QATConfig) -> dict[str, Any]:
         load_state(model, parent_state, source=str(parent.path))
         return model
 
-    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, load_parent)
+    calibration = _qat_calibration(cfg, entry, parent, recipe.name)
+    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, load_parent, calibration)
     # The parent's outputs and pre-processing, not the card's: an official checkpoint may have a
     # void channel and its own normalisation, and fine-tuning on other inputs would undo it.
     hooks.num_classes, hooks.preprocess = parent.num_classes, parent.preprocess
+    # The calibrated, not yet fine-tuned graph is validated as "epoch 0" and stays best.pt unless
+    # an epoch of fine-tuning beats it (NOTES.md, session 8: fine-tuning a val-selected FP32 peak
+    # can lose more than quantization does).
+    hooks.evaluate_first = True
     tcfg = TrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name, epochs=epochs,
                        lr=lr, batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed, resume=cfg.resume, artifacts=cfg.artifacts,
                        workers=cfg.workers, threads=cfg.threads, progress=cfg.progress,
@@ -167,13 +177,35 @@ def _finetune_detector(cfg: QATConfig, entry, parent) -> dict[str, Any]:
     return train_detector(dcfg, hooks)
 
 
+def _qat_calibration(cfg: QATConfig, entry, parent, recipe_name: str):
+    """The calibration images that start a fresh segmentation QAT run's quantizer ranges
+    (`quant.calibrate.build_calibration`: seeded train subset at the card's input size, the
+    parent's pre-processing), or None: `calib_images` 0, or a run being resumed (its saved
+    ranges replace whatever a calibration would give)."""
+    from quant.calibrate import build_calibration
+    from zoo.checkpoints import checkpoint_dir
+    from zoo.data import Preprocess, load_card
+
+    if cfg.calib_images < 0:
+        raise QuantError(f"--calib-images must be >= 0 (0 turns calibration off), got {cfg.calib_images}")
+    if not cfg.calib_images:
+        return None
+    last = checkpoint_dir(entry.name, cfg.data, qat_run_name(recipe_name, parent.sha256), cfg.artifacts) / "last.pt"
+    if cfg.resume and last.is_file():
+        return None
+    card = load_card(cfg.data)
+    pre = Preprocess.from_dict(parent.preprocess) if parent.preprocess else Preprocess.from_card(card)
+    return build_calibration(cfg.data, root=cfg.data_root, split="train", num_images=cfg.calib_images,
+                             seed=cfg.seed, preprocess=pre, input_hw=tuple(card.input_size), min_images=1)
+
+
 def _recipe_name(meta: dict[str, Any]) -> str | None:
     recipe = meta.get("recipe")
     return recipe.get("name") if isinstance(recipe, dict) else None
 
 
 def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: dict[str, Any],
-           init: Callable[[nn.Module], nn.Module]):
+           init: Callable[[nn.Module], nn.Module], calibration=None):
     """The TrainHooks of a QAT run: `init` (the parent's weights, where the trainer does not load
     them itself), then fake quantization; the freeze schedule; provenance in every checkpoint."""
     from zoo.train import TrainHooks
@@ -186,8 +218,11 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
         model = init(model)
         # Recorded so that a checkpoint trained with other float islands counts as stale.
         qat_meta["float_modules"] = fx_quant.float_module_names(model)
-        return fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
-                                weight_qrange=weight_qrange)
+        prepared = fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
+                                    weight_qrange=weight_qrange)
+        if calibration is not None:
+            fx_quant.calibrate_qat(prepared, calibration)
+        return prepared
 
     def on_epoch_start(model: nn.Module, epoch: int, total: int) -> None:
         if epoch >= bn_epoch:
@@ -199,6 +234,7 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
                 "weight_qrange": list(weight_qrange), "weight_range_requested": cfg.weight_range,
                 "cpu_int8_pairs_saturate": fx_quant.int8_pairs_saturate(), "freeze_bn_epoch": bn_epoch,
                 "freeze_observer_epoch": obs_epoch, "prepare_hw": list(PREPARE_HW), "build_kwargs": build_kwargs,
+                "calibration": calibration.as_dict() if calibration is not None else None,
                 "parent": {"path": str(parent.path), "sha256": parent.sha256,
                            "recipe": _recipe_name(parent.meta), "metrics": parent.meta.get("metrics", {})},
                 "versions": {"torch": torch.__version__}}
@@ -344,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight levels: full (-127..127), reduced (-64..64, no int16 saturation in x86 INT8 "
                         "kernels without AVX512-VNNI), auto (default): reduced where this CPU needs it")
     p.add_argument("--eval-every", type=int)
+    p.add_argument("--calib-images", type=int, default=32,
+                   help="segmentation: start the quantizer ranges from this many train images (0: from the "
+                        "first training batches); the calibrated graph is validated as epoch 0 (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--artifacts")
@@ -362,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                     freeze_observer_epoch=args.freeze_observer_epoch, scheme=args.scheme,
                     weight_range=args.weight_range, seed=args.seed,
                     resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
-                    eval_every=args.eval_every, progress=not args.no_progress)
+                    eval_every=args.eval_every, progress=not args.no_progress, calib_images=args.calib_images)
     with user_errors():
         result = qat_finetune(cfg)
     score = (f"mAP50-95 {result['best_map']:.4f}" if "best_map" in result

@@ -80,7 +80,9 @@ class TrainHooks:
     every checkpoint's metadata. `num_classes` (output channels) and `preprocess` (a
     `Preprocess.to_dict()`) replace the dataset card's where the network being fine-tuned was
     trained otherwise: the official ESPNet CamVid checkpoint has a 12th (void) output and
-    BGR 0..255 normalisation.
+    BGR 0..255 normalisation. `evaluate_first` (segmentation trainer) validates the prepared
+    network once before a fresh run's first step, as "epoch 0", and saves it as best.pt unless
+    a later epoch beats it: fine-tuning (QAT) must then earn its place against its starting point.
     """
 
     build_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +92,7 @@ class TrainHooks:
     meta: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None
     preprocess: dict[str, Any] | None = None
+    evaluate_first: bool = False
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -257,9 +260,31 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
             "rng": _rng_state(), "meta": {**meta_base, "epoch": epoch, "step_in_epoch": step},
         })
 
+    def validate(epoch: int, elapsed_s: float) -> Any:
+        """Val scores of `model` now; best.pt when they beat every earlier validation."""
+        nonlocal best_miou
+        scores = evaluate_model(model, val_set, num_classes=card.num_classes, ignore_index=card.ignore_index,
+                                classes=card.classes, device=device, progress=cfg.progress,
+                                desc=f"val {cfg.val_split}")
+        if scores.miou > best_miou:
+            best_miou = scores.miou
+            inference_state = {k: v for k, v in model.state_dict().items()}
+            save_checkpoint(best_path, {"model": inference_state, "meta": {
+                **meta_base, "epoch": epoch, "metrics": scores.as_dict(),
+                "split": cfg.val_split, "train_seconds": elapsed_s}})
+        return scores
+
     t_start, last_save = time.time(), time.time()
     # Wall time of earlier (killed) runs of this training, so elapsed_s counts the whole training.
     prior_s = float(history[-1]["elapsed_s"]) if history else 0.0
+    if hooks.evaluate_first and not history and start_epoch == 0 and start_step == 0:
+        if is_main:
+            scores = validate(0, 0.0)
+            history.append({"epoch": 0, "loss": None, "lr": 0.0, "elapsed_s": time.time() - t_start,
+                            "amp": cfg.amp, "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy})
+            print(f"[train] epoch 0 (before training): val mIoU {100 * scores.miou:.2f}", file=sys.stderr, flush=True)
+        if distributed:
+            dist.barrier()
     kill_at = int(os.environ["EDGEZOO_FAULT_KILL_AT_STEP"]) if os.environ.get("EDGEZOO_FAULT_KILL_AT_STEP") else None
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
@@ -304,16 +329,8 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
                                   "elapsed_s": prior_s + time.time() - t_start, "amp": cfg.amp}
         if done_epochs % recipe.eval_every == 0 or done_epochs == recipe.epochs:
             if is_main:
-                scores = evaluate_model(model, val_set, num_classes=card.num_classes, ignore_index=card.ignore_index,
-                                        classes=card.classes, device=device, progress=cfg.progress,
-                                        desc=f"val {cfg.val_split}")
+                scores = validate(done_epochs, record["elapsed_s"])
                 record.update(miou=scores.miou, pixel_accuracy=scores.pixel_accuracy)
-                if scores.miou > best_miou:
-                    best_miou = scores.miou
-                    inference_state = {k: v for k, v in model.state_dict().items()}
-                    save_checkpoint(best_path, {"model": inference_state, "meta": {
-                        **meta_base, "epoch": done_epochs, "metrics": scores.as_dict(),
-                        "split": cfg.val_split, "train_seconds": record["elapsed_s"]}})
                 print(f"[train] epoch {done_epochs}: val mIoU {100 * scores.miou:.2f} "
                       f"(best {100 * best_miou:.2f}), loss {running:.3f}", file=sys.stderr, flush=True)
             model.train()
