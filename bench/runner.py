@@ -563,7 +563,10 @@ class Prepared:
         qat_meta = meta["qat"]
         summary = {"variant": "qat", "scheme": qat_meta["scheme"], "checkpoint": str(ckpt), "checkpoint_sha256": ckpt_sha,
                    "parent_sha256": qat_meta["parent"]["sha256"], "epochs": meta.get("epoch"),
-                   "freeze_bn_epoch": qat_meta["freeze_bn_epoch"], "freeze_observer_epoch": qat_meta["freeze_observer_epoch"]}
+                   "freeze_bn_epoch": qat_meta["freeze_bn_epoch"], "freeze_observer_epoch": qat_meta["freeze_observer_epoch"],
+                   # None: ranges started from the first training batches (runs before session 8).
+                   # With a calibrated start, "epochs" 0 means no fine-tuning epoch beat it.
+                   "calibration_images": (qat_meta.get("calibration") or {}).get("size")}
         metrics = meta.get("metrics") or {}
         if self.task == "detection":  # zoo.det.train checkpoints score COCO mAP50-95
             summary["val_map50_95_at_training"] = metrics.get("map")
