@@ -567,6 +567,8 @@ class Prepared:
                    # None: ranges started from the first training batches (runs before session 8).
                    # With a calibrated start, "epochs" 0 means no fine-tuning epoch beat it.
                    "calibration_images": (qat_meta.get("calibration") or {}).get("size")}
+        if meta.get("file") == "best.pt" and meta.get("split"):
+            summary["selected_on_split"] = meta["split"]  # best of its evaluations on that split
         metrics = meta.get("metrics") or {}
         if self.task == "detection":  # zoo.det.train checkpoints score COCO mAP50-95
             summary["val_map50_95_at_training"] = metrics.get("map")
@@ -784,6 +786,10 @@ def _meta_summary(meta: dict) -> dict:
     out = {k: meta[k] for k in keep if k in meta}
     if isinstance(meta.get("recipe"), dict):
         out["recipe"] = meta["recipe"].get("name")
+    # A trainer's best.pt is the best of its evaluations on `split`: accuracy measured on that
+    # same split is optimistic by the evaluation-to-evaluation noise. Reports say so.
+    if meta.get("file") == "best.pt" and meta.get("split"):
+        out["selected_on_split"] = meta["split"]
     if isinstance(meta.get("metrics"), dict):
         if meta["metrics"].get("map") is not None:  # detection checkpoints (zoo.det.train)
             out["val_map50_95_at_training"] = meta["metrics"].get("map")

@@ -169,6 +169,29 @@ def _float_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
             "acts on Linear/LSTM layers), so this is the FP32 network in all but name"]
 
 
+def _selection_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
+    """Say which weights were picked on the split the table reports (a trainer's best.pt: the
+    best of its evaluations on that split), since their accuracy there is optimistic."""
+    picked: list[str] = []
+    for rec in records:
+        if rec is None:
+            continue
+        split = rec.get("split")
+        weights = rec.get("weights") if isinstance(rec.get("weights"), dict) else {}
+        quant = (rec.get("artifact") or {}).get("quant") if isinstance(rec.get("artifact"), dict) else None
+        quant = quant if isinstance(quant, dict) else {}
+        for what, meta in (("FP32 weights", weights), ("QAT checkpoint", quant)):
+            if split and meta.get("selected_on_split") == split:
+                epoch = meta.get("epoch", meta.get("epochs"))
+                text = f"{rec.get('model')} {what}" + (f" (epoch {epoch})" if epoch is not None else "")
+                if text not in picked:
+                    picked.append(text)
+    if not picked:
+        return []
+    return [f"Selected on the reported split: {', '.join(picked)} (best.pt: the best of the training's "
+            f"evaluations on this split, so its accuracy here is optimistic by their noise)"]
+
+
 def _fps_text(rec: dict[str, Any]) -> str:
     text = _num(fps(rec), 1)
     return text + UNSTABLE_MARK if rec.get("unstable") else text
@@ -279,7 +302,7 @@ def table1(rows: list[Row], backend: str, dataset: str) -> Table:
             cs.append([row.label, hw_text, batch, threads, rec.get("status") if rec else "missing", why,
                        None, None, None, None, None, None])
     return Table(f"table1_fp32_{backend}", f"Table 1: FP32 on {backend} ({dataset})", header, md,
-                 csv_header, cs, footer(used, dataset))
+                 csv_header, cs, footer(used, dataset) + _selection_footer(used))
 
 
 def _variants_present(rows: list[Row]) -> list[str]:
@@ -313,7 +336,7 @@ def table2(rows: list[Row], backend: str, dataset: str) -> Table:
         md.append(cells)
     used = used or [c for r in rows for c in r.cells.values() if c]
     return Table(f"table2_variants_{backend}", f"Table 2: INT8 variants on {backend} ({dataset})",
-                 header, md, csv_header, cs, footer(used, dataset) + _float_footer(used))
+                 header, md, csv_header, cs, footer(used, dataset) + _float_footer(used) + _selection_footer(used))
 
 
 def table3(rows: list[Row], backend: str, dataset: str) -> Table:
@@ -348,7 +371,7 @@ def table3(rows: list[Row], backend: str, dataset: str) -> Table:
             used.append(row.cells["fp32"])
         md.append(cells)
     used = used or [c for r in rows for c in r.cells.values() if c]
-    foot = footer(used, dataset, timings=False) + _float_footer(used)
+    foot = footer(used, dataset, timings=False) + _float_footer(used) + _selection_footer(used)
     foot.append(f"Deltas against the FP32 record of the same network, backend, dataset, split, input size, "
                 f"batch, threads and weights; {short} change in points, RAM = peak RSS of the cell process")
     return Table(f"table3_deltas_{backend}", f"Table 3: INT8 vs FP32 on {backend} ({dataset})",

@@ -265,3 +265,38 @@ def test_a_variant_that_quantized_nothing_is_marked_float(tmp_path):
             if r["variant"] == "dynamic"] == ["float: nothing quantized"]
     # The ONNX Runtime dynamic cell (ConvInteger) is INT8 and carries no mark.
     assert "†" not in (tmp_path / "out" / "camvid" / "table2_variants_onnxruntime.md").read_text()
+
+
+def test_weights_selected_on_the_reported_split_are_named_in_the_footer(tmp_path):
+    """A trainer's best.pt picked on val and reported on val is optimistic: the tables say so for
+    the FP32 weights and for a QAT checkpoint, and say nothing for weights picked elsewhere."""
+    records = tmp_path / "records"
+    shutil.copytree(FIXTURES, records)
+    fp32 = records / "ddrnet23_slim__fp32__onnxruntime.json"
+    rec = json.loads(fp32.read_text())
+    rec["weights"] = {**(rec.get("weights") or {}), "epoch": 190, "selected_on_split": "val"}
+    fp32.write_text(json.dumps(rec))
+    build_reports(records, "camvid", tmp_path / "out")
+    t1 = (tmp_path / "out" / "camvid" / "table1_fp32_onnxruntime.md").read_text()
+    assert "- Selected on the reported split: ddrnet23_slim FP32 weights (epoch 190)" in t1
+    assert "espnet FP32" not in t1
+
+    rec["weights"]["selected_on_split"] = "train"
+    fp32.write_text(json.dumps(rec))
+    qat = json.loads((records / "ddrnet23_slim__static__onnxruntime.json").read_text())
+    qat.update(variant="qat", artifact={"quant": {"variant": "qat", "epochs": 0, "selected_on_split": "val"}})
+    (records / "ddrnet23_slim__qat__onnxruntime.json").write_text(json.dumps(qat))
+    build_reports(records, "camvid", tmp_path / "out2")
+    t1 = (tmp_path / "out2" / "camvid" / "table1_fp32_onnxruntime.md").read_text()
+    t2 = (tmp_path / "out2" / "camvid" / "table2_variants_onnxruntime.md").read_text()
+    assert "Selected on the reported split" not in t1
+    assert "- Selected on the reported split: ddrnet23_slim QAT checkpoint (epoch 0)" in t2
+
+
+def test_bench_records_a_best_checkpoint_as_selected_on_its_split():
+    from bench.runner import _meta_summary
+
+    best = {"model": "ddrnet23_slim", "epoch": 190, "split": "val", "file": "best.pt", "metrics": {"miou": 0.66}}
+    assert _meta_summary(best)["selected_on_split"] == "val"
+    assert "selected_on_split" not in _meta_summary({**best, "file": "last.pt"})
+    assert "selected_on_split" not in _meta_summary({"model": "espnet"})  # official weights: unknown
