@@ -1,7 +1,7 @@
 """Comparison tables (Markdown, CSV) and plots (PNG) from stored benchmark records.
 
     python -m reports.build                                   # results/ -> reports/<dataset>/
-    python -m reports.build --results results/ --dataset camvid --out reports/
+    python -m reports.build --results results/camvid --dataset camvid --out reports/ --readme README.md
 
     from reports.build import build_reports
     paths = build_reports("results/", "camvid", "reports/")
@@ -9,14 +9,17 @@
 Per backend: table1_fp32_<backend>, table2_variants_<backend>, table3_deltas_<backend> (.md and
 .csv), pareto_<backend>.png, per_class_iou_<backend>.png (detection: per_class_ap_<backend>.png);
 video.md / video.csv for video pipeline records (`python -m video.run`, `video.measure decode`);
-and README.md, an index. Detection records (bench.run on a detection dataset) are reported with
-COCO mAP50-95 where segmentation ones show mIoU; a dataset is one task, so one report never mixes
-them. Files are
+and README.md, an index. `--readme README.md` also copies that index between the README's
+`<!-- reports.build <dataset>: begin ... -->` and `<!-- reports.build <dataset>: end -->` lines.
+Detection records (bench.run on a detection dataset) are reported with COCO mAP50-95 where
+segmentation ones show mIoU; a dataset is one task, so one report never mixes them. Files are
 written atomically. Numbers come only from records; nothing here imports a backend.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -134,6 +137,46 @@ def build_reports(results: str | Path, dataset: str | None = None, out: str | Pa
     return written
 
 
+def readme_markers(dataset: str) -> tuple[str, str]:
+    """The two lines between which `embed_in_readme` puts a dataset's report."""
+    return (f"<!-- reports.build {dataset}: begin (generated; edit nothing in between) -->",
+            f"<!-- reports.build {dataset}: end -->")
+
+
+def readme_block(index: Path, readme: Path) -> str:
+    """The report index `index` (reports/<dataset>/README.md) as a README section: its title
+    dropped, headings one level deeper, links relative to the README's folder."""
+    lines = index.read_text().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    folder = Path(os.path.relpath(index.parent.resolve(), readme.parent.resolve())).as_posix()
+    out = []
+    for line in lines:
+        if line.startswith("#"):
+            line = "#" + line
+        # local links (tables' CSVs, plots) point into the report folder
+        out.append(re.sub(r"\]\(([^)/:#]+)\)", lambda m: f"]({folder}/{m.group(1)})", line))
+    return "\n".join(out).strip("\n")
+
+
+def embed_in_readme(readme: str | Path, index: str | Path, dataset: str) -> Path:
+    """Replace the text between `readme_markers(dataset)` in `readme` with the report `index`.
+    The README keeps no hand-typed number: rerunning this reproduces the block from the records."""
+    readme, index = Path(readme), Path(index)
+    begin, end = readme_markers(dataset)
+    try:
+        text = readme.read_text()
+    except FileNotFoundError:
+        raise ReportError(f"{readme} does not exist: give the README to embed the report in") from None
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ReportError(f"{readme} needs exactly one pair of lines {begin!r} ... {end!r} (in that order) "
+                          f"where the {dataset} report goes: add them")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    write_bytes(readme, (head + begin + "\n" + readme_block(index, readme) + "\n" + end + tail).encode())
+    return readme
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reports.build", description=__doc__.split("\n\n")[0],
@@ -141,9 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="results", help="folder of result records (default: results)")
     parser.add_argument("--dataset", default=None, help="dataset to report (default: the only one present)")
     parser.add_argument("--out", default="reports", help="output root; files go to <out>/<dataset>/ (default: reports)")
+    parser.add_argument("--readme", default=None, metavar="README.md",
+                        help="also put the report between this file's `<!-- reports.build <dataset>: begin ... -->` "
+                             "and `<!-- reports.build <dataset>: end -->` lines")
     args = parser.parse_args(argv)
     try:
         paths = build_reports(args.results, args.dataset, args.out)
+        if args.readme:
+            index = next(p for p in paths if p.name == "README.md")
+            paths.append(embed_in_readme(args.readme, index, index.parent.name))
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import shutil
 import subprocess
@@ -300,3 +301,54 @@ def test_bench_records_a_best_checkpoint_as_selected_on_its_split():
     assert _meta_summary(best)["selected_on_split"] == "val"
     assert "selected_on_split" not in _meta_summary({**best, "file": "last.pt"})
     assert "selected_on_split" not in _meta_summary({"model": "espnet"})  # official weights: unknown
+
+
+def test_readme_embedding_replaces_only_the_marked_block(tmp_path):
+    from reports.build import readme_markers
+
+    begin, end = readme_markers("camvid")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\nintro\n\n{begin}\nstale text 99.99\n{end}\n\n## After\n")
+    out = tmp_path / "reports"
+    assert main(["--results", str(FIXTURES), "--dataset", "camvid", "--out", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Project\n\nintro\n\n" + begin + "\n") and text.endswith(end + "\n\n## After\n")
+    assert "stale text" not in text and "# Benchmark report" not in text
+    assert "#### Table 1: FP32 on onnxruntime (camvid)" in text and "\n### onnxruntime\n" in text
+    assert "| ddrnet23_slim | 22.76 | 25.0 | 72.15 | 5.70 | 4.52 |" in text
+    assert "](reports/camvid/pareto_onnxruntime.png)" in text
+    assert "](reports/camvid/table1_fp32_onnxruntime.csv)" in text
+    first = text
+    assert main(["--results", str(FIXTURES), "--dataset", "camvid", "--out", str(out), "--readme", str(readme)]) == 0
+    assert readme.read_text() == first  # idempotent
+
+
+def test_readme_without_markers_is_a_one_line_error(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Project\n")
+    assert main(["--results", str(FIXTURES), "--dataset", "camvid", "--out", str(tmp_path / "r"),
+                 "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert "reports.build camvid: begin" in err and "add them" in err and len(err.strip().splitlines()) == 1
+    assert readme.read_text() == "# Project\n"
+
+
+def test_committed_readme_report_matches_the_committed_records(tmp_path):
+    """The README's CamVid report is exactly what reports.build makes of the committed records:
+    no number in it was typed by hand or left behind by an older sweep."""
+    from reports.build import build_reports, readme_block, readme_markers
+
+    records = REPO / "results" / "camvid"
+    begin, end = readme_markers("camvid")
+    text = (REPO / "README.md").read_text()
+    if begin not in text:
+        pytest.skip("the README embeds no CamVid report yet")
+    assert records.is_dir(), "README embeds a CamVid report but results/camvid (its records) is not committed"
+    paths = build_reports(records, "camvid", tmp_path)
+    index = next(p for p in paths if p.name == "README.md")
+    # links are checked apart: the fresh build lives in tmp_path, the committed one in reports/
+    fresh = readme_block(index, REPO / "README.md")
+    fresh = fresh.replace(Path(os.path.relpath(index.parent, REPO)).as_posix() + "/", "reports/camvid/")
+    embedded = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+    assert embedded == fresh, "README's report is stale: rerun python -m reports.build --results results/camvid " \
+                              "--dataset camvid --out reports/ --readme README.md"
