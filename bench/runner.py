@@ -567,7 +567,7 @@ class Prepared:
                    # None: ranges started from the first training batches (runs before session 8).
                    # With a calibrated start, "epochs" 0 means no fine-tuning epoch beat it.
                    "calibration_images": (qat_meta.get("calibration") or {}).get("size")}
-        if meta.get("file") == "best.pt" and meta.get("split"):
+        if Path(ckpt).name == "best.pt" and meta.get("split"):
             summary["selected_on_split"] = meta["split"]  # best of its evaluations on that split
         metrics = meta.get("metrics") or {}
         if self.task == "detection":  # zoo.det.train checkpoints score COCO mAP50-95
@@ -763,7 +763,7 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
     net = loaded.model.eval()
     preprocess = loaded.preprocess or zdata.Preprocess.from_card(card).to_dict()
     weights_sha = loaded.sha256 or state_digest(net)
-    meta = _meta_summary(loaded.meta)
+    meta = _meta_summary({"file": Path(loaded.path).name, **loaded.meta})
     if cfg.weights == "random":
         meta["seed"] = cfg.seed
     export_dir = artifacts_dir(cfg.artifacts) / "export" / entry.name / cfg.data / weights_sha[:16]

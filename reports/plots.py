@@ -11,7 +11,8 @@ from zoo.io import atomic_path
 
 from reports.tables import INT8_VARIANTS, VARIANT_TITLES, Row, accuracy, accuracy_name
 
-COLOURS = {"fp32": "tab:blue", "qat": "tab:green", "static": "tab:orange", "dynamic": "tab:red"}
+COLOURS = {"fp32": "tab:blue", "qat": "tab:green", "static": "tab:orange", "static-mixed": "tab:purple",
+           "dynamic": "tab:red"}
 
 
 def _pyplot():

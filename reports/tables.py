@@ -12,8 +12,10 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-INT8_VARIANTS = ("qat", "static", "dynamic")
-VARIANT_TITLES = {"fp32": "FP32", "qat": "QAT", "static": "static PTQ", "dynamic": "dynamic PTQ"}
+MIXED = "static-mixed"  # static PTQ with layers kept in float (bench.run --keep-float-from)
+INT8_VARIANTS = ("qat", "static", MIXED, "dynamic")
+VARIANT_TITLES = {"fp32": "FP32", "qat": "QAT", "static": "static PTQ", MIXED: "static PTQ, mixed precision",
+                  "dynamic": "dynamic PTQ"}
 NOT_RUN = "not run"
 REASON_CHARS = 60
 UNSTABLE_MARK = "*"
@@ -28,6 +30,20 @@ class ReportError(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # selection
+
+
+def kept_float(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The layers a static cell left in float ({"from": report, "nodes": [...]}), else None."""
+    quant = ((rec or {}).get("artifact") or {}).get("quant") if isinstance((rec or {}).get("artifact"), dict) else None
+    kept = quant.get("kept_float") if isinstance(quant, dict) else None
+    return kept if isinstance(kept, dict) and kept.get("nodes") else None
+
+
+def report_variant(rec: dict[str, Any]) -> str:
+    """The record's variant, with static PTQ that kept layers in float as a variant of its own,
+    so that the all-INT8 result and the mixed-precision one are both shown."""
+    variant = str(rec.get("variant"))
+    return MIXED if variant == "static" and kept_float(rec) else variant
 
 
 def row_key(rec: dict[str, Any]) -> tuple:
@@ -71,7 +87,7 @@ def build_rows(records: list[dict[str, Any]]) -> list[Row]:
     """Rows for the records of one backend, sorted by network then configuration."""
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for rec in records:
-        groups.setdefault(row_key(rec), {}).setdefault(rec.get("variant"), []).append(rec)
+        groups.setdefault(row_key(rec), {}).setdefault(report_variant(rec), []).append(rec)
     per_model: dict[str, int] = {}
     for key in groups:
         per_model[key[0]] = per_model.get(key[0], 0) + 1
@@ -169,6 +185,16 @@ def _float_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
             "acts on Linear/LSTM layers), so this is the FP32 network in all but name"]
 
 
+def selected_on(meta: dict[str, Any]) -> str | None:
+    """The split a checkpoint was picked on: `selected_on_split` (records since session 9), else,
+    for a trainer's best.pt that carries its validation score (`val_*_at_training`), val."""
+    if meta.get("selected_on_split"):
+        return str(meta["selected_on_split"])
+    path = str(meta.get("path") or meta.get("checkpoint") or "")
+    scored = meta.get("val_miou_at_training") is not None or meta.get("val_map50_95_at_training") is not None
+    return "val" if path.endswith("best.pt") and scored else None
+
+
 def _selection_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
     """Say which weights were picked on the split the table reports (a trainer's best.pt: the
     best of its evaluations on that split), since their accuracy there is optimistic."""
@@ -181,7 +207,7 @@ def _selection_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
         quant = (rec.get("artifact") or {}).get("quant") if isinstance(rec.get("artifact"), dict) else None
         quant = quant if isinstance(quant, dict) else {}
         for what, meta in (("FP32 weights", weights), ("QAT checkpoint", quant)):
-            if split and meta.get("selected_on_split") == split:
+            if split and selected_on(meta) == split:
                 epoch = meta.get("epoch", meta.get("epochs"))
                 text = f"{rec.get('model')} {what}" + (f" (epoch {epoch})" if epoch is not None else "")
                 if text not in picked:
@@ -306,8 +332,21 @@ def table1(rows: list[Row], backend: str, dataset: str) -> Table:
 
 
 def _variants_present(rows: list[Row]) -> list[str]:
-    """QAT, static and dynamic PTQ always get a column (QAT shows 'not run' until issue #3)."""
-    return list(INT8_VARIANTS)
+    """QAT, static and dynamic PTQ always get a column (a missing cell shows 'not run');
+    mixed-precision static PTQ only where some network has it."""
+    return [v for v in INT8_VARIANTS if v != MIXED or any(v in r.cells for r in rows)]
+
+
+def _mixed_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
+    notes = []
+    for rec in records:
+        kept = kept_float(rec)
+        if kept is not None and rec is not None:
+            text = (f"{rec.get('model')}: {len(kept['nodes'])} layer(s) kept in float "
+                    f"({', '.join(kept['nodes'])}; chosen by {kept.get('from') or 'hand'})")
+            if text not in notes:
+                notes.append(text)
+    return [f"{VARIANT_TITLES[MIXED]}: {n}" for n in notes]
 
 
 def table2(rows: list[Row], backend: str, dataset: str) -> Table:
@@ -336,7 +375,8 @@ def table2(rows: list[Row], backend: str, dataset: str) -> Table:
         md.append(cells)
     used = used or [c for r in rows for c in r.cells.values() if c]
     return Table(f"table2_variants_{backend}", f"Table 2: INT8 variants on {backend} ({dataset})",
-                 header, md, csv_header, cs, footer(used, dataset) + _float_footer(used) + _selection_footer(used))
+                 header, md, csv_header, cs,
+                 footer(used, dataset) + _float_footer(used) + _mixed_footer(used) + _selection_footer(used))
 
 
 def table3(rows: list[Row], backend: str, dataset: str) -> Table:
@@ -371,7 +411,7 @@ def table3(rows: list[Row], backend: str, dataset: str) -> Table:
             used.append(row.cells["fp32"])
         md.append(cells)
     used = used or [c for r in rows for c in r.cells.values() if c]
-    foot = footer(used, dataset, timings=False) + _float_footer(used) + _selection_footer(used)
+    foot = footer(used, dataset, timings=False) + _float_footer(used) + _mixed_footer(used) + _selection_footer(used)
     foot.append(f"Deltas against the FP32 record of the same network, backend, dataset, split, input size, "
                 f"batch, threads and weights; {short} change in points, RAM = peak RSS of the cell process")
     return Table(f"table3_deltas_{backend}", f"Table 3: INT8 vs FP32 on {backend} ({dataset})",

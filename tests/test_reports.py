@@ -352,3 +352,37 @@ def test_committed_readme_report_matches_the_committed_records(tmp_path):
     embedded = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
     assert embedded == fresh, "README's report is stale: rerun python -m reports.build --results results/camvid " \
                               "--dataset camvid --out reports/ --readme README.md"
+
+
+def test_static_ptq_with_float_layers_gets_its_own_column(tmp_path):
+    """A --keep-float-from static cell does not replace the all-INT8 one: Table 2 and 3 show both,
+    and the footer lists the layers kept in float."""
+    records = tmp_path / "records"
+    shutil.copytree(FIXTURES, records)
+    rec = json.loads((FIXTURES / "espnet__static__onnxruntime.json").read_text())
+    rec["timestamp"] = "2099-01-01T00:00:00Z"  # newer than the plain static cell
+    rec["metrics"] = {**rec["metrics"], "miou": 0.6}
+    rec["artifact"] = {**(rec.get("artifact") or {}),
+                       "quant": {"variant": "static", "kept_float": {"from": "sens.json", "nodes": ["/a/Conv", "/b/Conv"]}}}
+    (records / "espnet__static__onnxruntime__mixed.json").write_text(json.dumps(rec))
+    build_reports(records, "camvid", tmp_path / "out")
+    t2 = (tmp_path / "out" / "camvid" / "table2_variants_onnxruntime.md").read_text()
+    t3 = (tmp_path / "out" / "camvid" / "table3_deltas_onnxruntime.md").read_text()
+    assert "static PTQ, mixed precision: mIoU / size / FPS" in t2
+    espnet = next(line for line in t2.splitlines() if line.startswith("| espnet"))
+    assert "| 60.00 / " in espnet and "not run" in espnet  # mixed cell; ddrnet's and QAT are not run
+    assert "60.00 / " not in next(line for line in t2.splitlines() if line.startswith("| ddrnet23_slim"))
+    assert "- static PTQ, mixed precision: espnet: 2 layer(s) kept in float (/a/Conv, /b/Conv; chosen by sens.json)" in t2
+    assert "mixed precision: mIoU change" in t3
+    # without such records the column is absent (the golden tables above)
+    assert "mixed" not in (tmp_path / "out" / "camvid" / "table1_fp32_onnxruntime.md").read_text()
+
+
+def test_older_records_of_a_best_checkpoint_count_as_selected_on_val():
+    from reports.tables import selected_on
+
+    assert selected_on({"path": "trained/x/best.pt", "val_miou_at_training": 0.66}) == "val"
+    assert selected_on({"checkpoint": "/c/qat-x/best.pt", "val_map50_95_at_training": 0.3}) == "val"
+    assert selected_on({"path": "trained/x/last.pt", "val_miou_at_training": 0.66}) is None
+    assert selected_on({"path": "../shared/weights/espnet.pth"}) is None
+    assert selected_on({"selected_on_split": "train"}) == "train"
