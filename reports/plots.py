@@ -9,7 +9,7 @@ from typing import Any
 
 from zoo.io import atomic_path
 
-from reports.tables import INT8_VARIANTS, VARIANT_TITLES, Row, accuracy, accuracy_name
+from reports.tables import INT8_VARIANTS, VARIANT_TITLES, Row, accuracy, accuracy_name, nothing_quantized
 
 COLOURS = {"fp32": "tab:blue", "qat": "tab:green", "static": "tab:orange", "static-mixed": "tab:purple",
            "dynamic": "tab:red"}
@@ -79,9 +79,11 @@ def pareto(rows: list[Row], backend: str, dataset: str, target: Path) -> Path:
 
 
 def best_int8(row: Row, acc_key: str = "miou") -> dict[str, Any] | None:
-    """The ok INT8 record (qat, static or dynamic) with the highest accuracy."""
+    """The ok INT8 record (qat, static or dynamic) with the highest accuracy; a variant that
+    quantized nothing (PyTorch dynamic on a conv network) is float, so it is never the best INT8."""
     candidates = [row.ok(v) for v in INT8_VARIANTS]
-    candidates = [c for c in candidates if c is not None and accuracy(c, acc_key) is not None]
+    candidates = [c for c in candidates
+                  if c is not None and accuracy(c, acc_key) is not None and not nothing_quantized(c)]
     return max(candidates, key=lambda c: accuracy(c, acc_key)) if candidates else None
 
 

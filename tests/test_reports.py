@@ -153,6 +153,9 @@ def test_best_int8_is_highest_accuracy_ok_record():
     best = {row.model: best_int8(row) for row in rows}
     assert best["ddrnet23_slim"]["variant"] == "dynamic"      # 71.89 > 71.02
     assert best["espnet"]["variant"] == "static"              # dynamic failed
+    ddrnet = next(row for row in rows if row.model == "ddrnet23_slim")
+    ddrnet.cells["dynamic"] = {**ddrnet.cells["dynamic"], "artifact": {"quant": {"is_int8": False}}}
+    assert best_int8(ddrnet)["variant"] == "static"  # a float "dynamic" cell is not INT8
 
 
 def test_empty_folder_error(tmp_path):
