@@ -18,6 +18,7 @@ VARIANT_TITLES = {"fp32": "FP32", "qat": "QAT", "static": "static PTQ", MIXED: "
                   "dynamic": "dynamic PTQ"}
 NOT_RUN = "not run"
 REASON_CHARS = 60
+MIXED_NODES_SHOWN = 6  # float layers named in a footer (the record and the sensitivity report list all)
 UNSTABLE_MARK = "*"
 FLOAT_MARK = "†"
 FLOAT_NOTE = "float: nothing quantized"
@@ -342,8 +343,11 @@ def _mixed_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
     for rec in records:
         kept = kept_float(rec)
         if kept is not None and rec is not None:
-            text = (f"{rec.get('model')}: {len(kept['nodes'])} layer(s) kept in float "
-                    f"({', '.join(kept['nodes'])}; chosen by {kept.get('from') or 'hand'})")
+            nodes = list(kept["nodes"])
+            shown = ", ".join(nodes[:MIXED_NODES_SHOWN]) + (
+                f" and {len(nodes) - MIXED_NODES_SHOWN} more" if len(nodes) > MIXED_NODES_SHOWN else "")
+            text = (f"{rec.get('model')}: {len(nodes)} layer(s) kept in float "
+                    f"({shown}; chosen by {kept.get('from') or 'hand'})")
             if text not in notes:
                 notes.append(text)
     return [f"{VARIANT_TITLES[MIXED]}: {n}" for n in notes]

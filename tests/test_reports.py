@@ -389,3 +389,12 @@ def test_older_records_of_a_best_checkpoint_count_as_selected_on_val():
     assert selected_on({"path": "trained/x/last.pt", "val_miou_at_training": 0.66}) is None
     assert selected_on({"path": "../shared/weights/espnet.pth"}) is None
     assert selected_on({"selected_on_split": "train"}) == "train"
+
+
+def test_mixed_precision_footer_names_a_few_float_layers_and_counts_the_rest():
+    from reports.tables import _mixed_footer
+
+    rec = {"model": "espnet", "variant": "static",
+           "artifact": {"quant": {"kept_float": {"from": "s.json", "nodes": [f"/n{i}/Conv" for i in range(142)]}}}}
+    (line,) = _mixed_footer([rec, rec])
+    assert "142 layer(s) kept in float (/n0/Conv, /n1/Conv" in line and "/n5/Conv and 136 more; chosen by s.json" in line
