@@ -5,11 +5,14 @@
    (dB) of its output against the float model's, and the *noise it adds*: the SQNR of its inputs
    minus the SQNR of its output. Ranking by added noise points at the layers whose own
    quantization hurts, not at the late layers that merely inherit earlier error.
-2. **Mixed precision.** `search_mixed_precision` quantizes everything, scores the result on
-   held-out images, and while the score is below ``target_retention`` x FP32 keeps the 1, 2, 4, 8
-   ... most noise-adding layers in float (then bisects back to the smallest such set). Calibration
-   runs once: ORT's calibration cache holds the ranges for every re-quantization. The artifact
-   lists the layers kept in float.
+2. **Mixed precision.** `search_mixed_precision` quantizes everything and scores the result on
+   held-out images. Below ``target_retention`` x FP32 it searches two ways and keeps the fewest
+   float layers that reach the goal: (a) whole *families* of non-compute layers (every Add, every
+   Concat, every BatchNorm, ...; greedy forward selection), which fixes noise that accumulates
+   along a path while every convolution stays INT8; (b) the 1, 2, 4, 8 ... most noise-adding
+   single layers (fewer than (a) needed), then a bisection back to the smallest such set.
+   Calibration runs once: ORT's calibration cache holds the ranges for every re-quantization.
+   The artifact lists the layers kept in float and every set tried.
 
 The score follows the task of the model (zoo.registry): mIoU for segmentation; COCO mAP50-95 for
 detection (pycocotools via `zoo.evaluate.evaluate_detector`: square letterbox at the fixed input
@@ -140,6 +143,49 @@ def _quantized_consumers(qdq_proto: onnx.ModelProto) -> set[str]:
             if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dq_outputs for i in n.input)}
 
 
+# Compute layers that the family stage leaves INT8: mixed precision by families keeps the
+# arithmetic in INT8 and moves only the glue between it to float.
+_COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+BN_AS_CONV_SUFFIX = "_as_dwconv"  # quant.ptq_static's BatchNormalization -> depthwise Conv rewrite
+
+
+def layer_families(fp32_pre: str | Path, qdq: str | Path) -> dict[str, list[str]]:
+    """The quantized nodes of `qdq` grouped by kind, compute layers (Conv, Gemm, MatMul) left out:
+    one family per op type, and BatchNorms rewritten as depthwise convolutions as "BatchNorm"."""
+    quantized = _quantized_consumers(onnx.load(str(qdq)))
+    families: dict[str, list[str]] = {}
+    for node in onnx.load(str(fp32_pre)).graph.node:
+        if node.name not in quantized:
+            continue
+        kind = "BatchNorm" if node.name.endswith(BN_AS_CONV_SUFFIX) else node.op_type
+        if kind in _COMPUTE_OPS:
+            continue
+        families.setdefault(kind, []).append(node.name)
+    return families
+
+
+def _search_families(families: dict[str, list[str]], attempt_nodes: Callable[[Sequence[str], str], float],
+                     goal: float, limit: int | None) -> list[str] | None:
+    """Greedy forward selection of whole families: add the family that scores best with those
+    already chosen, until the goal is met (return the node list) or none is left (None)."""
+    chosen: list[str] = []
+    while True:
+        trials = {}
+        for fam in families:
+            if fam in chosen:
+                continue
+            nodes = [n for f in chosen + [fam] for n in families[f]]
+            if limit is not None and len(nodes) > limit:
+                continue
+            trials[fam] = (attempt_nodes(nodes, "families " + " + ".join(chosen + [fam])), nodes)
+        if not trials:
+            return None
+        fam = max(trials, key=lambda f: trials[f][0])
+        chosen.append(fam)
+        if trials[fam][0] >= goal:
+            return trials[fam][1]
+
+
 @dataclass
 class SearchResult:
     path: Path
@@ -192,48 +238,62 @@ def search_mixed_precision(
         pre, cache = tmp / "fp32_pre.onnx", tmp / "calibration.json"
         # the same pre-processing as quantize_static_onnx's ORT default, so node names match
         ort_pre_process(Path(fp32_onnx), pre, bn_as_conv=True)
-        tried: dict[int, tuple[Path, float, dict]] = {}
+        tried: dict[tuple[str, ...], tuple[Path, float, dict, str]] = {}
         ranked: list[LayerError] = []
 
-        def attempt(k: int) -> float:
-            if k in tried:
-                return tried[k][1]
-            path = tmp / f"int8_k{k}.onnx"
-            excluded = [e.node for e in ranked[:k]]
-            meta = quantize_static_onnx(pre, path, calib, target="ort", method=method, nodes_to_exclude=excluded,
+        def attempt_nodes(nodes: Sequence[str], how: str) -> float:
+            key = tuple(nodes)
+            if key in tried:
+                return tried[key][1]
+            path = tmp / f"int8_{len(tried)}.onnx"
+            meta = quantize_static_onnx(pre, path, calib, target="ort", method=method, nodes_to_exclude=list(key),
                                         calibration_cache=cache, pre_processed=True, **quant_kwargs)
             s = float(score(path))
-            tried[k] = (path, s, meta)
-            log(f"  mixed precision: {k} layer(s) in float -> {metric} {s:.4f} (goal {goal:.4f})")
+            tried[key] = (path, s, meta, how)
+            log(f"  mixed precision: {len(key)} layer(s) in float ({how}) -> {metric} {s:.4f} (goal {goal:.4f})")
             return s
 
+        def attempt(k: int) -> float:
+            return attempt_nodes([e.node for e in ranked[:k]], f"the {k} most noise-adding" if k else "all INT8")
+
         if attempt(0) < goal:
-            ranked = layer_errors(pre, tried[0][0], calib)
+            limit_all = None if max_float is None else max_float
+            # Stage 1: whole kinds of layer. Noise that accumulates along a path (ESPNet: the
+            # running sums, concatenations and BatchNorms of its ESP modules) is spread over
+            # many layers that each add little, so no short per-layer list fixes it.
+            families = layer_families(pre, tried[()][0])
+            family_hit = _search_families(families, attempt_nodes, goal, limit_all)
+            # Stage 2: the most noise-adding single layers, 1, 2, 4, ... of them (fewer than the
+            # family set needs, when that reached the goal), then bisect.
+            ranked = layer_errors(pre, tried[()][0], calib)
             limit = len(ranked) if max_float is None else min(max_float, len(ranked))
+            if family_hit is not None:
+                limit = min(limit, len(family_hit) - 1)
             k, low = 1, 0
             while k <= limit and attempt(k) < goal:
                 low, k = k, k * 2
-            if k > limit:
+            if limit >= 1 and k > limit:
                 k = limit
                 attempt(k)
             # Bisect between the last miss and the first hit for the smallest sufficient set.
-            high = k if tried[k][1] >= goal else None
+            high = k if limit >= 1 and attempt(k) >= goal else None
             while high is not None and high - low > 1:
                 mid = (low + high) // 2
                 if attempt(mid) >= goal:
                     high = mid
                 else:
                     low = mid
-            best_k = high if high is not None else max(tried, key=lambda j: tried[j][1])
-        else:
-            best_k = 0
-        path, best_score, meta = tried[best_k]
+        # The fewest float layers that reach the goal (ties: the better score); none: the best score.
+        hits = [key for key, v in tried.items() if v[1] >= goal]
+        best = (min(hits, key=lambda key: (len(key), -tried[key][1])) if hits
+                else max(tried, key=lambda key: tried[key][1]))
+        path, best_score, meta, how = tried[best]
         shutil.copyfile(path, out.with_suffix(".tmp"))
         out.with_suffix(".tmp").replace(out)
-    result = SearchResult(path=out, kept_float=[e.node for e in ranked[:best_k]], score=best_score,
+    result = SearchResult(path=out, kept_float=list(best), score=best_score,
                           fp32_score=fp32_score, target=target_retention,
-                          steps=[{"float_layers": k, "score": v[1]} for k, v in sorted(tried.items())], layers=ranked,
-                          metric=metric)
+                          steps=[{"float_layers": len(key), "how": v[3], "score": v[1]} for key, v in tried.items()],
+                          layers=ranked, metric=metric)
     meta = {**meta, "path": str(out), "parent": {**meta["parent"], "path": str(fp32_onnx)},
             "mixed_precision": {**result.as_dict(), **(record or {})}, "nodes_to_exclude": meta["nodes_to_exclude"]}
     write_json(out.with_suffix(".json"), meta)

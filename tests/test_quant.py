@@ -579,6 +579,49 @@ def test_mixed_precision_search_keeps_the_fewest_layers_in_float(tiny_onnx, tiny
     assert set(result.kept_float) <= set(meta["nodes_to_exclude"])
 
 
+def test_family_search_adds_whole_kinds_of_layer_until_the_goal():
+    from quant.sensitivity import _search_families
+
+    families = {"Add": ["a1", "a2"], "Concat": ["c1"], "BatchNorm": ["b1", "b2", "b3"]}
+    gains = {"Add": 0.2, "Concat": 0.05, "BatchNorm": 0.25}
+    calls = []
+
+    def attempt(nodes, how):
+        calls.append(how)
+        return 0.5 + sum(g for f, g in gains.items() if set(families[f]) <= set(nodes))
+
+    assert _search_families(families, attempt, 0.95, None) == ["b1", "b2", "b3", "a1", "a2"]
+    assert calls[:3] == ["families Add", "families Concat", "families BatchNorm"]
+    assert _search_families(families, attempt, 2.0, None) is None          # unreachable goal
+    assert _search_families(families, attempt, 0.95, 3) is None            # max_float too small
+
+
+def test_mixed_precision_search_can_keep_a_whole_family_in_float(tiny_onnx, tiny_calib, tmp_path):
+    """A score only reached when every node of one non-compute family runs in float (as ESPNet's
+    Add/Concat/BatchNorm path): the family stage finds it, with every convolution still INT8."""
+    from quant.ptq_static import ort_pre_process
+    from quant.sensitivity import layer_families, search_mixed_precision
+
+    pre, base = tmp_path / "pre.onnx", tmp_path / "base.onnx"
+    ort_pre_process(tiny_onnx, pre, bn_as_conv=True)
+    quantize_static_onnx(pre, base, tiny_calib, method="minmax", pre_processed=True)
+    families = layer_families(pre, base)
+    assert families and not any(k in ("Conv", "Gemm", "MatMul") for k in families)
+    kind = max(families, key=lambda k: len(families[k]))
+    target = set(families[kind])
+
+    def score(path):  # 2 when no output of a target node is quantized again (the node runs in float)
+        graph = onnx.load(str(path)).graph
+        requantized = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+        return 2.0 if not any(o in requantized for n in graph.node if n.name in target for o in n.output) else 0.0
+
+    result = search_mixed_precision(tiny_onnx, tmp_path / "mixed.onnx", tiny_calib, score, fp32_score=2.0,
+                                    target_retention=1.0, method="minmax", log=lambda m: None)
+    assert result.score == 2.0 and set(result.kept_float) == target, result.steps
+    assert any(s["how"] == f"families {kind}" and s["score"] == 2.0 for s in result.steps)
+    assert _float_convs(tmp_path / "mixed.onnx") == _float_convs(base)  # convolutions stay INT8
+
+
 def test_mixed_precision_rejects_bad_target(tiny_onnx, tiny_calib, tmp_path):
     from quant.sensitivity import search_mixed_precision
 

@@ -98,7 +98,8 @@ def test_search_with_map_scorer_returns_float_layers(sens_report, det_train_data
     result = search_mixed_precision(fp32, tmp_path / "mixed.onnx", calib, lambda p: onnx_map(p, sub, threads=1),
                                     fp32_score=10.0, target_retention=1.0, method="minmax", max_float=2,
                                     metric="map50_95", log=lambda m: None)
-    assert [s["float_layers"] for s in result.steps] == [0, 1, 2]
+    assert [s["float_layers"] for s in result.steps if not s["how"].startswith("families")] == [0, 1, 2]
+    assert all(s["float_layers"] <= 2 for s in result.steps)  # max_float bounds the family stage too
     assert len(result.kept_float) in (0, 1, 2) and result.metric == "map50_95"
     assert all(0 <= s["score"] <= 1 for s in result.steps) and result.score == max(s["score"] for s in result.steps)
 
