@@ -257,12 +257,11 @@ def search_mixed_precision(
             return attempt_nodes([e.node for e in ranked[:k]], f"the {k} most noise-adding" if k else "all INT8")
 
         if attempt(0) < goal:
-            limit_all = None if max_float is None else max_float
             # Stage 1: whole kinds of layer. Noise that accumulates along a path (ESPNet: the
             # running sums, concatenations and BatchNorms of its ESP modules) is spread over
             # many layers that each add little, so no short per-layer list fixes it.
             families = layer_families(pre, tried[()][0])
-            family_hit = _search_families(families, attempt_nodes, goal, limit_all)
+            family_hit = _search_families(families, attempt_nodes, goal, max_float)
             # Stage 2: the most noise-adding single layers, 1, 2, 4, ... of them (fewer than the
             # family set needs, when that reached the goal), then bisect.
             ranked = layer_errors(pre, tried[()][0], calib)
@@ -287,7 +286,7 @@ def search_mixed_precision(
         hits = [key for key, v in tried.items() if v[1] >= goal]
         best = (min(hits, key=lambda key: (len(key), -tried[key][1])) if hits
                 else max(tried, key=lambda key: tried[key][1]))
-        path, best_score, meta, how = tried[best]
+        path, best_score, meta, _how = tried[best]
         shutil.copyfile(path, out.with_suffix(".tmp"))
         out.with_suffix(".tmp").replace(out)
     result = SearchResult(path=out, kept_float=list(best), score=best_score,
