@@ -567,8 +567,8 @@ class Prepared:
                    # None: ranges started from the first training batches (runs before session 8).
                    # With a calibrated start, "epochs" 0 means no fine-tuning epoch beat it.
                    "calibration_images": (qat_meta.get("calibration") or {}).get("size")}
-        if Path(ckpt).name == "best.pt" and meta.get("split"):
-            summary["selected_on_split"] = meta["split"]  # best of its evaluations on that split
+        if split := selected_on_split(ckpt, meta):
+            summary["selected_on_split"] = split
         metrics = meta.get("metrics") or {}
         if self.task == "detection":  # zoo.det.train checkpoints score COCO mAP50-95
             summary["val_map50_95_at_training"] = metrics.get("map")
@@ -763,7 +763,7 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
     net = loaded.model.eval()
     preprocess = loaded.preprocess or zdata.Preprocess.from_card(card).to_dict()
     weights_sha = loaded.sha256 or state_digest(net)
-    meta = _meta_summary({"file": Path(loaded.path).name, **loaded.meta})
+    meta = _meta_summary(loaded.meta, loaded.path)
     if cfg.weights == "random":
         meta["seed"] = cfg.seed
     export_dir = artifacts_dir(cfg.artifacts) / "export" / entry.name / cfg.data / weights_sha[:16]
@@ -781,15 +781,19 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
                     export_dir=export_dir, torch_artifact=torch_art, params=count_params(net), task=task)
 
 
-def _meta_summary(meta: dict) -> dict:
+def selected_on_split(path: str | Path, meta: dict) -> str | None:
+    """The split a trainer's best.pt was picked on (the best of its evaluations there), else None:
+    accuracy measured on that same split is optimistic by the evaluation-to-evaluation noise."""
+    return meta.get("split") if Path(path).name == "best.pt" else None
+
+
+def _meta_summary(meta: dict, path: str | Path | None = None) -> dict:
     keep = ("model", "dataset", "epoch", "seed", "created", "weights")
     out = {k: meta[k] for k in keep if k in meta}
     if isinstance(meta.get("recipe"), dict):
         out["recipe"] = meta["recipe"].get("name")
-    # A trainer's best.pt is the best of its evaluations on `split`: accuracy measured on that
-    # same split is optimistic by the evaluation-to-evaluation noise. Reports say so.
-    if meta.get("file") == "best.pt" and meta.get("split"):
-        out["selected_on_split"] = meta["split"]
+    if path is not None and (split := selected_on_split(path, meta)):
+        out["selected_on_split"] = split
     if isinstance(meta.get("metrics"), dict):
         if meta["metrics"].get("map") is not None:  # detection checkpoints (zoo.det.train)
             out["val_map50_95_at_training"] = meta["metrics"].get("map")

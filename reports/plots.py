@@ -9,9 +9,9 @@ from typing import Any
 
 from zoo.io import atomic_path
 
-from reports.tables import INT8_VARIANTS, VARIANT_TITLES, Row, accuracy, accuracy_name, nothing_quantized
+from reports.tables import INT8_VARIANTS, MIXED, VARIANT_TITLES, Row, accuracy, accuracy_name, nothing_quantized
 
-COLOURS = {"fp32": "tab:blue", "qat": "tab:green", "static": "tab:orange", "static-mixed": "tab:purple",
+COLOURS = {"fp32": "tab:blue", "qat": "tab:green", "static": "tab:orange", MIXED: "tab:purple",
            "dynamic": "tab:red"}
 
 

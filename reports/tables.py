@@ -33,10 +33,16 @@ class ReportError(Exception):
 # selection
 
 
+def quant_summary(rec: dict[str, Any] | None) -> dict[str, Any]:
+    """What the cell's artifact says about its quantization (`artifact.quant`), or {}."""
+    artifact = (rec or {}).get("artifact")
+    quant = artifact.get("quant") if isinstance(artifact, dict) else None
+    return quant if isinstance(quant, dict) else {}
+
+
 def kept_float(rec: dict[str, Any] | None) -> dict[str, Any] | None:
     """The layers a static cell left in float ({"from": report, "nodes": [...]}), else None."""
-    quant = ((rec or {}).get("artifact") or {}).get("quant") if isinstance((rec or {}).get("artifact"), dict) else None
-    kept = quant.get("kept_float") if isinstance(quant, dict) else None
+    kept = quant_summary(rec).get("kept_float")
     return kept if isinstance(kept, dict) and kept.get("nodes") else None
 
 
@@ -167,7 +173,7 @@ def _signed(value: float | None, digits: int) -> str:
 def nothing_quantized(rec: dict[str, Any] | None) -> bool:
     """An INT8 variant whose artifact quantized nothing, e.g. PyTorch dynamic quantization of a
     network without Linear/LSTM layers: FP32 in all but name (issue #3: never passed off as INT8)."""
-    quant = ((rec or {}).get("artifact") or {}).get("quant") or {}
+    quant = quant_summary(rec)
     if quant.get("is_int8") is False:
         return True
     graph = quant.get("graph") or {}
@@ -205,9 +211,7 @@ def _selection_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
             continue
         split = rec.get("split")
         weights = rec.get("weights") if isinstance(rec.get("weights"), dict) else {}
-        quant = (rec.get("artifact") or {}).get("quant") if isinstance(rec.get("artifact"), dict) else None
-        quant = quant if isinstance(quant, dict) else {}
-        for what, meta in (("FP32 weights", weights), ("QAT checkpoint", quant)):
+        for what, meta in (("FP32 weights", weights), ("QAT checkpoint", quant_summary(rec))):
             if split and selected_on(meta) == split:
                 epoch = meta.get("epoch", meta.get("epochs"))
                 text = f"{rec.get('model')} {what}" + (f" (epoch {epoch})" if epoch is not None else "")

@@ -300,10 +300,10 @@ def test_weights_selected_on_the_reported_split_are_named_in_the_footer(tmp_path
 def test_bench_records_a_best_checkpoint_as_selected_on_its_split():
     from bench.runner import _meta_summary
 
-    best = {"model": "ddrnet23_slim", "epoch": 190, "split": "val", "file": "best.pt", "metrics": {"miou": 0.66}}
-    assert _meta_summary(best)["selected_on_split"] == "val"
-    assert "selected_on_split" not in _meta_summary({**best, "file": "last.pt"})
-    assert "selected_on_split" not in _meta_summary({"model": "espnet"})  # official weights: unknown
+    best = {"model": "ddrnet23_slim", "epoch": 190, "split": "val", "metrics": {"miou": 0.66}}
+    assert _meta_summary(best, "trained/x/best.pt")["selected_on_split"] == "val"
+    assert "selected_on_split" not in _meta_summary(best, "trained/x/last.pt")
+    assert "selected_on_split" not in _meta_summary({"model": "espnet"}, "w/espnet.pth")  # official: unknown
 
 
 def test_readme_embedding_replaces_only_the_marked_block(tmp_path):
