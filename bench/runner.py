@@ -438,6 +438,13 @@ class Prepared:
         meta = json.loads(path.with_suffix(".json").read_text())
         quant = _quant_summary(meta)
         quant.update(quantizers=meta["quantizers"], code_sha256=code, observer=meta.get("observer"))
+        if float_ops := meta.get("float_ops"):
+            # A network's own float ops (`quant.fx_quant.float_op_kinds`) make this a mixed-precision
+            # cell; the report shows it beside the all-INT8 ones, naming the float nodes.
+            from quant.fx_quant import float_op_nodes
+
+            quant["kept_float"] = {"from": f"{type(self.net).__name__}.fx_float_ops ({', '.join(float_ops)})",
+                                   "ops": list(float_ops), "nodes": float_op_nodes(self.net, float_ops)}
         fx_int8 = {"mode": "ptq", "scheme": meta["scheme"], "reduce_range": meta["reduce_range"],
                    "calib_method": meta["method"], "build_kwargs": meta["build_kwargs"]}
 
@@ -535,7 +542,8 @@ class Prepared:
         # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
         why = ("none cached" if path is None else
                qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256,
-                                    float_modules=fx_quant.float_module_names(self.net)))
+                                    float_modules=fx_quant.float_module_names(self.net),
+                                    float_ops=fx_quant.float_op_kinds(self.net)))
         if why:
             log(f"QAT: {why}; fine-tuning {self.model} from {self.weights_path} (announced: this trains)")
             try:
@@ -567,6 +575,8 @@ class Prepared:
                    # None: ranges started from the first training batches (runs before session 8).
                    # With a calibrated start, "epochs" 0 means no fine-tuning epoch beat it.
                    "calibration_images": (qat_meta.get("calibration") or {}).get("size")}
+        if qat_meta.get("float_ops"):
+            summary["float_ops"] = list(qat_meta["float_ops"])
         if split := selected_on_split(ckpt, meta):
             summary["selected_on_split"] = split
         metrics = meta.get("metrics") or {}

@@ -33,7 +33,8 @@ float call in every graph here, and check `training` when run (`fx_leaf_classes`
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable
+import operator
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -245,9 +246,12 @@ def example_input(batch: int, input_hw: tuple[int, int]) -> torch.Tensor:
 
 def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64), scheme: str = "symmetric",
             reduce_range: bool = False, weight_qrange: tuple[int, int] = (WEIGHT_QMIN, WEIGHT_QMAX),
-            calib_method: str = "entropy") -> torch.fx.GraphModule:
+            calib_method: str = "entropy", float_ops: Sequence[str] | None = None) -> torch.fx.GraphModule:
     """Trace `model` and insert fake quantizers (QAT) or observers (PTQ, chosen by `calib_method`,
     see `activation_observer`). The input is not modified.
+
+    `float_ops` (kinds of `FLOAT_OPS`; default: the network's own `fx_float_ops`, see
+    `float_op_kinds`) run in float: every such op of the graph is a float island (`keep_float`).
 
     `weight_qrange` is not stored in a state dict: a checkpoint must be rebuilt with the range it
     was trained with (`quant.qat` records it). Likewise a PTQ observer state only loads into the
@@ -255,12 +259,16 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     model = copy.deepcopy(model)
+    float_ops = float_op_kinds(model) if float_ops is None else check_float_ops(float_ops)
     mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range, weight_qrange=weight_qrange,
                               calib_method=calib_method)
+    for kind in float_ops:
+        for fn in _FLOAT_FUNCTIONS.get(kind, ()):
+            mapping.set_object_type(fn, None)
     example = (example_input(2, input_hw),)
     if qat:
         fold_transposed_conv_bn(model)
-    keep_float(model)
+    keep_float(model, float_ops)
     custom = _prepare_custom_config(model)
     if qat:
         return prepare_qat_fx(model.train(), mapping, example_inputs=example, prepare_custom_config=custom)
@@ -282,7 +290,9 @@ class FloatPReLU(nn.PReLU):
 class FloatBatchNorm2d(nn.BatchNorm2d):
     """A standalone `nn.BatchNorm2d` (no convolution before it to fold into) whose only consumer is
     a float PReLU: computed in float together with it (`keep_float`), since quantizing its output
-    would add a rounding step for a tensor that is dequantized right after."""
+    would add a rounding step for a tensor that is dequantized right after. With the "batchnorm"
+    float op (`FLOAT_OPS`) every standalone one is: its per-channel scale multiplies the rounding
+    error of a per-tensor quantized input by up to its largest gain."""
 
     fx_leaf = True
 
@@ -290,10 +300,35 @@ class FloatBatchNorm2d(nn.BatchNorm2d):
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-def float_module_names(model: nn.Module) -> list[str]:
+# Op kinds a network (or a caller) may keep in float in FX INT8 graphs, besides the PReLUs that
+# always are. "add" and "cat" are functions (a None qconfig in the mapping); "batchnorm" marks
+# every standalone BatchNorm2d (one that follows no convolution, so nothing folds it away).
+FLOAT_OPS = ("add", "cat", "batchnorm")
+_FLOAT_FUNCTIONS: dict[str, tuple[Callable[..., Any], ...]] = {
+    "add": (operator.add, operator.iadd, torch.add), "cat": (torch.cat, torch.concat)}
+
+
+def check_float_ops(kinds: Iterable[str]) -> tuple[str, ...]:
+    """`kinds` validated against `FLOAT_OPS`, deduplicated in `FLOAT_OPS` order."""
+    kinds = list(kinds)
+    unknown = sorted(set(kinds) - set(FLOAT_OPS))
+    if unknown:
+        raise ValueError(f"unknown float op kind(s) {unknown}; valid: {', '.join(FLOAT_OPS)}")
+    return tuple(k for k in FLOAT_OPS if k in kinds)
+
+
+def float_op_kinds(model: nn.Module) -> tuple[str, ...]:
+    """The op kinds `model` asks to keep in float in its FX INT8 graphs: its class's
+    `fx_float_ops` (a measured, per-network choice, e.g. ESPNet's), or none."""
+    return check_float_ops(getattr(model, "fx_float_ops", ()))
+
+
+def float_module_names(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:
     """The modules `keep_float` runs in float in FX INT8 graphs: every `nn.PReLU`, and every
-    standalone `nn.BatchNorm2d` (its input is not a convolution's output) that feeds only PReLUs.
+    standalone `nn.BatchNorm2d` (its input is not a convolution's output) that feeds only PReLUs,
+    or every standalone one when `float_ops` (default: `float_op_kinds(model)`) has "batchnorm".
     Empty for networks without PReLU (DDRNet, YOLOv5, ...), whose graphs it leaves unchanged."""
+    all_bn = "batchnorm" in (float_op_kinds(model) if float_ops is None else check_float_ops(float_ops))
     graph = _LeafTracer(fx_leaf_classes(model)).trace(model)
     modules = dict(model.named_modules())
 
@@ -308,19 +343,33 @@ def float_module_names(model: nn.Module) -> list[str]:
         elif type(mod) is nn.BatchNorm2d:
             src = node.args[0] if node.args else None
             feeds_prelu_only = bool(node.users) and all(isinstance(module_of(u), nn.PReLU) for u in node.users)
-            if feeds_prelu_only and not isinstance(module_of(src), _CONV_TYPES):
+            if (all_bn or feeds_prelu_only) and not isinstance(module_of(src), _CONV_TYPES):
                 names.append(node.target)
     return list(dict.fromkeys(names))
 
 
-def keep_float(model: nn.Module) -> list[str]:
+def float_op_nodes(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:
+    """The FX graph nodes that `float_ops` (default: `float_op_kinds(model)`) put in float: the
+    sums and concatenations by their traced names ("add_3", "cat"), the BatchNorms by module name."""
+    kinds = float_op_kinds(model) if float_ops is None else check_float_ops(float_ops)
+    functions = {fn for k in kinds for fn in _FLOAT_FUNCTIONS.get(k, ())}
+    graph = _LeafTracer(fx_leaf_classes(model)).trace(model)
+    names = [n.name for n in graph.nodes if n.op == "call_function" and n.target in functions]
+    if "batchnorm" in kinds:
+        modules = dict(model.named_modules())
+        names += [n for n in float_module_names(model, kinds) if type(modules[n]) is nn.BatchNorm2d
+                  or isinstance(modules[n], FloatBatchNorm2d)]
+    return names
+
+
+def keep_float(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:
     """Mark the modules of `float_module_names` as float islands, in place, and return their names.
 
     Each becomes its `fx_leaf` twin (`FloatPReLU`, `FloatBatchNorm2d`): same parameters, buffers
     and state-dict keys, but no quantization pattern matches the subclass, so FX dequantizes
     before it and the next quantized op quantizes after it, in QAT, PTQ, the INT8 kernels and the
     exported QDQ graph alike."""
-    names = float_module_names(model)
+    names = float_module_names(model, float_ops)
     twins = {nn.PReLU: FloatPReLU, nn.BatchNorm2d: FloatBatchNorm2d}
     for name in names:
         mod = model.get_submodule(name)

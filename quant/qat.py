@@ -35,7 +35,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -218,8 +218,9 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
         model = init(model)
         # Recorded so that a checkpoint trained with other float islands counts as stale.
         qat_meta["float_modules"] = fx_quant.float_module_names(model)
+        qat_meta["float_ops"] = list(fx_quant.float_op_kinds(model))
         prepared = fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
-                                    weight_qrange=weight_qrange)
+                                    weight_qrange=weight_qrange, float_ops=qat_meta["float_ops"])
         if calibration is not None:
             fx_quant.calibrate_qat(prepared, calibration)
         return prepared
@@ -271,7 +272,8 @@ def recorded_weight_qrange(qat_meta: dict[str, Any]) -> tuple[int, int]:
 
 
 def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags: set[str] | None = None,
-                         machine: str | None = None, float_modules: list[str] | None = None) -> str | None:
+                         machine: str | None = None, float_modules: list[str] | None = None,
+                         float_ops: Sequence[str] | None = None) -> str | None:
     """Why a cached QAT checkpoint (its `meta["qat"]`) cannot serve the FP32 weights `parent_sha256`
     on this machine, or None when it can.
 
@@ -281,9 +283,12 @@ def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags:
     one from here would waste a bit of precision where nothing saturates. With `float_modules`
     (`fx_quant.float_module_names` of the network now), also stale when it trained with other
     modules kept in float (checkpoints from before the field was recorded kept none): its
-    quantizers sit elsewhere in the graph."""
+    quantizers sit elsewhere in the graph. The same for `float_ops` (`fx_quant.float_op_kinds`)."""
     if (qat_meta.get("parent") or {}).get("sha256") != parent_sha256:
         return "the cached one was fine-tuned from other FP32 weights"
+    if float_ops is not None and list(qat_meta.get("float_ops") or []) != list(float_ops):
+        return (f"the cached one was trained with float ops {list(qat_meta.get('float_ops') or []) or 'none'}, the "
+                f"network now keeps {list(float_ops) or 'none'} in float (quant.fx_quant.float_op_kinds)")
     if float_modules is not None and sorted(qat_meta.get("float_modules") or []) != sorted(float_modules):
         return (f"the cached one was trained with {len(qat_meta.get('float_modules') or [])} modules in float, "
                 f"the FX graph now keeps {len(float_modules)} (quant.fx_quant.keep_float)")
@@ -348,8 +353,10 @@ def load_qat(model: str, path: str | Path, *, num_classes: int) -> tuple[nn.Modu
     # Quantizer ranges are not part of the state dict: rebuild with the trained one (checkpoints
     # from before the range was recorded trained on the full range).
     weight_qrange = recorded_weight_qrange(qat_meta)
+    # The float ops it trained with (none before they were recorded), whatever the network's now.
     prepared = fx_quant.prepare(net, qat=True, input_hw=tuple(qat_meta.get("prepare_hw", PREPARE_HW)),
-                                scheme=qat_meta.get("scheme", "symmetric"), weight_qrange=weight_qrange)
+                                scheme=qat_meta.get("scheme", "symmetric"), weight_qrange=weight_qrange,
+                                float_ops=qat_meta.get("float_ops") or ())
     result = prepared.load_state_dict(state["model"], strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:

@@ -47,8 +47,9 @@ def quantize_static_torch(model: nn.Module, calib: CalibrationData, out: str | P
     method = resolve_calib_method(method, task="")  # a named method: validated and lower-cased
     reduce_range = fx_quant.int8_pairs_saturate()
     started = time.perf_counter()
+    float_ops = list(fx_quant.float_op_kinds(model))
     prepared = fx_quant.prepare(model, qat=False, input_hw=PREPARE_HW, scheme="affine", reduce_range=reduce_range,
-                                calib_method=method)
+                                calib_method=method, float_ops=float_ops)
     n = fx_quant.calibrate(prepared, calib.arrays)
     with atomic_path(out) as tmp:
         torch.save(prepared.state_dict(), tmp)
@@ -56,6 +57,7 @@ def quantize_static_torch(model: nn.Module, calib: CalibrationData, out: str | P
         "variant": "static", "target": "torch-fx", "engine": fx_quant.ENGINE, "scheme": "affine",
         "method": method, "observer": fx_quant.activation_observer(method).__name__, "per_channel": True, "activation_type": "QUInt8", "weight_type": "QInt8",
         "reduce_range": reduce_range, "cpu_int8_pairs_saturate": reduce_range, "calibrated_batches": n,
+        "float_ops": float_ops, "float_modules": fx_quant.float_module_names(model, float_ops),
         "build_kwargs": build_kwargs or {},
         "quantizers": fx_quant.count_quantizers(prepared), "calibration": calib.as_dict(),
         "parent": {"sha256": parent_sha256}, "path": str(out), "sha256": sha256_file(out),
@@ -76,16 +78,23 @@ def recorded_method(path: str | Path) -> str:
     return LEGACY_METHOD if method in (None, "histogram") else str(method)
 
 
+def recorded_float_ops(path: str | Path) -> list[str]:
+    """The op kinds an observer state file was calibrated with in float (`fx_quant.FLOAT_OPS`),
+    from its JSON sidecar: none for files from before they were recorded."""
+    sidecar = Path(path).with_suffix(".json")
+    return list(json.loads(sidecar.read_text()).get("float_ops") or []) if sidecar.is_file() else []
+
+
 def load_static_torch(model: nn.Module, path: str | Path, *, reduce_range: bool,
                       method: str | None = None) -> nn.Module:
     """Rebuild the calibrated graph of `model` (an FP32 network with its weights) from `path` and
     convert it to INT8 kernels. `method` (default: what the sidecar records) picks the observers
-    the state loads into."""
+    the state loads into; the float ops are the ones it was calibrated with."""
     from zoo.checkpoints import CheckpointError
 
     method = method or recorded_method(path)
     prepared = fx_quant.prepare(model, qat=False, input_hw=PREPARE_HW, scheme="affine", reduce_range=reduce_range,
-                                calib_method=method)
+                                calib_method=method, float_ops=recorded_float_ops(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     result = prepared.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

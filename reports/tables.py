@@ -350,11 +350,21 @@ def _mixed_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
             nodes = list(kept["nodes"])
             shown = ", ".join(nodes[:MIXED_NODES_SHOWN]) + (
                 f" and {len(nodes) - MIXED_NODES_SHOWN} more" if len(nodes) > MIXED_NODES_SHOWN else "")
-            text = (f"{rec.get('model')}: {len(nodes)} layer(s) kept in float "
-                    f"({shown}; chosen by {kept.get('from') or 'hand'})")
+            if kept.get("ops"):  # a network's own FX float ops: every op of those kinds
+                text = (f"{rec.get('model')}: its {len(nodes)} {' and '.join(kept['ops'])} op(s) kept in float "
+                        f"({shown}; set by {kept.get('from')})")
+            else:
+                text = (f"{rec.get('model')}: {len(nodes)} layer(s) kept in float "
+                        f"({shown}; chosen by {kept.get('from') or 'hand'})")
             if text not in notes:
                 notes.append(text)
-    return [f"{VARIANT_TITLES[MIXED]}: {n}" for n in notes]
+    notes = [f"{VARIANT_TITLES[MIXED]}: {n}" for n in notes]
+    for rec in records:  # QAT trained with float ops: its column is mixed precision too, say so
+        ops = quant_summary(rec).get("float_ops") if rec is not None and rec.get("variant") == "qat" else None
+        text = f"{VARIANT_TITLES['qat']}: {rec.get('model')} keeps its {' and '.join(ops)} ops in float" if ops else None
+        if text and text not in notes:
+            notes.append(text)
+    return notes
 
 
 def table2(rows: list[Row], backend: str, dataset: str) -> Table:

@@ -266,6 +266,12 @@ def test_qat_checkpoint_is_stale_on_another_weight_range():
     assert qat_checkpoint_stale(reduced, "abc", float_modules=[], **on_avx2) is None
     assert "0 modules in float" in qat_checkpoint_stale(reduced, "abc", float_modules=["act"], **on_avx2)
     assert qat_checkpoint_stale({**reduced, "float_modules": ["act"]}, "abc", float_modules=["act"], **on_avx2) is None
+    # Float ops (a network's fx_float_ops): a checkpoint from before ESPNet kept its sums in float
+    # (no record) is stale for it, and current for networks that keep none.
+    assert qat_checkpoint_stale(reduced, "abc", float_ops=(), **on_avx2) is None
+    assert "float ops none" in qat_checkpoint_stale(reduced, "abc", float_ops=("add", "cat"), **on_avx2)
+    assert qat_checkpoint_stale({**reduced, "float_ops": ["add", "cat"]}, "abc", float_ops=("add", "cat"),
+                                **on_avx2) is None
 
 
 @pytest.mark.parametrize("recorded", [[-64, 64], [-127, 127]])
@@ -424,6 +430,46 @@ def test_prelu_and_its_standalone_batchnorm_stay_float_in_fx_graphs():
     assert type(espnet.get_submodule("encoder.b1.act")) is torch.nn.PReLU  # the input is not modified
     assert keys <= set(prepared.state_dict())  # the islands keep their parameter names
     assert fx_quant.float_module_names(registry.build("ddrnet23_slim", num_classes=11, aux=False)) == []
+
+
+def _quantized_calls(graph_module: torch.nn.Module, functions) -> list[str]:
+    """The calls of `functions` in a converted INT8 graph that take quantized tensors: FX swaps
+    float add / cat for quantized kernels (torch.ops.quantized.add) or calls cat on quint8 inputs."""
+    names = []
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and (node.target in functions or "quantized" in str(node.target)):
+            names.append(str(node.target))
+    return names
+
+
+def test_float_ops_keep_sums_and_concatenations_in_float():
+    """ESPNet's `fx_float_ops` (add, cat) leave every sum and concatenation float in the converted
+    INT8 graph while every convolution stays INT8; without them FX quantizes both. Unknown kinds
+    are refused with the valid list."""
+    from zoo import registry
+
+    espnet = registry.build("espnet", num_classes=11).eval()
+    assert fx_quant.float_op_kinds(espnet) == ("add", "cat")
+    assert fx_quant.float_op_kinds(registry.build("ddrnet23_slim", num_classes=11, aux=False)) == ()
+    nodes = fx_quant.float_op_nodes(espnet)
+    assert len(nodes) == 67 and all(n.startswith(("add", "cat")) for n in nodes)  # 49 sums, 18 concatenations
+    x = [torch.randn(1, 3, 64, 64) for _ in range(2)]
+    counts = {}
+    for ops in ((), ("add", "cat")):
+        prepared = fx_quant.prepare(espnet, qat=False, input_hw=(64, 64), scheme="affine", calib_method="minmax",
+                                    float_ops=ops)
+        fx_quant.calibrate(prepared, x)
+        int8 = fx_quant.convert_int8(prepared, warn=False)
+        adds = [n for n in _quantized_calls(int8, ()) if "add" in n]
+        deq = sum(1 for n in int8.graph.nodes if n.target == "dequantize")
+        counts[ops] = (adds, deq, fx_quant.count_int8_modules(int8)["int8_modules"])
+    assert counts[()][0] and not counts[("add", "cat")][0]  # quantized adds only without float ops
+    assert counts[("add", "cat")][1] > counts[()][1]  # the float islands dequantize their inputs
+    assert counts[("add", "cat")][2] == counts[()][2]  # every convolution is INT8 either way
+    with pytest.raises(ValueError, match="valid: add, cat, batchnorm"):
+        fx_quant.prepare(espnet, qat=False, float_ops=("relu",))
+    # "batchnorm": every standalone BatchNorm2d (ESPNet's already are, as they feed PReLUs).
+    assert len(fx_quant.float_op_nodes(espnet, ("add", "cat", "batchnorm"))) == 67 + 17
 
 
 def test_calibrate_qat_starts_ranges_at_the_mean_of_per_image_ranges():

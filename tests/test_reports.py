@@ -398,3 +398,20 @@ def test_mixed_precision_footer_names_a_few_float_layers_and_counts_the_rest():
            "artifact": {"quant": {"kept_float": {"from": "s.json", "nodes": [f"/n{i}/Conv" for i in range(142)]}}}}
     (line,) = _mixed_footer([rec, rec])
     assert "142 layer(s) kept in float (/n0/Conv, /n1/Conv" in line and "/n5/Conv and 136 more; chosen by s.json" in line
+
+
+def test_mixed_precision_footer_names_a_networks_float_ops_and_qat_trained_with_them():
+    """A torch static cell whose network keeps op kinds in float (`fx_float_ops`) is mixed
+    precision; a QAT cell trained with them gets its own footer line, once."""
+    from reports.tables import MIXED, _mixed_footer, report_variant
+
+    static = {"model": "espnet", "variant": "static",
+              "artifact": {"quant": {"kept_float": {"from": "ESPNet.fx_float_ops (add, cat)", "ops": ["add", "cat"],
+                                                    "nodes": ["cat", "add", "add_1"]}}}}
+    qat = {"model": "espnet", "variant": "qat", "artifact": {"quant": {"float_ops": ["add", "cat"]}}}
+    plain_qat = {"model": "ddrnet", "variant": "qat", "artifact": {"quant": {}}}
+    assert report_variant(static) == MIXED and report_variant(qat) == "qat"
+    lines = _mixed_footer([static, qat, qat, plain_qat])
+    assert lines == ["static PTQ, mixed precision: espnet: its 3 add and cat op(s) kept in float (cat, add, add_1; "
+                     "set by ESPNet.fx_float_ops (add, cat))",
+                     "QAT: espnet keeps its add and cat ops in float"]

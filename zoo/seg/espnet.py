@@ -151,6 +151,13 @@ def _deconv2x(ch: int) -> nn.ConvTranspose2d:
 class ESPNet(nn.Module):
     """ESPNet with the light-weight (RUM) decoder; logits at the input resolution."""
 
+    # PyTorch FX INT8 graphs keep the ESP modules' sums and concatenations in float
+    # (`quant.fx_quant.FLOAT_OPS`; its PReLUs and their BatchNorms always are): per-tensor
+    # requantization of each hierarchical sum crushes its small-range channels, and torch's
+    # quantized cat requantizes inputs of different scales. Every convolution stays INT8.
+    # Measured on CamVid val (NOTES.md, session 10).
+    fx_float_ops = ("add", "cat")
+
     def __init__(self, num_classes: int = 20, p: int = 2, q: int = 8, decoder_skip: DecoderSkip = "b1") -> None:
         super().__init__()
         if decoder_skip not in _SKIP_CHANNELS:
