@@ -312,6 +312,10 @@ def build_parser(prog: str = "python -m zoo.instances.train") -> argparse.Argume
     p.add_argument("--lr", type=float)
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--sigma", type=float, default=3.0, help="centre Gaussian std in pixels")
+    p.add_argument("--center-weight", type=float, default=LossWeights.center,
+                   help="weight of the centre-heat MSE (default %(default)s, Panoptic-DeepLab's)")
+    p.add_argument("--offset-weight", type=float, default=LossWeights.offset,
+                   help="weight of the offset L1 in pixels (default %(default)s, Panoptic-DeepLab's)")
     p.add_argument("--paste-prob", type=float, default=PasteConfig.prob, help="copy-paste probability per image (0: off)")
     p.add_argument("--min-solidity", type=float, default=CleanFilter.min_solidity)
     p.add_argument("--seed", type=int, default=0)
@@ -333,6 +337,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m zoo.instances.tra
         model=args.model, data=args.data, data_root=args.data_root, num_images=args.num_images,
         size=tuple(args.size) if args.size else None, recipe=args.recipe, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, crop=tuple(args.crop) if args.crop else None, sigma=args.sigma,
+        loss=LossWeights(center=args.center_weight, offset=args.offset_weight),
         clean=CleanFilter(min_solidity=args.min_solidity), paste=PasteConfig(prob=args.paste_prob), seed=args.seed,
         resume=args.resume, artifacts=args.artifacts, run_name=args.run_name, workers=args.workers,
         threads=args.threads, save_every=args.save_every, progress=not args.no_progress)
