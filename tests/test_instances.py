@@ -321,6 +321,25 @@ def test_evaluation_cli_prints_pq_for_all_methods(tiny_run, capsys, monkeypatch)
     assert "PQ" in out and "mask AP" in out
 
 
+def test_true_heads_oracle_makes_the_learned_method_exact_on_true_semantics(tiny_run, monkeypatch):
+    """With the true semantic mask and both heads replaced by targets from the true instances,
+    grouping must recover the instances (the post-processing is right); a one-epoch model's own
+    heads cannot, which is what the oracle is for: telling which head limits the learned row."""
+    from zoo.errors import UsageError
+    from zoo.instances.evaluate import InstanceEvalConfig, run_eval
+
+    cfg, res, cache = tiny_run
+    monkeypatch.setenv("EDGEZOO_CACHE", str(cache))
+    base = dict(weights=[str(res["best"])], num_images=3, size=(96, 128), semantic="gt", progress=False)
+    oracle = run_eval(InstanceEvalConfig(**base, true_heads="both"))
+    own = run_eval(InstanceEvalConfig(**base))
+    assert oracle["true_heads"] == "both"
+    pq_oracle = oracle["summary"]["learned"]["all"]["pq"]["mean"]
+    assert pq_oracle > 0.9 and pq_oracle > own["summary"]["learned"]["all"]["pq"]["mean"]
+    with pytest.raises(UsageError, match="--true-heads must be one of"):
+        run_eval(InstanceEvalConfig(**base, true_heads="heat"))
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
     import os

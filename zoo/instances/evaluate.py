@@ -11,6 +11,10 @@ is the network's semantic prediction (``--semantic pred``, the default) or the g
 semantic label (``--semantic gt``: an oracle that isolates instance separation; with no
 --weights only the two baselines run).
 
+Diagnosis: ``--true-heads centre|offset|both`` replaces the learned model's centre heat map and/or
+offsets by targets made from the TRUE instances (`zoo.instances.pseudo.make_targets`, the
+checkpoint's sigma), so that the learned row tells which head limits it (an oracle, not a result).
+
 Subsets: ``all`` (every ground-truth thing instance) and ``touching``: the ground-truth instances
 that come within --gap pixels (default 1) of another instance of the same class
 (`zoo.instances.metrics.touching_instances`); the others are ignored, and a prediction counts as a
@@ -38,9 +42,11 @@ from zoo.instances.baselines import WATERSHED_H_ABS, WATERSHED_H_REL, cc_instanc
 from zoo.instances.data import InstanceData, open_data
 from zoo.instances.metrics import MaskAP, PQAccumulator, touching_instances
 from zoo.instances.postprocess import GroupConfig, decode_output, mean_class_probability, panoptic_instances
+from zoo.instances.pseudo import make_targets
 from zoo.registry import get_entry
 
 METHODS = ("learned", "cc", "watershed")
+TRUE_HEADS = ("none", "centre", "offset", "both")
 SUBSETS = ("all", "touching")
 
 
@@ -57,6 +63,7 @@ class InstanceEvalConfig:
     ws_h_abs: float = WATERSHED_H_ABS
     ws_h_rel: float = WATERSHED_H_REL
     gap: int = 1
+    true_heads: str = "none"           # "none" | "centre" | "offset" | "both": oracle heads (diagnosis)
     threads: int | None = None
     progress: bool = True
 
@@ -124,6 +131,10 @@ def evaluate_one(data: InstanceData, cfg: InstanceEvalConfig, model: torch.nn.Mo
             t = time.perf_counter()
             probs, heat, off = decode_output(predict(model, pre, s.image), data.num_classes)
             seconds["learned"] += time.perf_counter() - t
+            if cfg.true_heads != "none":
+                true = make_targets(s.ids, np.ones(len(s.classes), bool), sigma=float(meta.get("sigma", 3.0)))
+                heat = true.heat if cfg.true_heads in ("centre", "both") else heat
+                off = true.offset if cfg.true_heads in ("offset", "both") else off
         sem = s.semantic if cfg.semantic == "gt" else probs.argmax(0).astype(np.uint8)
         results = {}
         if model is not None:
@@ -161,6 +172,10 @@ def run_eval(cfg: InstanceEvalConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     if cfg.semantic not in ("pred", "gt"):
         raise UsageError(f"--semantic must be pred or gt, got {cfg.semantic!r}")
+    if cfg.true_heads not in TRUE_HEADS:
+        raise UsageError(f"--true-heads must be one of {', '.join(TRUE_HEADS)}, got {cfg.true_heads!r}")
+    if cfg.true_heads != "none" and not cfg.weights:
+        raise UsageError("--true-heads replaces heads of a learned model; pass --weights")
     if not cfg.weights and cfg.semantic == "pred":
         raise UsageError("--semantic pred needs --weights (a trained model); use --semantic gt for baselines alone")
     data = open_data(cfg.data, root=cfg.data_root, split=cfg.split, with_instances=True,
@@ -176,7 +191,7 @@ def run_eval(cfg: InstanceEvalConfig) -> dict[str, Any]:
         res["weights"] = str(path) if path else None
         res["seed"] = meta.get("seed") if meta else None
         per_seed.append(res)
-    return {"data": cfg.data, "split": cfg.split, "semantic": cfg.semantic, "gap": cfg.gap,
+    return {"data": cfg.data, "split": cfg.split, "semantic": cfg.semantic, "true_heads": cfg.true_heads, "gap": cfg.gap,
             "group": cfg.group.as_dict(), "watershed": {"h_abs": cfg.ws_h_abs, "h_rel": cfg.ws_h_rel},
             "thing_classes": list(data.thing_names), "per_seed": per_seed, "summary": _summary(per_seed)}
 
@@ -186,7 +201,9 @@ def format_table(res: dict[str, Any]) -> str:
     lines = [f"{res['data']}/{res['split']}: {first['images']} images, {first['instances']} thing instances, "
              f"{first['touching_instances']} touching (gap <= {res['gap']} px, in {first['images_with_touching']} "
              f"images); semantic mask: {'predicted' if res['semantic'] == 'pred' else 'ground truth (oracle)'}; "
-             f"{len(res['per_seed'])} model(s)",
+             f"{len(res['per_seed'])} model(s)"
+             + (f"; learned row with TRUE {res['true_heads']} head(s) (oracle)" if res.get("true_heads", "none") != "none"
+                else ""),
              f"{'method':<10} {'subset':<9} {'PQ':>13} {'SQ':>13} {'RQ':>13} {'mask AP':>13} {'AP50':>13}"]
 
     def cell(d: dict[str, Any]) -> str:
@@ -220,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ws-h-rel", type=float, default=WATERSHED_H_REL,
                    help="watershed: minimum peak dynamic / depth (default tuned on synthetic val)")
     p.add_argument("--gap", type=int, default=1, help="touching: at most this many pixels apart")
+    p.add_argument("--true-heads", choices=TRUE_HEADS, default="none",
+                   help="diagnosis: replace the learned centre and/or offset head by targets from the true "
+                        "instances, to see which head limits the learned method")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -231,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         num_images=args.num_images, size=tuple(args.size) if args.size else None, semantic=args.semantic,
         group=GroupConfig(threshold=args.threshold, nms_kernel=args.nms_kernel, vote_radius=args.vote_radius,
                           split_components=args.split_components, min_fragment=args.min_fragment),
-        ws_h_abs=args.ws_h_abs, ws_h_rel=args.ws_h_rel, gap=args.gap, threads=args.threads,
+        ws_h_abs=args.ws_h_abs, ws_h_rel=args.ws_h_rel, gap=args.gap, true_heads=args.true_heads, threads=args.threads,
         progress=not args.no_progress)
     with user_errors():
         res = run_eval(cfg)
