@@ -309,6 +309,13 @@ def test_smoke_training_writes_checkpoints_and_resumes(tiny_run):
     assert [h["epoch"] for h in res2["history"]] == [1, 2]
 
 
+def test_training_refuses_negative_loss_weights(capsys):
+    from zoo.instances.train import main
+
+    assert main(["--offset-weight", "-0.1", "--epochs", "1", "--no-progress"]) == 2
+    assert "loss weights must be finite and >= 0" in capsys.readouterr().err
+
+
 def test_evaluation_cli_prints_pq_for_all_methods(tiny_run, capsys, monkeypatch):
     from zoo.instances.evaluate import main
 

@@ -191,6 +191,9 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
     """Train (or resume); returns {"best", "last", "history", "seconds", "pseudo": stats}."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if min(cfg.loss.center, cfg.loss.offset) < 0 or not math.isfinite(cfg.loss.center + cfg.loss.offset):
+        raise ValueError(f"loss weights must be finite and >= 0 (--center-weight {cfg.loss.center}, "
+                         f"--offset-weight {cfg.loss.offset})")
     entry = get_entry(cfg.model)
     if entry.task != "instance":
         raise ValueError(f"{entry.name} is a {entry.task} network; zoo.instances.train trains instance networks")
