@@ -259,7 +259,7 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     model = copy.deepcopy(model)
-    float_ops = float_op_kinds(model) if float_ops is None else check_float_ops(float_ops)
+    float_ops = resolve_float_ops(model, float_ops)
     mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range, weight_qrange=weight_qrange,
                               calib_method=calib_method)
     for kind in float_ops:
@@ -323,12 +323,17 @@ def float_op_kinds(model: nn.Module) -> tuple[str, ...]:
     return check_float_ops(getattr(model, "fx_float_ops", ()))
 
 
+def resolve_float_ops(model: nn.Module, float_ops: Sequence[str] | None) -> tuple[str, ...]:
+    """`float_ops` validated, or the network's own (`float_op_kinds`) when it is None."""
+    return float_op_kinds(model) if float_ops is None else check_float_ops(float_ops)
+
+
 def float_module_names(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:
     """The modules `keep_float` runs in float in FX INT8 graphs: every `nn.PReLU`, and every
     standalone `nn.BatchNorm2d` (its input is not a convolution's output) that feeds only PReLUs,
     or every standalone one when `float_ops` (default: `float_op_kinds(model)`) has "batchnorm".
     Empty for networks without PReLU (DDRNet, YOLOv5, ...), whose graphs it leaves unchanged."""
-    all_bn = "batchnorm" in (float_op_kinds(model) if float_ops is None else check_float_ops(float_ops))
+    all_bn = "batchnorm" in resolve_float_ops(model, float_ops)
     graph = _LeafTracer(fx_leaf_classes(model)).trace(model)
     modules = dict(model.named_modules())
 
@@ -351,7 +356,7 @@ def float_module_names(model: nn.Module, float_ops: Sequence[str] | None = None)
 def float_op_nodes(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:
     """The FX graph nodes that `float_ops` (default: `float_op_kinds(model)`) put in float: the
     sums and concatenations by their traced names ("add_3", "cat"), the BatchNorms by module name."""
-    kinds = float_op_kinds(model) if float_ops is None else check_float_ops(float_ops)
+    kinds = resolve_float_ops(model, float_ops)
     functions = {fn for k in kinds for fn in _FLOAT_FUNCTIONS.get(k, ())}
     graph = _LeafTracer(fx_leaf_classes(model)).trace(model)
     names = [n.name for n in graph.nodes if n.op == "call_function" and n.target in functions]

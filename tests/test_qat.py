@@ -432,14 +432,10 @@ def test_prelu_and_its_standalone_batchnorm_stay_float_in_fx_graphs():
     assert fx_quant.float_module_names(registry.build("ddrnet23_slim", num_classes=11, aux=False)) == []
 
 
-def _quantized_calls(graph_module: torch.nn.Module, functions) -> list[str]:
-    """The calls of `functions` in a converted INT8 graph that take quantized tensors: FX swaps
-    float add / cat for quantized kernels (torch.ops.quantized.add) or calls cat on quint8 inputs."""
-    names = []
-    for node in graph_module.graph.nodes:
-        if node.op == "call_function" and (node.target in functions or "quantized" in str(node.target)):
-            names.append(str(node.target))
-    return names
+def _quantized_adds(graph_module: torch.nn.Module) -> list[str]:
+    """The quantized-kernel additions of a converted INT8 graph (torch.ops.quantized.add, ...)."""
+    return [str(n.target) for n in graph_module.graph.nodes
+            if n.op == "call_function" and "quantized" in str(n.target) and "add" in str(n.target)]
 
 
 def test_float_ops_keep_sums_and_concatenations_in_float():
@@ -460,7 +456,7 @@ def test_float_ops_keep_sums_and_concatenations_in_float():
                                     float_ops=ops)
         fx_quant.calibrate(prepared, x)
         int8 = fx_quant.convert_int8(prepared, warn=False)
-        adds = [n for n in _quantized_calls(int8, ()) if "add" in n]
+        adds = _quantized_adds(int8)
         deq = sum(1 for n in int8.graph.nodes if n.target == "dequantize")
         counts[ops] = (adds, deq, fx_quant.count_int8_modules(int8)["int8_modules"])
     assert counts[()][0] and not counts[("add", "cat")][0]  # quantized adds only without float ops
