@@ -230,6 +230,50 @@ def test_centre_nms_and_grouping_follow_the_offsets():
     assert ids.max() == 3 and ids[blob][0] not in ids[thing]
 
 
+def test_min_votes_splits_a_component_only_between_centres_with_enough_votes():
+    yy, xx = np.mgrid[0:30, 0:40]
+    thing = np.zeros((30, 40), bool)
+    thing[5:15, 5:35] = True                  # one component, 300 px
+    sem = np.where(thing, CAR, 0).astype(np.uint8)
+    heat = np.zeros((30, 40), np.float32)
+    heat[10, 10], heat[10, 30] = 0.9, 0.8
+    # the left 200 px vote for (10, 10), the right 100 px for (10, 30)
+    offset = np.stack([10.0 - yy, np.where(xx < 25, 10.0, 30.0) - xx]).astype(np.float32)
+    cfg = dict(nms_kernel=3, split_components=True)
+    ids, cls, _ = panoptic_instances(sem, heat, offset, [CAR], GroupConfig(**cfg, min_votes=100))
+    assert ids.max() == 2 and list(cls) == [-1, CAR, CAR]
+    assert len(np.unique(ids[thing & (xx < 25)])) == 1 and ids[10, 30] != ids[10, 10]
+    # the right centre collects 100 votes < 101: the component stays whole, as connected components
+    ids, _, _ = panoptic_instances(sem, heat, offset, [CAR], GroupConfig(**cfg, min_votes=101))
+    assert ids.max() == 1 and (ids[thing] == 1).all()
+    # a third, stray centre with 2 votes does not split: its voters join the nearest confident centre
+    heat[12, 20] = 0.7
+    off3 = offset.copy()
+    off3[0][5, 19:21], off3[1][5, 19:21] = 7.0, 0.0          # two pixels vote for (12, 20)
+    ids, _, _ = panoptic_instances(sem, heat, off3, [CAR], GroupConfig(**cfg, min_votes=50))
+    assert ids.max() == 2 and ids[5, 19] == ids[10, 10] and ids[5, 20] == ids[10, 10]
+
+
+def test_offset_scale_travels_with_the_weights_and_old_checkpoints_load_as_raw_pixels():
+    import torch
+
+    from zoo.instances.net import OFFSET_SCALE, PanopticLite, split_outputs
+
+    torch.manual_seed(0)
+    net = PanopticLite(num_classes=3).eval()
+    assert float(net.offset_scale) == OFFSET_SCALE
+    torch.nn.init.normal_(net.offset[1].weight, std=0.1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        scaled = split_outputs(net(x), 3)[2]
+        state = {k: v for k, v in net.state_dict().items() if k != "offset_scale"}  # a pre-scale checkpoint
+        old = PanopticLite(num_classes=3).eval()
+        old.load_state_dict(state)
+        raw = split_outputs(old(x), 3)[2]
+    assert float(old.offset_scale) == 1.0
+    torch.testing.assert_close(scaled, raw * OFFSET_SCALE, rtol=1e-4, atol=1e-4)
+
+
 def test_cc_merges_and_watershed_splits_two_touching_squares():
     sem = np.zeros((44, 50), np.uint8)
     sem[5:25, 5:25] = CAR

@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="px; votes farther from every centre fall back to connected components (0: off)")
     p.add_argument("--split-components", action="store_true", help="cut instances by connected components")
     p.add_argument("--min-fragment", type=int, default=GroupConfig.min_fragment)
+    p.add_argument("--min-votes", type=int, default=GroupConfig.min_votes,
+                   help="with --split-components: a centre splits a component only with this many votes in it")
     p.add_argument("--ws-h-abs", type=float, default=WATERSHED_H_ABS, help="watershed: minimum peak dynamic (px)")
     p.add_argument("--ws-h-rel", type=float, default=WATERSHED_H_REL,
                    help="watershed: minimum peak dynamic / depth (default tuned on synthetic val)")
@@ -250,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         weights=list(args.weights), data=args.data, data_root=args.data_root, split=args.split,
         num_images=args.num_images, size=tuple(args.size) if args.size else None, semantic=args.semantic,
         group=GroupConfig(threshold=args.threshold, nms_kernel=args.nms_kernel, vote_radius=args.vote_radius,
-                          split_components=args.split_components, min_fragment=args.min_fragment),
+                          split_components=args.split_components, min_fragment=args.min_fragment,
+                          min_votes=args.min_votes),
         ws_h_abs=args.ws_h_abs, ws_h_rel=args.ws_h_rel, gap=args.gap, true_heads=args.true_heads, threads=args.threads,
         progress=not args.no_progress)
     with user_errors():

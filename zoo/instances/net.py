@@ -31,6 +31,7 @@ from zoo.registry import ModelEntry, Published, register
 from zoo.seg.fastdepthseg import DSConv, FastDepthSeg
 
 EXTRA_CHANNELS = 3  # centre heat + (dy, dx)
+OFFSET_SCALE = 10.0  # px per unit of the offset conv's parameters (see `output_layers`)
 
 
 def split_outputs(out: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,7 +43,8 @@ def split_outputs(out: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, to
 
 
 def output_layers(semantic: torch.Tensor, center: torch.Tensor, offset: torch.Tensor,
-                  weights: list[torch.Tensor], biases: list[torch.Tensor], size: list[int]) -> torch.Tensor:
+                  weights: list[torch.Tensor], biases: list[torch.Tensor], size: list[int],
+                  offset_scale: torch.Tensor) -> torch.Tensor:
     """The three heads' 1x1 output convolutions, their concat and the upsampling to the input size.
 
     One function, left whole by torch.fx (`torch.fx.wrap` below), so that PyTorch's FX INT8
@@ -51,6 +53,12 @@ def output_layers(semantic: torch.Tensor, center: torch.Tensor, offset: torch.Te
     with ONE scale for logits, centre heat (0..1) and offsets (tens of input pixels): the heat map
     is then a few 8-bit levels, and centre NMS finds plateaus instead of peaks.
     """
+    # The offset conv's parameters are in units of `offset_scale` pixels: Adam moves every weight by
+    # about the learning rate per step whatever the loss weight, so a head that must output tens of
+    # pixels from weights of O(1) learns slowly (session 11: train offset L1 still ~20 px after
+    # 3000 steps). Scaling the weights (constant-folded in ONNX) makes it an O(1) regression.
+    weights = [weights[0], weights[1], weights[2] * offset_scale]
+    biases = [biases[0], biases[1], biases[2] * offset_scale]
     y = torch.cat([F.conv2d(t, w, b) for t, w, b in zip((semantic, center, offset), weights, biases)], 1)
     # Offsets are regressed in input pixels, so resizing them needs no rescaling.
     return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -67,9 +75,12 @@ class _Head(nn.Sequential):
 class PanopticLite(nn.Module):
     """FastDepthSeg encoder + a 1/4 decoder + semantic / centre / offset heads (see module doc)."""
 
-    def __init__(self, *, num_classes: int = 19, decoder_ch: int = 64, head_ch: int = 32) -> None:
+    def __init__(self, *, num_classes: int = 19, decoder_ch: int = 64, head_ch: int = 32,
+                 offset_scale: float = OFFSET_SCALE) -> None:
         super().__init__()
         self.num_classes = num_classes
+        # A buffer, so that it travels with the weights (see `_load_from_state_dict`).
+        self.register_buffer("offset_scale", torch.tensor(float(offset_scale)))
         enc = FastDepthSeg(num_classes=1)  # its classifier is dropped; only the encoder is reused
         self.stem = enc.downsample[:2]        # 1/4, 48 ch
         self.down8 = enc.downsample[2]        # 1/8, 64 ch
@@ -88,6 +99,12 @@ class PanopticLite(nn.Module):
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the scale existed regressed raw pixels: load them with scale 1,
+        # as they were trained, rather than with this network's default.
+        state_dict.setdefault(prefix + "offset_scale", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f4 = self.stem(x)
         hi = self.down8(f4)
@@ -96,11 +113,12 @@ class PanopticLite(nn.Module):
         d = self.decoder(torch.cat([up, self.skip(f4)], 1))
         heads = (self.semantic, self.center, self.offset)
         return output_layers(*(h[0](d) for h in heads), [h[1].weight for h in heads], [h[1].bias for h in heads],
-                             x.shape[-2:])
+                             x.shape[-2:], self.offset_scale)
 
 
-def panoptic_lite_fastdepthseg(*, num_classes: int = 19, decoder_ch: int = 64, head_ch: int = 32) -> nn.Module:
-    return PanopticLite(num_classes=num_classes, decoder_ch=decoder_ch, head_ch=head_ch)
+def panoptic_lite_fastdepthseg(*, num_classes: int = 19, decoder_ch: int = 64, head_ch: int = 32,
+                               offset_scale: float = OFFSET_SCALE) -> nn.Module:
+    return PanopticLite(num_classes=num_classes, decoder_ch=decoder_ch, head_ch=head_ch, offset_scale=offset_scale)
 
 
 register(ModelEntry(

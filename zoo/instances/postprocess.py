@@ -40,6 +40,10 @@ class GroupConfig:
     (its object's centre was missed) and falls back to connected components; 0 assigns every
     pixel, as Panoptic-DeepLab does. `split_components`: cut every instance by the connected
     components of its class, so that grouping can only split components, never join them.
+    `min_votes` (with `split_components`): a component is split only among the centres that
+    collect at least this many of its pixels' votes; a component with fewer than two such centres
+    stays whole, as connected components would leave it, so that stray centres and noisy offsets
+    cannot over-split an isolated object.
     """
 
     threshold: float = 0.1
@@ -48,6 +52,7 @@ class GroupConfig:
     vote_radius: float = 16.0
     split_components: bool = False
     min_fragment: int = 0    # instance pieces smaller than this (px) join their largest sibling
+    min_votes: int = 0       # split_components: a centre splits a component only with this many votes in it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +91,41 @@ def group_pixels(thing: np.ndarray, offset: np.ndarray, centres: np.ndarray, *, 
             out[s:s + chunk][d[np.arange(len(best)), best] > max_distance ** 2] = 0
     labels[ys, xs] = out
     return labels
+
+
+def split_by_confident_centres(comp: np.ndarray, thing: np.ndarray, offset: np.ndarray, centres: np.ndarray,
+                               min_votes: int, chunk: int = 65536) -> np.ndarray:
+    """Instance key per pixel (0 off `thing`): every connected component (`comp`, 1..N) stays
+    whole unless two or more centres each collect at least `min_votes` of its pixels' votes; then
+    each of its pixels joins the nearest of those centres to its vote (pixel + offset)."""
+    key = np.zeros(comp.shape, np.int64)
+    ys, xs = np.nonzero(thing)
+    if len(ys) == 0:
+        return key
+    n_comp, k = int(comp.max()) + 1, len(centres)
+    pix_comp = comp[ys, xs].astype(np.int64)
+    if k == 0:
+        key[ys, xs] = pix_comp * (k + 1)
+        return key
+    vy = ys + offset[0][ys, xs]
+    vx = xs + offset[1][ys, xs]
+    c = np.asarray(centres, dtype=np.float32)
+
+    def nearest(allowed: np.ndarray | None) -> np.ndarray:
+        out = np.empty(len(ys), np.int64)
+        for s in range(0, len(ys), chunk):  # bounded memory: chunk x K distances at a time
+            d = (vy[s:s + chunk, None] - c[None, :, 0]) ** 2 + (vx[s:s + chunk, None] - c[None, :, 1]) ** 2
+            if allowed is not None:
+                d[~allowed[pix_comp[s:s + chunk]]] = np.inf
+            out[s:s + chunk] = d.argmin(1)
+        return out
+
+    votes = np.bincount(pix_comp * k + nearest(None), minlength=n_comp * k).reshape(n_comp, k)
+    confident = votes >= max(1, min_votes)
+    split = confident.sum(1) >= 2
+    owner = nearest(confident) + 1
+    key[ys, xs] = pix_comp * (k + 1) + np.where(split[pix_comp], owner, 0)
+    return key
 
 
 def _relabel(key: np.ndarray) -> np.ndarray:
@@ -135,11 +175,14 @@ def panoptic_instances(semantic: np.ndarray, heat: np.ndarray, offset: np.ndarra
     cfg = cfg or GroupConfig()
     comp, comp_cls = connected_components(semantic, thing_classes)
     centres, _ = find_centres(heat, threshold=cfg.threshold, nms_kernel=cfg.nms_kernel, top_k=cfg.top_k)
-    nearest = group_pixels(comp > 0, offset, centres, max_distance=cfg.vote_radius)
     k = len(centres) + 1
-    if cfg.split_components:
+    if cfg.split_components and cfg.min_votes > 0:
+        key = split_by_confident_centres(comp, comp > 0, offset, centres, cfg.min_votes)
+    elif cfg.split_components:
+        nearest = group_pixels(comp > 0, offset, centres, max_distance=cfg.vote_radius)
         key = np.where(comp > 0, comp.astype(np.int64) * k + nearest, 0)
     else:
+        nearest = group_pixels(comp > 0, offset, centres, max_distance=cfg.vote_radius)
         # centre groups image-wide; unreached pixels by their connected component
         rest, _ = connected_components(np.where((comp > 0) & (nearest == 0), semantic, 255), thing_classes)
         key = np.where(nearest > 0, nearest, np.where(rest > 0, rest.astype(np.int64) + k, 0))
