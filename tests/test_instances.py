@@ -494,3 +494,22 @@ def test_learns_to_split_touching_discs_from_semantic_labels_only():
                 acc[m].add(s.ids, s.classes, ids, cls, counted=touching)
     pq = {m: a.result().pq for m, a in acc.items()}
     assert pq["learned"] > pq["cc"] + 0.3 and pq["learned"] > pq["watershed"] + 0.3, pq
+
+
+def test_tuning_grid_scores_grouping_configurations_on_kept_outputs():
+    from zoo.instances.tune import _Kept, grid, score
+
+    gt = np.zeros((40, 60), np.int32)
+    gt[5:25, 5:25] = 1
+    gt[5:25, 25:45] = 2                  # two touching cars
+    classes = np.array([-1, CAR, CAR])
+    t = make_targets(gt, np.ones(3, bool), sigma=3.0)
+    kept = [_Kept(np.where(gt > 0, CAR, 0).astype(np.uint8), t.heat, t.offset, gt, classes,
+                  np.zeros(gt.shape, bool), touching_instances(gt, classes))]
+    configs = grid([0.5, 1.5], [3], [0, 50], vote_radius=16.0)
+    assert [(c.threshold, c.split_components, c.min_votes) for c in configs] == [
+        (0.5, False, 0), (0.5, True, 50), (1.5, False, 0), (1.5, True, 50)]
+    pq = [score(kept, c, [CAR], ["Car"]) for c in configs]
+    assert pq[0]["touching"] == pytest.approx(1.0) and pq[1]["touching"] == pytest.approx(1.0)
+    # a threshold above every peak finds no centre: the two cars stay one component, no match
+    assert pq[2]["touching"] == 0.0 and pq[3]["all"] == 0.0
