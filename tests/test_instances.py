@@ -2,6 +2,7 @@
 baselines, PQ, the network, a smoke training and the evaluation CLI, on hand-made arrays."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -349,6 +350,8 @@ def test_smoke_training_writes_checkpoints_and_resumes(tiny_run):
     assert meta["supervision"].startswith("semantic labels only")
     assert sum(meta["pseudo_instances"]["components"].values()) > 0
     cfg.epochs, cfg.resume = 2, True
+    with pytest.raises(ValueError, match="other loss_weights"):   # another recipe cannot resume this run
+        train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, offset=0.5)))
     res2 = train(cfg)
     assert [h["epoch"] for h in res2["history"]] == [1, 2]
 

@@ -168,6 +168,24 @@ class PseudoInstanceSet(torch.utils.data.Dataset):
                 torch.from_numpy(t.heat_weight)[None], torch.from_numpy(t.offset), torch.from_numpy(t.offset_weight)[None])
 
 
+def _check_resume(path: Path, meta: dict[str, Any], cfg: InstanceTrainConfig, recipe: Any) -> None:
+    """A resumed run must continue the same experiment: refuse one whose targets, loss weights or
+    schedule differ from the saved run's (they would silently mix two recipes in one checkpoint)."""
+    # More epochs is allowed: extending a finished run is how a longer schedule is reached.
+    def same(key: str, value: Any) -> bool:
+        saved, value = meta[key], json.loads(json.dumps(value))
+        if key == "recipe":
+            saved, value = ({k: v for k, v in d.items() if k != "epochs"} for d in (saved, value))
+        return saved == value
+
+    now = {"sigma": cfg.sigma, "loss_weights": asdict(cfg.loss), "clean_filter": asdict(cfg.clean),
+           "paste": asdict(cfg.paste), "recipe": recipe.as_dict()}
+    differ = [k for k, v in now.items() if k in meta and not same(k, v)]
+    if differ:
+        raise ValueError(f"--resume: {path} was trained with other {', '.join(differ)} (saved: "
+                         + "; ".join(f"{k}={meta[k]}" for k in differ) + "); pass the same options, or a new --run-name")
+
+
 def instance_loss(out: torch.Tensor, sem: torch.Tensor, heat: torch.Tensor, heat_w: torch.Tensor,
                   offset: torch.Tensor, offset_w: torch.Tensor, *, num_classes: int, ignore_index: int = 255,
                   weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
@@ -220,6 +238,7 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
     start_epoch, start_step, history = 0, 0, []
     if cfg.resume and last_path.is_file():
         state = read_checkpoint(last_path)
+        _check_resume(last_path, state.get("meta") or {}, cfg, recipe)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
