@@ -231,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nms-kernel", type=int, default=GroupConfig.nms_kernel)
     p.add_argument("--vote-radius", type=float, default=GroupConfig.vote_radius,
                    help="px; votes farther from every centre fall back to connected components (0: off)")
-    p.add_argument("--split-components", action="store_true", help="cut instances by connected components")
+    p.add_argument("--split-components", action=argparse.BooleanOptionalAction, default=GroupConfig.split_components,
+                   help="grouping only splits connected components (default); --no-split-components: "
+                        "Panoptic-DeepLab's image-wide grouping")
     p.add_argument("--min-fragment", type=int, default=GroupConfig.min_fragment)
     p.add_argument("--min-votes", type=int, default=GroupConfig.min_votes,
-                   help="with --split-components: a centre splits a component only with this many votes in it")
+                   help="with --split-components: a centre splits a component only with this many votes in it "
+                        "(0: every centre splits)")
     p.add_argument("--ws-h-abs", type=float, default=WATERSHED_H_ABS, help="watershed: minimum peak dynamic (px)")
     p.add_argument("--ws-h-rel", type=float, default=WATERSHED_H_REL,
                    help="watershed: minimum peak dynamic / depth (default tuned on synthetic val)")

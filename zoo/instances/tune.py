@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     b = res["best"]
     flags = (f"--threshold {b['threshold']:g} --nms-kernel {b['nms_kernel']}"
              + (f" --split-components --min-votes {b['min_votes']}" if b["split_components"]
-                else f" --vote-radius {b['vote_radius']:g}"))
+                else f" --no-split-components --vote-radius {b['vote_radius']:g}"))
     print(f"best: {flags}  (zoo.instances.evaluate flags; report on a split the tuning did not see)")
     return 0
 
