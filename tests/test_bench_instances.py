@@ -244,6 +244,8 @@ def _bench(args, tmp_path, timeout=600):
 def test_instance_sweep_fp32_and_static_on_torch_and_onnxruntime(tiny_synthetic, tmp_path):
     import onnx
 
+    from zoo.instances.postprocess import GroupConfig
+
     args = ["--model", "panoptic_lite", "--data", "synthetic", "--data-root", str(tiny_synthetic),
             "--quant", "fp32,static", "--backend", "torch,onnxruntime", "--input-size", "64", "96",
             "--train-epochs", "1", "--calib-images", "16", "--calib-method", "minmax",
@@ -268,7 +270,7 @@ def test_instance_sweep_fp32_and_static_on_torch_and_onnxruntime(tiny_synthetic,
         assert r["reference"]["status"] == "ok" and "pq" in r["reference"]
         assert 0 < r["postprocess_latency_ms"]["median"] < r["e2e_latency_ms"]["median"]
         assert r["postprocess_latency_ms"]["n"] == r["e2e_latency_ms"]["n"] == len(r["postprocess_samples_ms"])
-        assert r["protocol"]["e2e"].endswith("centre NMS + grouping") and r["postprocess"]["group"]["threshold"] == 0.1
+        assert r["protocol"]["e2e"].endswith("centre NMS + grouping") and r["postprocess"]["group"] == GroupConfig().as_dict()
         assert r["peak_rss_mb"] > 0 and r["size_mb"] > 0
     fp32 = recs[("fp32", "torch")]["metrics"]
     # the FP32 cell is the reference, run again: identical semantics and instances
