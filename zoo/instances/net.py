@@ -55,8 +55,9 @@ def output_layers(semantic: torch.Tensor, center: torch.Tensor, offset: torch.Te
     """
     # The offset conv's parameters are in units of `offset_scale` pixels: Adam moves every weight by
     # about the learning rate per step whatever the loss weight, so a head that must output tens of
-    # pixels from weights of O(1) learns slowly (session 11: train offset L1 still ~20 px after
-    # 3000 steps). Scaling the weights (constant-folded in ONNX) makes it an O(1) regression.
+    # pixels from weights of O(1) learns slowly. Scaling the weights (constant-folded in ONNX) makes
+    # it an O(1) regression. Measured (seed 0, 60 epochs, 30 synthetic val images): offset L1 20.1
+    # vs 22.1 px, tuned PQ on touching objects with the true semantic mask 44.2 vs 37.5.
     weights = [weights[0], weights[1], weights[2] * offset_scale]
     biases = [biases[0], biases[1], biases[2] * offset_scale]
     y = torch.cat([F.conv2d(t, w, b) for t, w, b in zip((semantic, center, offset), weights, biases)], 1)
