@@ -362,6 +362,37 @@ def test_training_refuses_negative_loss_weights(capsys):
 
     assert main(["--offset-weight", "-0.1", "--epochs", "1", "--no-progress"]) == 2
     assert "loss weights must be finite and >= 0" in capsys.readouterr().err
+    assert main(["--small-instance-weight", "0", "--epochs", "1", "--no-progress"]) == 2
+    assert "--small-instance-weight must be finite and > 0" in capsys.readouterr().err
+
+
+def test_small_instance_weights_mark_only_pixels_of_small_components():
+    from zoo.instances.train import small_instance_weights
+
+    ids = np.zeros((10, 10), np.int32)
+    ids[0:2, 0:2] = 1          # 4 px: small
+    ids[5:10, 0:10] = 2        # 50 px: large
+    ids[3, 9] = 3              # 1 px: small
+    w = small_instance_weights(ids, 10, 3.0)
+    assert w.dtype == np.float32 and w.shape == ids.shape
+    assert (w[ids == 1] == 3).all() and (w[ids == 3] == 3).all()
+    assert (w[ids == 2] == 1).all() and (w[ids == 0] == 1).all()   # background is never "small"
+    assert (small_instance_weights(ids, 0, 3.0) == 1).all()        # area 0: nothing is small
+
+
+def test_semantic_weights_scale_the_cross_entropy_before_hard_pixel_selection():
+    from zoo.instances.train import LossWeights, instance_loss
+
+    torch.manual_seed(0)
+    out = torch.randn(1, 5, 8, 8)
+    sem = torch.randint(0, 2, (1, 8, 8))
+    zeros, ones = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    plain = LossWeights(semantic_top_k=1.0)
+    _, base = instance_loss(out, sem, zeros, ones, torch.zeros(1, 2, 8, 8), ones, num_classes=2, weights=plain)
+    _, doubled = instance_loss(out, sem, zeros, ones, torch.zeros(1, 2, 8, 8), ones, num_classes=2, weights=plain,
+                               sem_w=torch.full((1, 8, 8), 2.0))
+    assert doubled["semantic"] == pytest.approx(2 * base["semantic"], rel=1e-5)
+    assert doubled["center"] == base["center"] and doubled["offset"] == base["offset"]
 
 
 def test_evaluation_cli_prints_pq_for_all_methods(tiny_run, capsys, monkeypatch):
@@ -481,8 +512,8 @@ def test_learns_to_split_touching_discs_from_semantic_labels_only():
         ds.epoch = epoch
         perm = np.random.default_rng(epoch).permutation(len(ds))
         for b in range(0, len(ds), 16):
-            x, sem, heat, hw, off, ow = (torch.stack(t) for t in zip(*[ds[int(j)] for j in perm[b:b + 16]]))
-            loss, _ = instance_loss(model(x), sem, heat, hw, off, ow, num_classes=2)
+            x, sem, sem_w, heat, hw, off, ow = (torch.stack(t) for t in zip(*[ds[int(j)] for j in perm[b:b + 16]]))
+            loss, _ = instance_loss(model(x), sem, heat, hw, off, ow, num_classes=2, sem_w=sem_w)
             opt.zero_grad()
             loss.backward()
             opt.step()

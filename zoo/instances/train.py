@@ -9,9 +9,9 @@ components (`zoo.instances.pseudo.CleanFilter`) get Panoptic-DeepLab targets (a 
 offset losses; clean instances of other images are pasted next to clean ones so that the network
 also sees touching objects with exact ids. The instance maps of the dataset are never read.
 
-Loss (Panoptic-DeepLab): semantic cross-entropy over the hardest 20 % of pixels + 200 x centre MSE
-+ 0.1 x offset L1 (their 0.01 is for a 30x longer schedule; `LossWeights`), each normalised by its
-weight mask.
+Loss (Panoptic-DeepLab): semantic cross-entropy over the hardest 20 % of pixels, pixels of small
+components weighted 3x + 200 x centre MSE + 0.1 x offset L1 (their 0.01 is for a 30x longer
+schedule; `LossWeights`), each normalised by its weight mask.
 
 Checkpoints: <artifacts>/checkpoints/<model>/<data>/<recipe>-seed<seed>/: `last.pt` (full state,
 every --save-every seconds and at each epoch end; --resume continues mid-epoch, augmentation
@@ -64,6 +64,13 @@ class LossWeights:
     center: float = 200.0
     offset: float = 0.1
     semantic_top_k: float = 0.2   # mean CE of the hardest 20 % of labelled pixels (1.0: plain CE)
+    # Panoptic-DeepLab weights the semantic CE of pixels of small instances by 3 (detectron2:
+    # INPUT.SMALL_INSTANCE_AREA 4096 px at Cityscapes' 1024x2048, SMALL_INSTANCE_WEIGHT 3). The
+    # area here is the same share of the image (0.2 %) at the synthetic card's 360x480: 336 px,
+    # counted on the augmented crop. The components are those of the semantic label (clean or
+    # not), so no instance label is read. 1.0 turns it off.
+    small_instance_area: int = 336
+    small_instance_weight: float = 3.0
 
 
 @dataclass
@@ -93,7 +100,8 @@ class InstanceTrainConfig:
 
 
 class PseudoInstanceSet(torch.utils.data.Dataset):
-    """Training items from semantic labels: (image, semantic, heat, heat weight, offset, offset weight).
+    """Training items from semantic labels: (image, semantic, semantic weight, heat, heat weight,
+    offset, offset weight).
 
     One pass at start-up runs the clean filter on every training label (kept: a bool per
     component) and fills the copy-paste bank; items then only redo the cheap connected components.
@@ -102,8 +110,12 @@ class PseudoInstanceSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, data: InstanceData, *, crop: tuple[int, int], scale_range: tuple[float, float],
-                 sigma: float, clean: CleanFilter, paste: PasteConfig, seed: int, progress: bool = False) -> None:
+                 sigma: float, clean: CleanFilter, paste: PasteConfig, seed: int, progress: bool = False,
+                 small_instance_area: int = LossWeights.small_instance_area,
+                 small_instance_weight: float = LossWeights.small_instance_weight) -> None:
         self.data = data
+        self.small_instance_area = int(small_instance_area)
+        self.small_instance_weight = float(small_instance_weight)
         self.crop = (int(crop[0]), int(crop[1]))
         self.scale_range = scale_range
         self.sigma = sigma
@@ -169,8 +181,17 @@ class PseudoInstanceSet(torch.utils.data.Dataset):
         image, sem, ids = self._geometry(image, sem, inst.ids, rng)
         t = make_targets(ids, inst.clean, sigma=self.sigma, ignore=sem == self.data.ignore_index)
         x = self.data.preprocess(self._jitter(image, rng))
-        return (x, torch.from_numpy(sem.astype(np.int64)), torch.from_numpy(t.heat)[None],
+        sem_w = small_instance_weights(ids, self.small_instance_area, self.small_instance_weight)
+        return (x, torch.from_numpy(sem.astype(np.int64)), torch.from_numpy(sem_w), torch.from_numpy(t.heat)[None],
                 torch.from_numpy(t.heat_weight)[None], torch.from_numpy(t.offset), torch.from_numpy(t.offset_weight)[None])
+
+
+def small_instance_weights(ids: np.ndarray, max_area: int, weight: float) -> np.ndarray:
+    """Per-pixel semantic-loss weight: `weight` on instances smaller than `max_area` px, else 1."""
+    area = np.bincount(ids.ravel(), minlength=1)
+    small = area < max_area
+    small[0] = False  # id 0 is "no instance"
+    return np.where(small[ids], np.float32(weight), np.float32(1.0)).astype(np.float32)
 
 
 def _check_resume(path: Path, meta: dict[str, Any], cfg: InstanceTrainConfig, recipe: Any) -> None:
@@ -193,10 +214,17 @@ def _check_resume(path: Path, meta: dict[str, Any], cfg: InstanceTrainConfig, re
 
 def instance_loss(out: torch.Tensor, sem: torch.Tensor, heat: torch.Tensor, heat_w: torch.Tensor,
                   offset: torch.Tensor, offset_w: torch.Tensor, *, num_classes: int, ignore_index: int = 255,
-                  weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts (semantic, centre, offset) for one batch."""
+                  weights: LossWeights = LossWeights(),
+                  sem_w: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts (semantic, centre, offset) for one batch.
+
+    `sem_w` (N, H, W) weights each pixel's CE before the hard-pixel selection, as Panoptic-DeepLab
+    does (`small_instance_weights`); None: all ones."""
     logits, c, o = split_outputs(out, num_classes)
-    ce = F.cross_entropy(logits, sem, ignore_index=ignore_index, reduction="none").flatten()
+    ce = F.cross_entropy(logits, sem, ignore_index=ignore_index, reduction="none")
+    if sem_w is not None:
+        ce = ce * sem_w
+    ce = ce.flatten()
     ce = ce[(sem != ignore_index).flatten()]
     if ce.numel() == 0:
         sem_loss = logits.sum() * 0.0
@@ -217,6 +245,9 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
     if min(cfg.loss.center, cfg.loss.offset) < 0 or not math.isfinite(cfg.loss.center + cfg.loss.offset):
         raise ValueError(f"loss weights must be finite and >= 0 (--center-weight {cfg.loss.center}, "
                          f"--offset-weight {cfg.loss.offset})")
+    if not (0 < cfg.loss.small_instance_weight < math.inf) or cfg.loss.small_instance_area < 0:
+        raise ValueError(f"--small-instance-weight must be finite and > 0 (got {cfg.loss.small_instance_weight}) "
+                         f"and --small-instance-area >= 0 (got {cfg.loss.small_instance_area})")
     entry = get_entry(cfg.model)
     if entry.task != "instance":
         raise ValueError(f"{entry.name} is a {entry.task} network; zoo.instances.train trains instance networks")
@@ -226,7 +257,9 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
                      progress=cfg.progress)
     t0 = time.time()
     train_set = PseudoInstanceSet(data, crop=recipe.crop, scale_range=recipe.scale_range, sigma=cfg.sigma,
-                                  clean=cfg.clean, paste=cfg.paste, seed=cfg.seed, progress=cfg.progress)
+                                  clean=cfg.clean, paste=cfg.paste, seed=cfg.seed, progress=cfg.progress,
+                                  small_instance_area=cfg.loss.small_instance_area,
+                                  small_instance_weight=cfg.loss.small_instance_weight)
     pseudo = {"components": dict(train_set.stats), "bank": {data.classes[c]: len(v) for c, v in train_set.bank.by_class.items()},
               "seconds": round(time.time() - t0, 1)}
     n_steps = steps_per_epoch(len(train_set), recipe.batch_size, 1)
@@ -280,12 +313,12 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
         bar = tqdm(loader, total=n_steps, initial=first, disable=not cfg.progress, dynamic_ncols=True,
                    desc=f"{entry.name} epoch {epoch + 1}/{recipe.epochs}")
         running: dict[str, float] = {}
-        for step, (x, sem, heat, heat_w, off, off_w) in enumerate(bar, start=first):
+        for step, (x, sem, sem_w, heat, heat_w, off, off_w) in enumerate(bar, start=first):
             lr = _lr_at(recipe, epoch * n_steps + step, total_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, parts = instance_loss(model(x), sem, heat, heat_w, off, off_w, num_classes=data.num_classes,
-                                        ignore_index=data.ignore_index, weights=cfg.loss)
+                                        ignore_index=data.ignore_index, weights=cfg.loss, sem_w=sem_w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -343,6 +376,12 @@ def build_parser(prog: str = "python -m zoo.instances.train") -> argparse.Argume
                    help="weight of the centre-heat MSE (default %(default)s, Panoptic-DeepLab's)")
     p.add_argument("--offset-weight", type=float, default=LossWeights.offset,
                    help="weight of the offset L1 in pixels (default %(default)s, Panoptic-DeepLab's)")
+    p.add_argument("--small-instance-weight", type=float, default=LossWeights.small_instance_weight,
+                   help="semantic-CE weight of pixels of instances under --small-instance-area px "
+                        "(default %(default)s, Panoptic-DeepLab's; 1: off)")
+    p.add_argument("--small-instance-area", type=int, default=LossWeights.small_instance_area,
+                   help="area in px, on the augmented crop (default %(default)s: Panoptic-DeepLab's 4096 at "
+                        "1024x2048 scaled to 360x480)")
     p.add_argument("--paste-prob", type=float, default=PasteConfig.prob, help="copy-paste probability per image (0: off)")
     p.add_argument("--min-solidity", type=float, default=CleanFilter.min_solidity)
     p.add_argument("--seed", type=int, default=0)
@@ -364,7 +403,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m zoo.instances.tra
         model=args.model, data=args.data, data_root=args.data_root, num_images=args.num_images,
         size=tuple(args.size) if args.size else None, recipe=args.recipe, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, crop=tuple(args.crop) if args.crop else None, sigma=args.sigma,
-        loss=LossWeights(center=args.center_weight, offset=args.offset_weight),
+        loss=LossWeights(center=args.center_weight, offset=args.offset_weight,
+                         small_instance_area=args.small_instance_area, small_instance_weight=args.small_instance_weight),
         clean=CleanFilter(min_solidity=args.min_solidity), paste=PasteConfig(prob=args.paste_prob), seed=args.seed,
         resume=args.resume, artifacts=args.artifacts, run_name=args.run_name, workers=args.workers,
         threads=args.threads, save_every=args.save_every, progress=not args.no_progress)
