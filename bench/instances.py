@@ -119,6 +119,20 @@ def fp32_checkpoint(cfg: Any, model: str) -> Path:
     return Path(result["best"])
 
 
+def group_settings(weights: str | Path | None, log: Callable[[str], Any]) -> dict:
+    """The grouping settings of an instance checkpoint's cells: its tuned sidecar
+    (`python -m zoo.instances.tune --write`), else `GroupConfig`'s defaults (announced)."""
+    from zoo.instances.postprocess import GroupConfig, group_sidecar, read_group_sidecar
+
+    tuned = read_group_sidecar(weights) if weights else None
+    if tuned is None:
+        log(f"[edgezoo] grouping: GroupConfig defaults (no tuned {group_sidecar(weights).name if weights else 'sidecar'}"
+            "; python -m zoo.instances.tune --write makes one)")
+        return GroupConfig().as_dict()
+    log(f"[edgezoo] grouping: tuned settings of {group_sidecar(weights)}")
+    return tuned[0].as_dict()
+
+
 def check_weights(loaded: Any, data: str) -> None:
     """The checkpoint must predict the dataset's classes (its semantic channels are scored
     against the labels and its thing classes grouped into instances)."""
@@ -334,7 +348,7 @@ def run_instance_cell(spec: dict) -> dict:
     batch = int(spec.get("batch", 1))
     num_classes = int(spec["num_classes"])
     cell_id = spec.get("cell_id", "cell")
-    group = GroupConfig()
+    group = GroupConfig.from_dict(spec["group"]) if spec.get("group") else GroupConfig()
 
     # -- data (images, labels, true instances, reference outputs), before the memory baseline
     gt = load_evalset(spec["evalset"]["labels"])
@@ -441,7 +455,7 @@ def float_nodes(artifact: dict | None) -> dict | None:
     return {"float_head": bool(meta["float_head"]), "nodes": list(meta.get("nodes_to_exclude") or []), "why": why}
 
 
-def protocol(hw: tuple[int, int]) -> dict:
+def protocol(hw: tuple[int, int], group: dict | None = None) -> dict:
     """How an instance cell's numbers are made (stored in every instance record)."""
     from zoo.instances.postprocess import GroupConfig
 
@@ -449,10 +463,13 @@ def protocol(hw: tuple[int, int]) -> dict:
         "input": f"resized (bilinear) to {hw[0]}x{hw[1]} and normalised; ground-truth labels and instance ids "
                  "resized nearest to the same size (python -m zoo.instances.evaluate pads to a multiple of 32 "
                  "instead, so its PQ differs slightly)",
-        "postprocess": {"group": GroupConfig().as_dict(),
-                        "steps": "semantic argmax; centre NMS (max-pool keypoint NMS, threshold, top-k); every thing "
-                                 "pixel joins the centre nearest to its offset vote, unreached pixels form instances "
-                                 "by connected components (zoo.instances.postprocess.instances_from_output)"},
+        "postprocess": {"group": group or GroupConfig().as_dict(),
+                        "steps": "semantic argmax; centre NMS (max-pool keypoint NMS, threshold, top-k); then, with "
+                                 "split_components, each connected component of a thing class is split between the "
+                                 "centres that collect >= min_votes of its pixels' offset votes (else kept whole); "
+                                 "without it, every thing pixel joins the centre nearest to its vote and unreached "
+                                 "pixels form instances by connected components "
+                                 "(zoo.instances.postprocess.instances_from_output)"},
         "pq": "PQ / SQ / RQ over the thing classes (zoo.instances.metrics.PQAccumulator, panopticapi rules: match "
               "at IoU > 0.5, void pixels out of the union), averaged over the classes with segments; *_touching: "
               "only ground-truth instances within 1 px of another of their class are counted",
@@ -483,7 +500,7 @@ def record_fields(result: dict, artifact: dict | None, hw: tuple[int, int]) -> d
     """The instance-only fields of a record (besides those every cell has)."""
     post, e2e = result.get("postprocess_latency_ms") or {}, result.get("e2e_latency_ms") or {}
     return {
-        "task": "instance", "protocol": protocol(hw),
+        "task": "instance", "protocol": protocol(hw, (result.get("postprocess") or {}).get("group")),
         "postprocess": result.get("postprocess"),
         "postprocess_latency_ms": post, "postprocess_samples_ms": result.get("postprocess_samples_ms", []),
         "preprocess_latency_ms": result.get("preprocess_latency_ms") or {},

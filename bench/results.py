@@ -24,7 +24,7 @@ STATUSES = ("ok", "skipped", "failed")
 # What makes two measurements "the same cell": a rerun with an equal key is skipped (unless
 # --force) and bench.compare matches baseline and candidate on it.
 KEY_FIELDS = ("model", "variant", "backend", "precision", "device", "dataset", "split", "input_hw", "batch",
-              "threads", "weights_sha256", "profile_id", "images_subset", "quant_config")
+              "threads", "weights_sha256", "profile_id", "images_subset", "quant_config", "postprocess_id")
 
 
 def now_iso() -> str:

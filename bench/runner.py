@@ -66,6 +66,7 @@ from bench.timing import DEFAULT_CV_THRESHOLD, PROFILES, is_unstable, profile_id
 from zoo.api import VARIANTS, load_fp32
 from zoo.checkpoints import artifacts_dir
 from zoo.errors import UsageError
+from zoo.instances.postprocess import GroupConfig
 from zoo.io import sha256_file
 from zoo.profile import count_gmacs, count_params
 from zoo.registry import get_entry, list_models
@@ -347,6 +348,7 @@ class Prepared:
     quantized: dict = field(default_factory=dict)  # (variant, config, h, w, batch) -> artifact
     calibrations: dict = field(default_factory=dict)  # (h, w) -> CalibrationData
     task: str = "segmentation"
+    group: dict | None = None   # instance networks: the grouping settings (bench.instances.group_settings)
 
     @property
     def onnx_code(self) -> str:
@@ -768,8 +770,10 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
             loaded = load_fp32(entry.name, **kwargs)
     else:
         loaded = load_fp32(entry.name, **kwargs)
+    group = None
     if task == "instance":
         instances.check_weights(loaded, cfg.data)
+        group = instances.group_settings(loaded.path, lambda m: print(m, file=sys.stderr, flush=True))
     net = loaded.model.eval()
     preprocess = loaded.preprocess or zdata.Preprocess.from_card(card).to_dict()
     weights_sha = loaded.sha256 or state_digest(net)
@@ -788,7 +792,8 @@ def prepare_model(cfg: BenchConfig, model: str) -> Prepared:
                            "build_kwargs": build_kwargs_of(entry.name, net, loaded.meta)})
     return Prepared(model=entry.name, num_classes=loaded.num_classes, preprocess=preprocess,
                     weights_path=str(loaded.path), weights_sha256=weights_sha, weights_meta=meta, net=net,
-                    export_dir=export_dir, torch_artifact=torch_art, params=count_params(net), task=task)
+                    export_dir=export_dir, torch_artifact=torch_art, params=count_params(net), task=task,
+                    group=group)
 
 
 def selected_on_split(path: str | Path, meta: dict) -> str | None:
@@ -1053,12 +1058,14 @@ class _Sweep:
     def reference(self, prep: Prepared, hw: tuple[int, int], base_spec: dict) -> dict:
         """The PyTorch FP32 masks for (weights, dataset, split, size): cached, else computed in
         its own process. A failed reference is reported in each record, not fatal."""
-        key = (prep.weights_sha256, hw)
+        # Instance references hold instances, which depend on the grouping settings too.
+        post = f"-g{GroupConfig.from_dict(prep.group).digest()}" if prep.group is not None else ""
+        key = (prep.weights_sha256, hw, post)
         if key in self.references:
             return self.references[key]
         ev = self.evalset(hw)
         folder = artifacts_dir(self.cfg.artifacts) / "reference" / prep.model / prep.weights_sha256[:16]
-        stem = f"{self.cfg.data}-{self.cfg.split.replace('+', '_')}-{ev['fingerprint'][:12]}_{hw[0]}x{hw[1]}"
+        stem = f"{self.cfg.data}-{self.cfg.split.replace('+', '_')}-{ev['fingerprint'][:12]}_{hw[0]}x{hw[1]}{post}"
         masks_path, meta_path = folder / f"{stem}.npz", folder / f"{stem}.json"
         if meta_path.is_file() and masks_path.is_file():
             ref = json.loads(meta_path.read_text())
@@ -1242,6 +1249,8 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                             "images_subset": images_subset, "weights_sha256": prep.weights_sha256,
                         }
                         rec["quant_config"] = quant_config(cfg, variant, backend)
+                        if prep.group is not None:  # instance cells: PQ depends on the grouping settings
+                            rec["postprocess_id"] = GroupConfig.from_dict(prep.group).digest()
                         # Only static PTQ calibrates; QAT learns its ranges, dynamic PTQ has none.
                         rec["calib_method"] = (calib_method_of(cfg, calib_runtime(backend))
                                                if variant == "static" else None)
@@ -1295,6 +1304,8 @@ def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batc
             "timing_images": cfg.timing_images, "timing_profile": dataclasses.asdict(sweep.profile),
             "backend_options": options, "cell_id": short_id(rec),
         }
+        if prep.group is not None:
+            base_spec["group"] = prep.group
         if prep.task == "detection":
             from zoo.det.postprocess import NMS_PRESETS
 

@@ -303,3 +303,21 @@ def test_instance_sweep_fp32_and_static_on_torch_and_onnxruntime(tiny_synthetic,
     second = _bench(args, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "training" not in second.stderr and second.stderr.count("stored (ok") == 4
+
+    # tuned grouping next to the checkpoint (zoo.instances.tune --write): a new cell identity, a new
+    # reference (its instances depend on the grouping) and the settings in the record
+    from zoo.io import write_json
+
+    best = tmp_path / "artifacts" / "checkpoints" / "panoptic_lite_fastdepthseg" / "synthetic" / "quick-seed0" / "best.pt"
+    tuned = GroupConfig(threshold=0.3, nms_kernel=3, split_components=False, min_votes=0)
+    write_json(best.with_name("best.group.json"), {"group": tuned.as_dict(), "tuned": {"split": "val"}})
+    fp32_args = [a if a != "fp32,static" else "fp32" for a in args]
+    third = _bench(fp32_args, tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "grouping: tuned settings of" in third.stderr and "stored (ok" not in third.stderr
+    assert "instances in a separate process" in third.stderr
+    new = [r for r in (json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json"))
+           if r.get("postprocess_id") == tuned.digest()]
+    assert len(new) == 2 and all(r["postprocess"]["group"] == tuned.as_dict() for r in new)
+    assert all(r["protocol"]["postprocess"]["group"] == tuned.as_dict() for r in new)
+    assert all(r["postprocess_id"] == GroupConfig().digest() for r in recs.values())

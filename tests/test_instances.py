@@ -407,6 +407,44 @@ def test_evaluation_cli_prints_pq_for_all_methods(tiny_run, capsys, monkeypatch)
     assert "PQ" in out and "mask AP" in out
 
 
+def test_tuned_settings_written_next_to_the_checkpoint_are_used_by_evaluate(tiny_run, capsys, monkeypatch, tmp_path):
+    import shutil
+
+    from zoo.errors import UsageError
+    from zoo.instances import evaluate, tune
+    from zoo.instances.postprocess import group_sidecar, read_group_sidecar
+
+    cfg, res, cache = tiny_run
+    monkeypatch.setenv("EDGEZOO_CACHE", str(cache))
+    weights = tmp_path / "best.pt"            # a copy: the shared run keeps no sidecar
+    shutil.copy(res["best"], weights)
+    common = ["--weights", str(weights), "--num-images", "2", "--size", "96", "128", "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:                              # oracle settings are not written
+        tune.main([*common, "--semantic", "gt", "--write"])
+    assert exit_info.value.code == 2
+    assert "--write stores settings for deployment" in capsys.readouterr().err
+    assert not group_sidecar(weights).exists()
+    assert tune.main([*common, "--split", "val", "--thresholds", "0.3", "--nms-kernels", "5",
+                      "--min-votes", "0", "--write"]) == 0
+    assert f"wrote {group_sidecar(weights)}" in capsys.readouterr().out
+    group, how = read_group_sidecar(weights)
+    assert (group.threshold, group.nms_kernel, group.split_components) == (0.3, 5, False)
+    assert how["split"] == "val" and how["semantic"] == "pred" and how["weights"] == [str(weights)]
+
+    ecfg = evaluate.InstanceEvalConfig(weights=[str(weights)], num_images=2, size=(96, 128), progress=False)
+    assert evaluate.resolve_group(ecfg, weights) == (group, str(group_sidecar(weights)))
+    over = dataclasses.replace(ecfg, group_overrides={"threshold": 0.5})
+    g, source = evaluate.resolve_group(over, weights)
+    assert g.threshold == 0.5 and g.nms_kernel == 5 and source.endswith("+ command line")
+    assert evaluate.resolve_group(ecfg, None) == (GroupConfig(), "defaults")
+    assert evaluate.main(common) == 0
+    assert "learned grouping: threshold 0.3, NMS 5, image-wide" in capsys.readouterr().out
+
+    group_sidecar(weights).write_text('{"group": {"threshold": 0.3, "kernel": 5}}')
+    with pytest.raises(UsageError, match="not a grouping sidecar"):
+        read_group_sidecar(weights)
+
+
 def test_true_heads_oracle_makes_the_learned_method_exact_on_true_semantics(tiny_run, monkeypatch):
     """With the true semantic mask and both heads replaced by targets from the true instances,
     grouping must recover the instances (the post-processing is right); a one-epoch model's own

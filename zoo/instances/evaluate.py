@@ -24,6 +24,7 @@ false positive only when more than half of it lies on touching instances of its 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -41,7 +42,8 @@ from zoo.data import Preprocess
 from zoo.instances.baselines import WATERSHED_H_ABS, WATERSHED_H_REL, cc_instances, watershed_instances
 from zoo.instances.data import InstanceData, open_data
 from zoo.instances.metrics import MaskAP, PQAccumulator, touching_instances
-from zoo.instances.postprocess import GroupConfig, decode_output, mean_class_probability, panoptic_instances
+from zoo.instances.postprocess import (GroupConfig, decode_output, group_sidecar, mean_class_probability,
+                                       panoptic_instances, read_group_sidecar)
 from zoo.instances.pseudo import make_targets
 from zoo.registry import get_entry
 
@@ -59,7 +61,11 @@ class InstanceEvalConfig:
     num_images: int | None = None
     size: tuple[int, int] | None = None
     semantic: str = "pred"             # "pred" | "gt"
-    group: GroupConfig = field(default_factory=GroupConfig)
+    # Grouping of the learned method: `group` for every checkpoint when set; else each
+    # checkpoint's tuned sidecar (`zoo.instances.tune --write`) or the defaults; `group_overrides`
+    # (settings given on the command line) replace single fields of either.
+    group: GroupConfig | None = None
+    group_overrides: dict[str, Any] = field(default_factory=dict)
     ws_h_abs: float = WATERSHED_H_ABS
     ws_h_rel: float = WATERSHED_H_REL
     gap: int = 1
@@ -77,6 +83,16 @@ def load_instance_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, An
     model = get_entry(meta["model"]).build(num_classes=int(meta["num_classes"]))
     model.load_state_dict(state["model"])
     return model.eval(), meta
+
+
+def load_model_for(path: str | Path, data: InstanceData) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`load_instance_model`, refusing a checkpoint that predicts other classes than `data` has."""
+    from zoo.errors import UsageError
+
+    model, meta = load_instance_model(path)
+    if int(meta["num_classes"]) != data.num_classes:
+        raise UsageError(f"{path} predicts {meta['num_classes']} classes but {data.name} has {data.num_classes}")
+    return model, meta
 
 
 @torch.inference_mode()
@@ -109,9 +125,23 @@ def _summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def resolve_group(cfg: InstanceEvalConfig, weights: str | Path | None) -> tuple[GroupConfig, str]:
+    """The learned method's grouping for one checkpoint and where it came from."""
+    if cfg.group is not None:
+        base, source = cfg.group, "given"
+    else:
+        tuned = read_group_sidecar(weights) if weights else None
+        base, source = (tuned[0], str(group_sidecar(weights))) if tuned else (GroupConfig(), "defaults")
+    if cfg.group_overrides:
+        base = GroupConfig.from_dict({**base.as_dict(), **cfg.group_overrides})
+        source += " + command line"
+    return base, source
+
+
 def evaluate_one(data: InstanceData, cfg: InstanceEvalConfig, model: torch.nn.Module | None,
-                 meta: dict[str, Any] | None) -> dict[str, Any]:
+                 meta: dict[str, Any] | None, group: GroupConfig | None = None) -> dict[str, Any]:
     """All methods on every image of `data` with one model (or none, with oracle semantics)."""
+    group = group or GroupConfig()
     methods = METHODS if model is not None else METHODS[1:]
     names = data.thing_names
     pq = {m: {s: PQAccumulator(data.thing_ids, names) for s in SUBSETS} for m in methods}
@@ -139,7 +169,7 @@ def evaluate_one(data: InstanceData, cfg: InstanceEvalConfig, model: torch.nn.Mo
         results = {}
         if model is not None:
             t = time.perf_counter()
-            ids, cls, centre_score = panoptic_instances(sem, heat, off, data.thing_ids, cfg.group)
+            ids, cls, centre_score = panoptic_instances(sem, heat, off, data.thing_ids, group)
             seconds["learned"] += time.perf_counter() - t
             results["learned"] = (ids, cls, centre_score)
         t = time.perf_counter()
@@ -184,15 +214,15 @@ def run_eval(cfg: InstanceEvalConfig) -> dict[str, Any]:
     for path in cfg.weights or [None]:
         model = meta = None
         if path is not None:
-            model, meta = load_instance_model(path)
-            if int(meta["num_classes"]) != data.num_classes:
-                raise UsageError(f"{path} predicts {meta['num_classes']} classes but {cfg.data} has {data.num_classes}")
-        res = evaluate_one(data, cfg, model, meta)
+            model, meta = load_model_for(path, data)
+        group, source = resolve_group(cfg, path)
+        res = evaluate_one(data, cfg, model, meta, group)
+        res["group"], res["group_source"] = group.as_dict(), source
         res["weights"] = str(path) if path else None
         res["seed"] = meta.get("seed") if meta else None
         per_seed.append(res)
     return {"data": cfg.data, "split": cfg.split, "semantic": cfg.semantic, "true_heads": cfg.true_heads, "gap": cfg.gap,
-            "group": cfg.group.as_dict(), "watershed": {"h_abs": cfg.ws_h_abs, "h_rel": cfg.ws_h_rel},
+            "watershed": {"h_abs": cfg.ws_h_abs, "h_rel": cfg.ws_h_rel},
             "thing_classes": list(data.thing_names), "per_seed": per_seed, "summary": _summary(per_seed)}
 
 
@@ -205,6 +235,12 @@ def format_table(res: dict[str, Any]) -> str:
              + (f"; learned row with TRUE {res['true_heads']} head(s) (oracle)" if res.get("true_heads", "none") != "none"
                 else ""),
              f"{'method':<10} {'subset':<9} {'PQ':>13} {'SQ':>13} {'RQ':>13} {'mask AP':>13} {'AP50':>13}"]
+    if "learned" in res["summary"]:
+        for g, source in dict.fromkeys((json.dumps(r["group"]), r["group_source"]) for r in res["per_seed"]):
+            g = json.loads(g)
+            mode = (f"split components, min votes {g['min_votes']}" if g["split_components"]
+                    else f"image-wide, vote radius {g['vote_radius']:g}")
+            lines.insert(1, f"learned grouping: threshold {g['threshold']:g}, NMS {g['nms_kernel']}, {mode} ({source})")
 
     def cell(d: dict[str, Any]) -> str:
         return f"{100 * d['mean']:6.2f}±{100 * d['std']:5.2f}"
@@ -227,17 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, help="evaluate the first N images")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="synthetic image size")
     p.add_argument("--semantic", choices=("pred", "gt"), default="pred")
-    p.add_argument("--threshold", type=float, default=GroupConfig.threshold, help="centre heat threshold")
-    p.add_argument("--nms-kernel", type=int, default=GroupConfig.nms_kernel)
-    p.add_argument("--vote-radius", type=float, default=GroupConfig.vote_radius,
-                   help="px; votes farther from every centre fall back to connected components (0: off)")
-    p.add_argument("--split-components", action=argparse.BooleanOptionalAction, default=GroupConfig.split_components,
-                   help="grouping only splits connected components (default); --no-split-components: "
-                        "Panoptic-DeepLab's image-wide grouping")
-    p.add_argument("--min-fragment", type=int, default=GroupConfig.min_fragment)
-    p.add_argument("--min-votes", type=int, default=GroupConfig.min_votes,
+    # Grouping flags default to None: unset, a checkpoint's tuned sidecar (zoo.instances.tune
+    # --write) or GroupConfig's defaults apply; set, they replace that one setting.
+    g = GroupConfig()
+    p.add_argument("--threshold", type=float, help=f"centre heat threshold (default: tuned sidecar, else {g.threshold})")
+    p.add_argument("--nms-kernel", type=int, help=f"centre NMS window (default: tuned sidecar, else {g.nms_kernel})")
+    p.add_argument("--vote-radius", type=float,
+                   help=f"px; votes farther from every centre fall back to connected components (0: off; "
+                        f"default: tuned sidecar, else {g.vote_radius:g})")
+    p.add_argument("--split-components", action=argparse.BooleanOptionalAction,
+                   help="grouping only splits connected components (default: tuned sidecar, else "
+                        f"{g.split_components}); --no-split-components: Panoptic-DeepLab's image-wide grouping")
+    p.add_argument("--min-fragment", type=int, help=f"default: tuned sidecar, else {g.min_fragment}")
+    p.add_argument("--min-votes", type=int,
                    help="with --split-components: a centre splits a component only with this many votes in it "
-                        "(0: every centre splits)")
+                        f"(0: every centre splits; default: tuned sidecar, else {g.min_votes})")
     p.add_argument("--ws-h-abs", type=float, default=WATERSHED_H_ABS, help="watershed: minimum peak dynamic (px)")
     p.add_argument("--ws-h-rel", type=float, default=WATERSHED_H_REL,
                    help="watershed: minimum peak dynamic / depth (default tuned on synthetic val)")
@@ -254,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = InstanceEvalConfig(
         weights=list(args.weights), data=args.data, data_root=args.data_root, split=args.split,
         num_images=args.num_images, size=tuple(args.size) if args.size else None, semantic=args.semantic,
-        group=GroupConfig(threshold=args.threshold, nms_kernel=args.nms_kernel, vote_radius=args.vote_radius,
-                          split_components=args.split_components, min_fragment=args.min_fragment,
-                          min_votes=args.min_votes),
+        group_overrides={k: v for k, v in (("threshold", args.threshold), ("nms_kernel", args.nms_kernel),
+                                           ("vote_radius", args.vote_radius), ("split_components", args.split_components),
+                                           ("min_fragment", args.min_fragment), ("min_votes", args.min_votes))
+                         if v is not None},
         ws_h_abs=args.ws_h_abs, ws_h_rel=args.ws_h_rel, gap=args.gap, true_heads=args.true_heads, threads=args.threads,
         progress=not args.no_progress)
     with user_errors():

@@ -24,7 +24,10 @@ numpy/scipy only, so the same code scores PyTorch, ONNX Runtime and TensorRT out
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -71,6 +74,48 @@ class GroupConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def digest(self) -> str:
+        """12 hex digits naming these settings (cache keys of measurements made with them)."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GroupConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown grouping setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        cfg = cls(**d)
+        if not (cfg.nms_kernel >= 1 and cfg.top_k >= 1 and cfg.min_votes >= 0 and cfg.min_fragment >= 0
+                and cfg.vote_radius >= 0 and 0 <= cfg.threshold <= 1):
+            raise ValueError(f"grouping settings out of range: {cfg.as_dict()}")
+        return cfg
+
+
+# Tuned settings travel next to the checkpoint they were tuned for: `zoo.instances.tune --write`
+# writes <checkpoint stem>.group.json, `zoo.instances.evaluate` and `bench.run` read it.
+GROUP_SIDECAR_SUFFIX = ".group.json"
+
+
+def group_sidecar(weights: str | Path) -> Path:
+    """Where the tuned grouping settings of a checkpoint live: best.pt -> best.group.json."""
+    w = Path(weights)
+    return w.with_name(w.stem + GROUP_SIDECAR_SUFFIX)
+
+
+def read_group_sidecar(weights: str | Path) -> tuple[GroupConfig, dict[str, Any]] | None:
+    """(settings, how they were tuned) from the checkpoint's sidecar, or None when it has none."""
+    path = group_sidecar(weights)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        return GroupConfig.from_dict(doc["group"]), dict(doc.get("tuned") or {})
+    except (ValueError, KeyError, TypeError) as exc:
+        from zoo.errors import UsageError
+
+        raise UsageError(f"{path}: not a grouping sidecar of zoo.instances.tune ({exc}); rerun "
+                         f"`python -m zoo.instances.tune --weights {weights} --write` or delete it") from None
 
 
 def find_centres(heat: np.ndarray, *, threshold: float = 0.1, nms_kernel: int = 3,

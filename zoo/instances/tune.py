@@ -12,7 +12,10 @@ centres that collect at least N of its votes (`GroupConfig.split_components` + `
 Several --weights (seeds) are pooled: each configuration's PQ is the mean over them.
 
 Tune on ``val`` and report on ``test`` (`zoo.instances.evaluate` with the chosen flags): the
-thresholds must not see the images they are scored on.
+thresholds must not see the images they are scored on. ``--write`` stores the best settings next
+to each checkpoint (best.pt -> best.group.json, with how they were tuned); `zoo.instances.evaluate`
+and `bench.run` then use them for that checkpoint (flags given on their command line still win).
+Only settings tuned on the predicted semantic mask are written: that is the mask a deployment has.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import itertools
 import statistics
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,9 +34,9 @@ from tqdm import tqdm
 
 from zoo.data import Preprocess
 from zoo.instances.data import open_data
-from zoo.instances.evaluate import load_instance_model, predict
+from zoo.instances.evaluate import load_model_for, predict
 from zoo.instances.metrics import PQAccumulator, touching_instances
-from zoo.instances.postprocess import GroupConfig, panoptic_instances
+from zoo.instances.postprocess import GroupConfig, group_sidecar, panoptic_instances
 
 OBJECTIVES = ("touching", "all")
 
@@ -58,11 +62,7 @@ def grid(thresholds: Sequence[float], nms_kernels: Sequence[int], min_votes: Seq
 
 
 def _keep_outputs(path: str, data: Any, semantic: str, gap: int, progress: bool) -> list[_Kept]:
-    model, meta = load_instance_model(path)
-    if int(meta["num_classes"]) != data.num_classes:
-        from zoo.errors import UsageError
-
-        raise UsageError(f"{path} predicts {meta['num_classes']} classes but the data has {data.num_classes}")
+    model, meta = load_model_for(path, data)
     pre = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else data.preprocess
     kept = []
     for i in tqdm(range(len(data.dataset)), desc=f"outputs of {Path(path).parent.name}", disable=not progress,
@@ -87,7 +87,7 @@ def score(kept: list[_Kept], cfg: GroupConfig, thing_ids: Sequence[int], names: 
 
 
 def tune(weights: Sequence[str], *, data: str = "synthetic", data_root: str | None = None, split: str = "val",
-         num_images: int | None = None, semantic: str = "pred", configs: Sequence[GroupConfig] = (),
+         num_images: int | None = None, size: tuple[int, int] | None = None, semantic: str = "pred", configs: Sequence[GroupConfig] = (),
          objective: str = "touching", gap: int = 1, threads: int | None = None,
          progress: bool = True) -> dict[str, Any]:
     """Score `configs` on `split`; returns {"rows": [...], "best": GroupConfig dict, ...}, rows best first."""
@@ -101,7 +101,8 @@ def tune(weights: Sequence[str], *, data: str = "synthetic", data_root: str | No
         raise UsageError(f"--semantic must be pred or gt, got {semantic!r}")
     if threads:
         torch.set_num_threads(threads)
-    ds = open_data(data, root=data_root, split=split, with_instances=True, num_images=num_images, progress=progress)
+    ds = open_data(data, root=data_root, split=split, with_instances=True, num_images=num_images, size=size,
+                   progress=progress)
     kept = [_keep_outputs(w, ds, semantic, gap, progress) for w in weights]
     configs = list(configs) or [GroupConfig()]
     rows = []
@@ -113,6 +114,25 @@ def tune(weights: Sequence[str], *, data: str = "synthetic", data_root: str | No
     rows.sort(key=lambda r: (-r[objective], -r["all" if objective == "touching" else "touching"]))
     return {"data": data, "split": split, "semantic": semantic, "images": len(ds.dataset), "weights": list(weights),
             "objective": objective, "rows": rows, "best": rows[0]["group"]}
+
+
+def write_sidecars(res: dict[str, Any]) -> list[Path]:
+    """Store the best settings next to every tuned checkpoint (`group_sidecar`); returns the paths."""
+    from zoo.errors import UsageError
+    from zoo.io import write_json
+
+    if res["semantic"] != "pred":
+        raise UsageError("--write stores settings for deployment, where the semantic mask is predicted; "
+                         "tune with --semantic pred (the default) to write them")
+    best = res["rows"][0]
+    tuned = {"data": res["data"], "split": res["split"], "images": res["images"], "semantic": res["semantic"],
+             "objective": res["objective"], "pq_touching": best["touching"], "pq_all": best["all"],
+             "weights": res["weights"], "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    paths = []
+    for w in res["weights"]:
+        write_json(group_sidecar(w), {"group": GroupConfig.from_dict(best["group"]).as_dict(), "tuned": tuned})
+        paths.append(group_sidecar(w))
+    return paths
 
 
 def format_table(res: dict[str, Any], top: int = 15) -> str:
@@ -138,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root")
     p.add_argument("--split", default="val")
     p.add_argument("--num-images", type=int)
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="synthetic image size")
     p.add_argument("--semantic", choices=("pred", "gt"), default="pred")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--nms-kernels", type=int, nargs="+", default=[3, 5, 7])
@@ -149,17 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=15, help="rows to print")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", metavar="PATH", help="also write every row as JSON")
+    p.add_argument("--write", action="store_true",
+                   help="store the best settings next to each checkpoint (<stem>.group.json), used by "
+                        "zoo.instances.evaluate and bench.run")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     from zoo.errors import user_errors
 
     with user_errors():
-        if min(args.nms_kernels) < 1 or min(args.min_votes) < 0:
-            from zoo.errors import UsageError
+        from zoo.errors import UsageError
 
+        if min(args.nms_kernels) < 1 or min(args.min_votes) < 0:
             raise UsageError("--nms-kernels must be >= 1 and --min-votes >= 0")
+        if args.write and args.semantic != "pred":
+            raise UsageError("--write stores settings for deployment, where the semantic mask is predicted; "
+                             "drop --semantic gt to write them")
         res = tune(args.weights, data=args.data, data_root=args.data_root, split=args.split,
-                   num_images=args.num_images, semantic=args.semantic,
+                   num_images=args.num_images, size=tuple(args.size) if args.size else None, semantic=args.semantic,
                    configs=grid(args.thresholds, args.nms_kernels, args.min_votes, args.vote_radius),
                    objective=args.objective, gap=args.gap, threads=args.threads, progress=not args.no_progress)
     if args.json:
@@ -172,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
              + (f" --split-components --min-votes {b['min_votes']}" if b["split_components"]
                 else f" --no-split-components --vote-radius {b['vote_radius']:g}"))
     print(f"best: {flags}  (zoo.instances.evaluate flags; report on a split the tuning did not see)")
+    if args.write:
+        with user_errors():
+            for path in write_sidecars(res):
+                print(f"wrote {path} (zoo.instances.evaluate and bench.run use it for that checkpoint)")
     return 0
 
 
