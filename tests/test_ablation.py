@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -93,7 +94,7 @@ def test_tiny_ablation_report_rerun_and_report_only(tiny_camvid, tmp_path, capsy
     assert ab.main(args) == 0
     out = tmp_path / "out"
     files = {p.name for p in out.iterdir()}
-    assert files == {"ablation.md", "ablation.csv", "ablation_runs.csv", "ablation.json"}
+    assert files == {"ablation.md", "ablation.csv", "ablation_runs.csv", "ablation.json", "runs"}  # no temporaries
     rep = json.loads((out / "ablation.json").read_text())
     assert rep["complete"] and len(rep["runs"]) == 4 and all(r["status"] == "done" for r in rep["runs"])
 
@@ -152,8 +153,18 @@ def test_tiny_ablation_report_rerun_and_report_only(tiny_camvid, tmp_path, capsy
 
     # --report-only rebuilds the same report from the finished runs
     for p in out.iterdir():
-        p.unlink()
+        if p.is_file():
+            p.unlink()
     assert ab.main([*args, "--report-only"]) == 0
+    again = json.loads((out / "ablation.json").read_text())
+    assert again["summary"] == rep["summary"] and again["runs"] == rep["runs"]
+
+    # a new machine: the artifact cache is gone, the records kept next to the report are not
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{r['run_name']}.json" for r in rep["runs"])
+    shutil.rmtree(tmp_path / "art")
+    capsys.readouterr()
+    assert ab.main(args) == 0
+    assert "4 finished, 0 to run" in capsys.readouterr().err
     again = json.loads((out / "ablation.json").read_text())
     assert again["summary"] == rep["summary"] and again["runs"] == rep["runs"]
 

@@ -9,7 +9,9 @@ Trains a fixed network (default ddrnet23_slim) under each loss of ``--losses`` w
 seeds through `zoo.train.train`, each run in its own checkpoint folder
 ``<artifacts>/checkpoints/<model>/<data>/ablation-<loss>-seed<s>-<settings hash>/``. Every run
 resumes (``--resume``): re-running the command skips finished runs and continues a killed one
-from its ``last.pt``. The report (``ablation.md``, ``ablation.csv`` per loss,
+from its ``last.pt``. A finished run's record is also kept under ``<out>/runs/`` (commit it
+with the report): on a new machine, whose artifact cache is empty, those runs stay finished.
+The report (``ablation.md``, ``ablation.csv`` per loss,
 ``ablation_runs.csv`` per run, ``ablation.json``; written atomically under ``--out``) gives
 overall, tail and head mIoU (mean and std over seeds) and per-class IoU per loss, marks the loss
 that raises tail mIoU most without lowering overall mIoU, and says whether the issue's target is
@@ -203,6 +205,7 @@ class RunSpec:
     fingerprint: str
     run_name: str
     run_dir: Path
+    kept: Path | None = None   # copy of a finished run's record next to the report (see `run_result`)
 
 
 def _fingerprint(cfg: AblationConfig, spec: LossSpec) -> str:
@@ -230,7 +233,8 @@ def plan(cfg: AblationConfig) -> list[RunSpec]:
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             name = f"ablation-{safe}-seed{seed}-{fp}"
             runs.append(RunSpec(len(runs), spec, seed, fp, name,
-                                checkpoint_dir(cfg.model, cfg.data, name, cfg.artifacts)))
+                                checkpoint_dir(cfg.model, cfg.data, name, cfg.artifacts),
+                                Path(cfg.out) / "runs" / f"{name}.json" if cfg.out else None))
     return runs
 
 
@@ -245,9 +249,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def run_result(run: RunSpec) -> dict[str, Any] | None:
+    """The run's record: the one in its checkpoint folder, else the copy kept next to the report.
+
+    A 40-epoch CamVid run takes ~20 min on 2 CPU cores and the artifact cache does not survive a
+    change of machine; the copy under ``<out>/runs/`` (a few kB, meant to be committed with the
+    report) keeps a finished run finished, so the ablation goes on across machines."""
+    rec = _read_json(run.run_dir / RESULT_FILE)
+    if rec is None and run.kept is not None:
+        rec = _read_json(run.kept)
+    return rec
+
+
 def run_state(run: RunSpec, epochs: int) -> tuple[str, int]:
     """("done" | "partial" | "failed" | "todo", epochs finished)."""
-    rec = _read_json(run.run_dir / RESULT_FILE)
+    rec = run_result(run)
     if rec and rec.get("fingerprint") == run.fingerprint and rec.get("status") == "ok":
         return "done", epochs
     last = _read_json(run.run_dir / "last.json")
@@ -345,7 +361,7 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
     _log(f"{cfg.model} on {cfg.data}: {len(runs)} runs ({len(cfg.losses)} losses x {cfg.seeds} "
          f"seeds, {cfg.epochs} epochs each); {len(runs) - len(todo)} finished, {len(todo)} to run")
     # ETA from the seconds per epoch of earlier finished runs, then of this session's epochs.
-    prior = [_read_json(r.run_dir / RESULT_FILE) for r in runs if states[r.index][0] == "done"]
+    prior = [run_result(r) for r in runs if states[r.index][0] == "done"]
     rate_samples = [(p["train_seconds"], p["epochs"]) for p in prior if p and p.get("train_seconds")]
     spent_s, spent_epochs = 0.0, 0
     remaining = {r.index: cfg.epochs - states[r.index][1] for r in todo}
@@ -376,6 +392,8 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
                    "run_name": run.run_name, "fingerprint": run.fingerprint,
                    "error": f"{type(exc).__name__}: {msg.splitlines()[0][:300]}"}
         write_json(run.run_dir / RESULT_FILE, rec)
+        if rec["status"] == "ok" and run.kept is not None:
+            write_json(run.kept, rec)
         elapsed = time.time() - t0
         trained = remaining.pop(run.index)
         if rec["status"] == "ok" and trained:
@@ -444,7 +462,7 @@ def summarize(cfg: AblationConfig, runs: Sequence[RunSpec], counts: dict[str, An
     records = []
     for run in runs:
         state, done = run_state(run, cfg.epochs)
-        rec = _read_json(run.run_dir / RESULT_FILE) if state in ("done", "failed") else None
+        rec = run_result(run) if state in ("done", "failed") else None
         row: dict[str, Any] = {"loss": run.loss.name, "loss_fn": run.loss.loss,
                                "class_weights": run.loss.weights, "seed": run.seed, "status": state,
                                "epochs_done": done, "run_name": run.run_name}
@@ -690,7 +708,7 @@ def describe_plan(cfg: AblationConfig) -> str:
         extra = f" ({done}/{cfg.epochs} epochs)" if state in ("partial", "failed") else ""
         lines.append(f"  {r.index + 1:3d}. {r.loss.name:<12} loss={r.loss.loss:<8} weights={r.loss.weights:<9} "
                      f"seed {r.seed}  {state}{extra}  {r.run_dir}")
-    rates = [(p["train_seconds"], p["epochs"]) for p in (_read_json(r.run_dir / RESULT_FILE) for r in runs)
+    rates = [(p["train_seconds"], p["epochs"]) for p in (run_result(r) for r in runs)
              if p and p.get("status") == "ok" and p.get("train_seconds")]
     if rates:
         rate = sum(s for s, _ in rates) / sum(e for _, e in rates)
