@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -355,6 +356,13 @@ def test_smoke_training_writes_checkpoints_and_resumes(tiny_run):
         train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, offset=0.5)))
     res2 = train(cfg)
     assert [h["epoch"] for h in res2["history"]] == [1, 2]
+    # a portable copy (no optimizer state, as kept in trained/) resumes on another machine
+    from zoo.checkpoints import portable_copy
+
+    moved = dataclasses.replace(cfg, artifacts=Path(cfg.artifacts).parent / "moved", epochs=3)
+    portable_copy(res2["last"], Path(moved.artifacts) / Path(res2["last"]).relative_to(cfg.artifacts))
+    res3 = train(moved)
+    assert [h["epoch"] for h in res3["history"]] == [1, 2, 3]
 
 
 def test_training_refuses_negative_loss_weights(capsys):

@@ -278,7 +278,11 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
         state = read_checkpoint(last_path)
         _check_resume(last_path, state.get("meta") or {}, cfg, recipe)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # a portable copy (python -m zoo.checkpoints portable), e.g. from trained/
+            print(f"[instances] {last_path} has no optimizer state (portable copy): optimizer moments restart",
+                  file=sys.stderr)
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         history = json.loads(state.get("history", "[]"))
         _set_rng_state(state["rng"])
