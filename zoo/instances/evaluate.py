@@ -133,7 +133,12 @@ def resolve_group(cfg: InstanceEvalConfig, weights: str | Path | None) -> tuple[
         tuned = read_group_sidecar(weights) if weights else None
         base, source = (tuned[0], str(group_sidecar(weights))) if tuned else (GroupConfig(), "defaults")
     if cfg.group_overrides:
-        base = GroupConfig.from_dict({**base.as_dict(), **cfg.group_overrides})
+        try:
+            base = GroupConfig.from_dict({**base.as_dict(), **cfg.group_overrides})
+        except ValueError as exc:
+            from zoo.errors import UsageError
+
+            raise UsageError(f"grouping flags: {exc}") from None
         source += " + command line"
     return base, source
 
