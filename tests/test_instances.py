@@ -277,6 +277,41 @@ def test_offset_scale_travels_with_the_weights_and_old_checkpoints_load_as_raw_p
     torch.testing.assert_close(scaled, raw * OFFSET_SCALE, rtol=1e-4, atol=1e-4)
 
 
+def test_instance_decoder_option_gives_the_regressions_their_own_decoder_and_travels_with_checkpoints(tmp_path):
+    from zoo.checkpoints import save_checkpoint
+    from zoo.instances.evaluate import load_instance_model
+    from zoo.instances.net import PanopticLite
+
+    torch.manual_seed(0)
+    shared, dual = PanopticLite(num_classes=3), PanopticLite(num_classes=3, instance_decoder=True)
+    assert dual.build_kwargs == {"instance_decoder": True} and shared.build_kwargs == {}
+    extra = set(dual.state_dict()) - set(shared.state_dict())
+    assert extra and all(k.startswith(("instance_skip.", "instance_decoder.")) for k in extra)
+    assert set(shared.state_dict()) <= set(dual.state_dict())   # default checkpoints keep their keys
+    for head in (dual.center, dual.offset):   # zero-initialised: no gradient would reach the decoder
+        torch.nn.init.normal_(head[-1].weight, std=0.1)
+    x = torch.randn(2, 3, 64, 64)
+    out = dual.train()(x)
+    assert out.shape == (2, 6, 64, 64)
+    # the semantic logits do not depend on the instance decoder, the regressions do
+    out[:, 3:].sum().backward()
+    for part in (dual.instance_skip, dual.instance_decoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in dual.semantic.parameters())
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"model": dual.state_dict(), "meta": {
+        "task": "instance", "model": "panoptic_lite_fastdepthseg", "num_classes": 3,
+        "build_kwargs": {"instance_decoder": True}}})
+    loaded, _ = load_instance_model(path)
+    assert loaded.instance_decoder is not None
+    dual.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), dual(x))
+    from tests.conftest import assert_onnx_matches_torch
+
+    assert_onnx_matches_torch(dual, (64, 64))
+
+
 def test_cc_merges_and_watershed_splits_two_touching_squares():
     sem = np.zeros((44, 50), np.uint8)
     sem[5:25, 5:25] = CAR

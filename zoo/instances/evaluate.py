@@ -80,7 +80,7 @@ def load_instance_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, An
     if meta.get("task") != "instance" or "num_classes" not in meta:
         raise CheckpointError(f"{path} is not an instance checkpoint of zoo.instances.train (meta task "
                               f"{meta.get('task')!r})")
-    model = get_entry(meta["model"]).build(num_classes=int(meta["num_classes"]))
+    model = get_entry(meta["model"]).build(num_classes=int(meta["num_classes"]), **(meta.get("build_kwargs") or {}))
     model.load_state_dict(state["model"])
     return model.eval(), meta
 

@@ -12,8 +12,10 @@ This "lite" version is the project's own network (no published network has this 
 * encoder: FastDepthSeg's learning-to-downsample, global feature extractor, pyramid pooling and
   feature fusion (`zoo.seg.fastdepthseg`; ReLU-only, depthwise separable), 128 ch at 1/8;
 * decoder: the 1/8 map upsampled x2 and fused with the encoder's 1/4 map (Panoptic-DeepLab decodes
-  at output stride 4 with low-level skips; one shared decoder here instead of a semantic and an
-  instance decoder, to stay cheap);
+  at output stride 4 with low-level skips). One decoder shared by the three heads by default, to
+  stay cheap; ``instance_decoder=True`` gives the centre and offset heads their own (skip
+  projection + DSConv), as Panoptic-DeepLab's separate semantic and instance decoders do, so that
+  the regressions do not compete with the semantic logits for the same 64 channels;
 * heads (DSConv + 1x1 each): semantic logits (C), centre heat (1), offsets (2: dy, dx in input pixels).
 
 Output convention (train and eval): ONE tensor (N, C + 3, H, W) at the input resolution, channels
@@ -77,9 +79,10 @@ class PanopticLite(nn.Module):
     """FastDepthSeg encoder + a 1/4 decoder + semantic / centre / offset heads (see module doc)."""
 
     def __init__(self, *, num_classes: int = 19, decoder_ch: int = 64, head_ch: int = 32,
-                 offset_scale: float = OFFSET_SCALE) -> None:
+                 offset_scale: float = OFFSET_SCALE, instance_decoder: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.build_kwargs = {"instance_decoder": True} if instance_decoder else {}
         # A buffer, so that it travels with the weights (see `_load_from_state_dict`).
         self.register_buffer("offset_scale", torch.tensor(float(offset_scale)))
         enc = FastDepthSeg(num_classes=1)  # its classifier is dropped; only the encoder is reused
@@ -90,6 +93,11 @@ class PanopticLite(nn.Module):
         self.fusion = enc.fusion              # 1/8, 128 ch
         self.skip = ConvBNAct(48, 32, 1)
         self.decoder = DSConv(128 + 32, decoder_ch)
+        if instance_decoder:
+            self.instance_skip = ConvBNAct(48, 32, 1)
+            self.instance_decoder = DSConv(128 + 32, decoder_ch)
+        else:
+            self.instance_skip = self.instance_decoder = None
         self.semantic = _Head(decoder_ch, decoder_ch, num_classes)
         self.center = _Head(decoder_ch, head_ch, 1)
         self.offset = _Head(decoder_ch, head_ch, 2)
@@ -112,14 +120,16 @@ class PanopticLite(nn.Module):
         fused = self.fusion(hi, self.ppm(self.extractor(hi)))
         up = F.interpolate(fused, size=f4.shape[-2:], mode="bilinear", align_corners=False)
         d = self.decoder(torch.cat([up, self.skip(f4)], 1))
+        di = d if self.instance_decoder is None else self.instance_decoder(torch.cat([up, self.instance_skip(f4)], 1))
         heads = (self.semantic, self.center, self.offset)
-        return output_layers(*(h[0](d) for h in heads), [h[1].weight for h in heads], [h[1].bias for h in heads],
-                             x.shape[-2:], self.offset_scale)
+        return output_layers(self.semantic[0](d), self.center[0](di), self.offset[0](di),
+                             [h[1].weight for h in heads], [h[1].bias for h in heads], x.shape[-2:], self.offset_scale)
 
 
 def panoptic_lite_fastdepthseg(*, num_classes: int = 19, decoder_ch: int = 64, head_ch: int = 32,
-                               offset_scale: float = OFFSET_SCALE) -> nn.Module:
-    return PanopticLite(num_classes=num_classes, decoder_ch=decoder_ch, head_ch=head_ch, offset_scale=offset_scale)
+                               offset_scale: float = OFFSET_SCALE, instance_decoder: bool = False) -> nn.Module:
+    return PanopticLite(num_classes=num_classes, decoder_ch=decoder_ch, head_ch=head_ch, offset_scale=offset_scale,
+                        instance_decoder=instance_decoder)
 
 
 register(ModelEntry(

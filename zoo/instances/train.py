@@ -89,6 +89,7 @@ class InstanceTrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     clean: CleanFilter = field(default_factory=CleanFilter)
     paste: PasteConfig = field(default_factory=PasteConfig)
+    build_kwargs: dict[str, Any] = field(default_factory=dict)   # network builder options, e.g. instance_decoder
     seed: int = 0
     resume: bool = False
     artifacts: str | Path | None = None
@@ -199,14 +200,14 @@ def _check_resume(path: Path, meta: dict[str, Any], cfg: InstanceTrainConfig, re
     schedule differ from the saved run's (they would silently mix two recipes in one checkpoint)."""
     # More epochs is allowed: extending a finished run is how a longer schedule is reached.
     def same(key: str, value: Any) -> bool:
-        saved, value = meta[key], json.loads(json.dumps(value))
+        saved, value = meta.get(key) or ({} if key == "build_kwargs" else None), json.loads(json.dumps(value))
         if key == "recipe":
             saved, value = ({k: v for k, v in d.items() if k != "epochs"} for d in (saved, value))
         return saved == value
 
     now = {"sigma": cfg.sigma, "loss_weights": asdict(cfg.loss), "clean_filter": asdict(cfg.clean),
-           "paste": asdict(cfg.paste), "recipe": recipe.as_dict()}
-    differ = [k for k, v in now.items() if k in meta and not same(k, v)]
+           "paste": asdict(cfg.paste), "recipe": recipe.as_dict(), "build_kwargs": dict(cfg.build_kwargs)}
+    differ = [k for k, v in now.items() if (k in meta or k == "build_kwargs") and not same(k, v)]
     if differ:
         raise ValueError(f"--resume: {path} was trained with other {', '.join(differ)} (saved: "
                          + "; ".join(f"{k}={meta[k]}" for k in differ) + "); pass the same options, or a new --run-name")
@@ -268,7 +269,7 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
     total_iters = recipe.epochs * n_steps
 
     _seed_everything(cfg.seed)
-    model = entry.build(num_classes=data.num_classes)
+    model = entry.build(num_classes=data.num_classes, **cfg.build_kwargs)
     optimizer = _build_optimizer(model, recipe)
     run = cfg.run_name or f"{recipe.name}-seed{cfg.seed}"
     out_dir = checkpoint_dir(entry.name, cfg.data, run, cfg.artifacts)
@@ -289,6 +290,7 @@ def train(cfg: InstanceTrainConfig) -> dict[str, Any]:
         print(f"[instances] resuming {last_path} at epoch {start_epoch + 1}, step {start_step}/{n_steps}", file=sys.stderr)
     meta_base = {
         "model": entry.name, "family": entry.family, "task": "instance", "dataset": cfg.data,
+        "build_kwargs": dict(cfg.build_kwargs),
         "classes": list(data.classes), "num_classes": data.num_classes, "thing_ids": list(data.thing_ids),
         "thing_classes": list(data.thing_names), "recipe": recipe.as_dict(), "seed": cfg.seed,
         "train_images": len(train_set), "size": list(cfg.size) if cfg.size else None,
@@ -386,6 +388,8 @@ def build_parser(prog: str = "python -m zoo.instances.train") -> argparse.Argume
     p.add_argument("--small-instance-area", type=int, default=LossWeights.small_instance_area,
                    help="area in px, on the augmented crop (default %(default)s: Panoptic-DeepLab's 4096 at "
                         "1024x2048 scaled to 360x480)")
+    p.add_argument("--instance-decoder", action="store_true",
+                   help="a decoder of their own for the centre and offset heads (Panoptic-DeepLab's dual decoders)")
     p.add_argument("--paste-prob", type=float, default=PasteConfig.prob, help="copy-paste probability per image (0: off)")
     p.add_argument("--min-solidity", type=float, default=CleanFilter.min_solidity)
     p.add_argument("--seed", type=int, default=0)
@@ -410,6 +414,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m zoo.instances.tra
         loss=LossWeights(center=args.center_weight, offset=args.offset_weight,
                          small_instance_area=args.small_instance_area, small_instance_weight=args.small_instance_weight),
         clean=CleanFilter(min_solidity=args.min_solidity), paste=PasteConfig(prob=args.paste_prob), seed=args.seed,
+        build_kwargs={"instance_decoder": True} if args.instance_decoder else {},
         resume=args.resume, artifacts=args.artifacts, run_name=args.run_name, workers=args.workers,
         threads=args.threads, save_every=args.save_every, progress=not args.no_progress)
     with user_errors():
