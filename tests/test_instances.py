@@ -312,6 +312,28 @@ def test_instance_decoder_option_gives_the_regressions_their_own_decoder_and_tra
     assert_onnx_matches_torch(dual, (64, 64))
 
 
+def test_min_area_ignores_small_ground_truth_and_small_unmatched_predictions():
+    gt = np.zeros((30, 30), np.int32)
+    gt[0:10, 0:10] = 1                   # 100 px car, found
+    gt[20:22, 20:22] = 2                 # 4 px car, missed
+    classes = np.array([-1, CAR, CAR])
+    pred = np.zeros_like(gt)
+    pred[0:10, 0:10] = 1                 # exact
+    pred[15:16, 0:3] = 2                 # 3 px spurious car
+    pred[25:30, 0:4] = 3                 # 20 px spurious car
+    pcls = np.array([-1, CAR, CAR, CAR])
+
+    def rq(min_area):
+        acc = PQAccumulator([CAR])
+        acc.add(gt, classes, pred, pcls, min_area=min_area)
+        c = acc.result().counts
+        return c["tp"], c["fp"], c["fn"]
+
+    assert rq(0) == (1, 2, 1)
+    assert rq(10) == (1, 1, 0)           # the 4 px car and the 3 px prediction are ignored
+    assert rq(50) == (1, 0, 0)
+
+
 def test_cc_merges_and_watershed_splits_two_touching_squares():
     sem = np.zeros((44, 50), np.uint8)
     sem[5:25, 5:25] = CAR

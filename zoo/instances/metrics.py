@@ -91,9 +91,14 @@ class PQAccumulator:
 
     def add(self, gt_ids: np.ndarray, gt_classes: np.ndarray, pred_ids: np.ndarray,
             pred_classes: np.ndarray, *, void: np.ndarray | None = None,
-            counted: np.ndarray | None = None) -> None:
+            counted: np.ndarray | None = None, min_area: int = 0) -> None:
         """One image. `*_classes[k]` is the class of id k (index 0 unused); `void` marks unlabelled
-        pixels; `counted` (bool per ground-truth id) restricts the evaluation to those segments."""
+        pixels; `counted` (bool per ground-truth id) restricts the evaluation to those segments.
+
+        `min_area` > 0 evaluates objects of at least that many pixels, the way COCO's area ranges
+        and Cityscapes' minimum region size (100 px at 1024x2048) do: smaller ground-truth
+        segments are ignored like void (an unmatched prediction lying mostly on them is no false
+        positive), and so are unmatched predictions smaller than `min_area`."""
         gt_ids = np.asarray(gt_ids, np.int64)
         pred_ids = np.asarray(pred_ids, np.int64)
         if gt_ids.shape != pred_ids.shape:
@@ -104,6 +109,8 @@ class PQAccumulator:
         counted = np.ones(ng, bool) if counted is None else np.asarray(counted, bool)
         gt_area = np.bincount(gt_ids.ravel(), minlength=ng)
         pred_area = np.bincount(pred_ids.ravel(), minlength=npred)
+        if min_area > 0:
+            counted = counted & (gt_area[:ng] >= min_area)
         pred_void = np.bincount(pred_ids[void], minlength=npred)
         # intersections of every (gt, pred) pair in one pass
         key = gt_ids.ravel() * npred + pred_ids.ravel()
@@ -135,6 +142,8 @@ class PQAccumulator:
             (on_counted if counted[g] else on_ignored)[p] += n
         for p in range(1, npred):
             if not pred_area[p] or matched_pred[p] or int(pred_classes[p]) not in self.counts:
+                continue
+            if pred_area[p] < min_area:
                 continue
             if restricted:
                 is_fp = on_counted[p] > 0.5 * pred_area[p]

@@ -76,19 +76,20 @@ def _keep_outputs(path: str, data: Any, semantic: str, gap: int, progress: bool)
     return kept
 
 
-def score(kept: list[_Kept], cfg: GroupConfig, thing_ids: Sequence[int], names: Sequence[str]) -> dict[str, float]:
+def score(kept: list[_Kept], cfg: GroupConfig, thing_ids: Sequence[int], names: Sequence[str],
+          min_area: int = 0) -> dict[str, float]:
     """PQ-things (all, touching) of one grouping configuration on kept outputs."""
     acc = {s: PQAccumulator(thing_ids, names) for s in OBJECTIVES}
     for k in kept:
         ids, cls, _ = panoptic_instances(k.semantic, k.heat, k.offset, thing_ids, cfg)
-        acc["all"].add(k.gt_ids, k.gt_classes, ids, cls, void=k.void)
-        acc["touching"].add(k.gt_ids, k.gt_classes, ids, cls, void=k.void, counted=k.touching)
+        acc["all"].add(k.gt_ids, k.gt_classes, ids, cls, void=k.void, min_area=min_area)
+        acc["touching"].add(k.gt_ids, k.gt_classes, ids, cls, void=k.void, counted=k.touching, min_area=min_area)
     return {s: acc[s].result().pq for s in OBJECTIVES}
 
 
 def tune(weights: Sequence[str], *, data: str = "synthetic", data_root: str | None = None, split: str = "val",
          num_images: int | None = None, size: tuple[int, int] | None = None, semantic: str = "pred", configs: Sequence[GroupConfig] = (),
-         objective: str = "touching", gap: int = 1, threads: int | None = None,
+         objective: str = "touching", gap: int = 1, min_area: int = 0, threads: int | None = None,
          progress: bool = True) -> dict[str, Any]:
     """Score `configs` on `split`; returns {"rows": [...], "best": GroupConfig dict, ...}, rows best first."""
     from zoo.errors import UsageError
@@ -107,13 +108,13 @@ def tune(weights: Sequence[str], *, data: str = "synthetic", data_root: str | No
     configs = list(configs) or [GroupConfig()]
     rows = []
     for cfg in tqdm(configs, desc="configurations", disable=not progress, leave=False):
-        per_seed = [score(k, cfg, ds.thing_ids, ds.thing_names) for k in kept]
+        per_seed = [score(k, cfg, ds.thing_ids, ds.thing_names, min_area) for k in kept]
         rows.append({"group": cfg.as_dict(),
                      **{s: statistics.fmean(r[s] for r in per_seed) for s in OBJECTIVES},
                      **{f"{s}_std": statistics.pstdev([r[s] for r in per_seed]) for s in OBJECTIVES}})
     rows.sort(key=lambda r: (-r[objective], -r["all" if objective == "touching" else "touching"]))
     return {"data": data, "split": split, "semantic": semantic, "images": len(ds.dataset), "weights": list(weights),
-            "objective": objective, "rows": rows, "best": rows[0]["group"]}
+            "objective": objective, "min_area": min_area, "rows": rows, "best": rows[0]["group"]}
 
 
 def write_sidecars(res: dict[str, Any]) -> list[Path]:
@@ -126,7 +127,7 @@ def write_sidecars(res: dict[str, Any]) -> list[Path]:
                          "tune with --semantic pred (the default) to write them")
     best = res["rows"][0]
     tuned = {"data": res["data"], "split": res["split"], "images": res["images"], "semantic": res["semantic"],
-             "objective": res["objective"], "pq_touching": best["touching"], "pq_all": best["all"],
+             "objective": res["objective"], "min_area": res.get("min_area", 0), "pq_touching": best["touching"], "pq_all": best["all"],
              "weights": res["weights"], "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     paths = []
     for w in res["weights"]:
@@ -144,7 +145,9 @@ def format_table(res: dict[str, Any], top: int = 15) -> str:
         mode = f"split, min votes {g['min_votes']}" if g["split_components"] else f"image-wide, radius {g['vote_radius']:g}"
         body.append([g["threshold"], g["nms_kernel"], mode, 100 * r["touching"], 100 * r["all"]])
     head = (f"{res['data']}/{res['split']}: {res['images']} images, {len(res['weights'])} model(s), semantic mask "
-            f"{'predicted' if res['semantic'] == 'pred' else 'ground truth (oracle)'}; best {top} of {len(res['rows'])} "
+            f"{'predicted' if res['semantic'] == 'pred' else 'ground truth (oracle)'}"
+            + (f"; objects >= {res['min_area']} px" if res.get("min_area") else "")
+            + f"; best {top} of {len(res['rows'])} "
             f"by PQ {res['objective']}")
     return head + "\n" + tabulate(body, headers=["threshold", "NMS", "grouping", "PQ touching", "PQ all"],
                                   floatfmt=("g", "d", "", ".2f", ".2f"))
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vote-radius", type=float, default=GroupConfig.vote_radius, help="image-wide grouping only")
     p.add_argument("--objective", choices=OBJECTIVES, default="touching")
     p.add_argument("--gap", type=int, default=1)
+    p.add_argument("--min-area", type=int, default=0, help="score objects of >= this many px (zoo.instances.evaluate)")
     p.add_argument("--top", type=int, default=15, help="rows to print")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", metavar="PATH", help="also write every row as JSON")
@@ -180,15 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors():
         from zoo.errors import UsageError
 
-        if min(args.nms_kernels) < 1 or min(args.min_votes) < 0:
-            raise UsageError("--nms-kernels must be >= 1 and --min-votes >= 0")
+        if min(args.nms_kernels) < 1 or min(args.min_votes) < 0 or args.min_area < 0:
+            raise UsageError("--nms-kernels must be >= 1, --min-votes and --min-area >= 0")
         if args.write and args.semantic != "pred":
             raise UsageError("--write stores settings for deployment, where the semantic mask is predicted; "
                              "drop --semantic gt to write them")
         res = tune(args.weights, data=args.data, data_root=args.data_root, split=args.split,
                    num_images=args.num_images, size=tuple(args.size) if args.size else None, semantic=args.semantic,
                    configs=grid(args.thresholds, args.nms_kernels, args.min_votes, args.vote_radius),
-                   objective=args.objective, gap=args.gap, threads=args.threads, progress=not args.no_progress)
+                   objective=args.objective, gap=args.gap, min_area=args.min_area, threads=args.threads,
+                   progress=not args.no_progress)
     if args.json:
         from zoo.io import write_json
 
