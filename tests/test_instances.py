@@ -470,6 +470,7 @@ def test_evaluation_cli_prints_pq_for_all_methods(tiny_run, capsys, monkeypatch)
     for method in ("learned", "cc", "watershed"):
         assert f"{method:<10} all" in out and f"{method:<10} touching" in out
     assert "PQ" in out and "mask AP" in out
+    assert "semantic mask of the model(s): mIoU" in out and "thing IoU Car" in out
 
 
 def test_tuned_settings_written_next_to_the_checkpoint_are_used_by_evaluate(tiny_run, capsys, monkeypatch, tmp_path):

@@ -49,6 +49,7 @@ from zoo.instances.metrics import MaskAP, PQAccumulator, touching_instances
 from zoo.instances.postprocess import (GroupConfig, decode_output, group_sidecar, mean_class_probability,
                                        panoptic_instances, read_group_sidecar)
 from zoo.instances.pseudo import make_targets
+from zoo.metrics import ConfusionMatrix
 from zoo.registry import get_entry
 
 METHODS = ("learned", "cc", "watershed")
@@ -159,6 +160,8 @@ def evaluate_one(data: InstanceData, cfg: InstanceEvalConfig, model: torch.nn.Mo
     pre = Preprocess.from_dict(meta["preprocess"]) if meta and meta.get("preprocess") else data.preprocess
     n_touch_inst = n_inst = n_touch_img = 0
     seconds = {m: 0.0 for m in methods}
+    # The learned model's semantic mask against the labels: every method's instances start from it.
+    conf = ConfusionMatrix(data.num_classes, data.ignore_index) if model is not None else None
     for i in tqdm(range(len(data.dataset)), desc="instances eval", disable=not cfg.progress, leave=False):
         s = data.dataset.load(i)
         touching = touching_instances(s.ids, s.classes, gap=cfg.gap)
@@ -175,6 +178,8 @@ def evaluate_one(data: InstanceData, cfg: InstanceEvalConfig, model: torch.nn.Mo
                 true = make_targets(s.ids, np.ones(len(s.classes), bool), sigma=float(meta.get("sigma", 3.0)))
                 heat = true.heat if cfg.true_heads in ("centre", "both") else heat
                 off = true.offset if cfg.true_heads in ("offset", "both") else off
+        if conf is not None:
+            conf.update(probs.argmax(0), s.semantic)
         sem = s.semantic if cfg.semantic == "gt" else probs.argmax(0).astype(np.uint8)
         results = {}
         if model is not None:
@@ -197,7 +202,8 @@ def evaluate_one(data: InstanceData, cfg: InstanceEvalConfig, model: torch.nn.Mo
                 score = mean_class_probability(probs, ids, cls) * score
             ap[m].add(s.ids, s.classes, ids, cls, score)
     out: dict[str, Any] = {"images": len(data.dataset), "instances": n_inst, "touching_instances": n_touch_inst,
-                           "images_with_touching": n_touch_img}
+                           "images_with_touching": n_touch_img,
+                           "semantic_scores": conf.scores(data.classes).as_dict() if conf is not None else None}
     for m in methods:
         out[m] = {s: pq[m][s].result().as_dict() for s in SUBSETS}
         out[m]["mask_ap"] = ap[m].result()
@@ -258,6 +264,13 @@ def format_table(res: dict[str, Any]) -> str:
 
     def cell(d: dict[str, Any]) -> str:
         return f"{100 * d['mean']:6.2f}±{100 * d['std']:5.2f}"
+
+    scores = [r["semantic_scores"] for r in res["per_seed"] if r.get("semantic_scores")]
+    if scores:  # the predicted semantic mask, mean over models (what limits every method with --semantic pred)
+        things = res["thing_classes"]
+        iou = {c: statistics.fmean(100 * (s["per_class_iou"].get(c) or 0.0) for s in scores) for c in things}
+        lines.insert(1, f"semantic mask of the model(s): mIoU {statistics.fmean(100 * s['miou'] for s in scores):.2f}; "
+                        "thing IoU " + ", ".join(f"{c} {v:.1f}" for c, v in iou.items()))
 
     for method, rows in res["summary"].items():
         for subset in SUBSETS:
