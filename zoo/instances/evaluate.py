@@ -269,8 +269,11 @@ def format_table(res: dict[str, Any]) -> str:
     if scores:  # the predicted semantic mask, mean over models (what limits every method with --semantic pred)
         things = res["thing_classes"]
         iou = {c: statistics.fmean(100 * (s["per_class_iou"].get(c) or 0.0) for s in scores) for c in things}
+        per_thing = (", ".join(f"{c} {v:.1f}" for c, v in iou.items()) if len(iou) <= 8 else  # COCO: 80 things
+                     f"mean {statistics.fmean(iou.values()):.1f} over {len(iou)} classes, best "
+                     + ", ".join(f"{c} {v:.1f}" for c, v in sorted(iou.items(), key=lambda kv: -kv[1])[:3]))
         lines.insert(1, f"semantic mask of the model(s): mIoU {statistics.fmean(100 * s['miou'] for s in scores):.2f}; "
-                        "thing IoU " + ", ".join(f"{c} {v:.1f}" for c, v in iou.items()))
+                        f"thing IoU {per_thing}")
 
     for method, rows in res["summary"].items():
         for subset in SUBSETS:
