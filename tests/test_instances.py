@@ -411,6 +411,17 @@ def test_smoke_training_writes_checkpoints_and_resumes(tiny_run):
     cfg.epochs, cfg.resume = 2, True
     with pytest.raises(ValueError, match="other loss_weights"):   # another recipe cannot resume this run
         train(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, offset=0.5)))
+    with pytest.raises(ValueError, match="other build_kwargs"):   # nor another network
+        train(dataclasses.replace(cfg, build_kwargs={"instance_decoder": True}))
+    # a run saved before a setting existed resumes at the setting's old behaviour, and only there
+    from zoo.instances.train import InstanceTrainConfig, LossWeights, _check_resume
+    from zoo.recipes import get_recipe
+
+    old_meta = {"loss_weights": {"center": 200.0, "offset": 0.1, "semantic_top_k": 0.2}}
+    _check_resume(Path("old.pt"), old_meta, InstanceTrainConfig(), get_recipe("panoptic_lite"))
+    with pytest.raises(ValueError, match="small_instance_weight"):
+        _check_resume(Path("old.pt"), old_meta, InstanceTrainConfig(loss=LossWeights(small_instance_weight=3.0)),
+                      get_recipe("panoptic_lite"))
     res2 = train(cfg)
     assert [h["epoch"] for h in res2["history"]] == [1, 2]
     # a portable copy (no optimizer state, as kept in trained/) resumes on another machine

@@ -203,18 +203,27 @@ def _check_resume(path: Path, meta: dict[str, Any], cfg: InstanceTrainConfig, re
     """A resumed run must continue the same experiment: refuse one whose targets, loss weights or
     schedule differ from the saved run's (they would silently mix two recipes in one checkpoint)."""
     # More epochs is allowed: extending a finished run is how a longer schedule is reached.
+    # Settings added after a run was saved are compared at the value that reproduces the old
+    # behaviour (no small-instance weight, no builder options).
+    before = {"loss_weights": {"small_instance_weight": 1.0, "small_instance_area": LossWeights.small_instance_area},
+              "build_kwargs": {}}
+
+    def saved(key: str) -> Any:
+        value = meta.get(key)
+        return {**before[key], **(value or {})} if key in before else value
+
     def same(key: str, value: Any) -> bool:
-        saved, value = meta.get(key) or ({} if key == "build_kwargs" else None), json.loads(json.dumps(value))
+        old, value = saved(key), json.loads(json.dumps(value))
         if key == "recipe":
-            saved, value = ({k: v for k, v in d.items() if k != "epochs"} for d in (saved, value))
-        return saved == value
+            old, value = ({k: v for k, v in d.items() if k != "epochs"} for d in (old, value))
+        return old == value
 
     now = {"sigma": cfg.sigma, "loss_weights": asdict(cfg.loss), "clean_filter": asdict(cfg.clean),
            "paste": asdict(cfg.paste), "recipe": recipe.as_dict(), "build_kwargs": dict(cfg.build_kwargs)}
-    differ = [k for k, v in now.items() if (k in meta or k == "build_kwargs") and not same(k, v)]
+    differ = [k for k, v in now.items() if (k in meta or k in before) and not same(k, v)]
     if differ:
         raise ValueError(f"--resume: {path} was trained with other {', '.join(differ)} (saved: "
-                         + "; ".join(f"{k}={meta[k]}" for k in differ) + "); pass the same options, or a new --run-name")
+                         + "; ".join(f"{k}={saved(k)}" for k in differ) + "); pass the same options, or a new --run-name")
 
 
 def instance_loss(out: torch.Tensor, sem: torch.Tensor, heat: torch.Tensor, heat_w: torch.Tensor,
