@@ -50,8 +50,10 @@ cores (2 threads plus one loader worker, ~1.6x one core) that gives, per 40-epoc
 ~19 min (ce, cb_ce, cb_focal, ohem, wce_*), ~50 min (lovasz); ``synthetic-lt`` (160 training
 images, 20 steps per epoch) ~8.5 min and ~21 min. The full default command (7 losses x 3 seeds)
 is therefore ~8-9 h on CamVid and ~3.7 h on synthetic-lt (~7.5 h with ``--epochs 80``, the same
-number of iterations as CamVid's 40 epochs). The run start/end lines give an ETA from the
-measured seconds per epoch. With another job on the same cores use ``--threads 1``: two OpenMP
+number of iterations as CamVid's 40 epochs). Measured end to end on the 2-core AMD EPYC VM
+(session 12, nothing else running): ce seed 0 took 35.7 min (0.9 min per epoch including the
+final validation), about twice that estimate, so plan ~13 h for the default plan on CamVid. The
+run start/end lines give an ETA from the measured seconds per epoch. With another job on the same cores use ``--threads 1``: two OpenMP
 threads then mostly spin (measured: 241 instead of 54 CPU-s for the same epoch).
 """
 from __future__ import annotations
