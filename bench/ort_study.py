@@ -20,7 +20,7 @@ machine's speed (measured here: FP32 moving between 14.8 and 16.8 ms within minu
 them alike; ratios are what this study reports. It also runs each variant on validation images
 (mIoU and pixel agreement with FP32) and profiles each ONNX Runtime session per op type, so the
 table says what each step bought and where the remaining time goes. Results go to
-``results/ort_study/<model>_<data>_<H>x<W>.json`` and ``.md`` (written atomically).
+``results/ort_study/<model>_<data>_<H>x<W>_<cpu>.json`` and ``.md`` (written atomically).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import collections
 import contextlib
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -245,11 +246,23 @@ def run_study(model: str, *, data: str = "synthetic", data_root: str | None = No
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out_dir = Path(out) / "ort_study"
-    stem = f"{prep.model}_{data}_{hw[0]}x{hw[1]}"
+    stem = f"{prep.model}_{data}_{hw[0]}x{hw[1]}_{cpu_tag()}"
     write_json(out_dir / f"{stem}.json", record)
     write_bytes(out_dir / f"{stem}.md", markdown(record).encode())
     record["paths"] = [str(out_dir / f"{stem}.json"), str(out_dir / f"{stem}.md")]
     return record
+
+
+def cpu_tag() -> str:
+    """Short name of the CPU's INT8 class, part of the record's file name: ratios between INT8 and
+    FP32 depend on it (VNNI doubles MLAS's INT8 rate), so records of two machines must not overwrite
+    each other."""
+    from quant.ptq_static import cpu_has_vnni
+
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return "arm64-dotprod" if cpu_has_vnni() else "arm64"
+    return "vnni" if cpu_has_vnni() else machine
 
 
 def markdown(record: dict) -> str:

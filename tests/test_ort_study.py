@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.ort_study import STUDY_VARIANTS, main, run_study
+from bench.ort_study import STUDY_VARIANTS, cpu_tag, main, run_study
 from tests.conftest import write_segnet_split
 
 
@@ -37,6 +37,7 @@ def test_study_measures_every_variant(camvid16, tmp_path):
         assert rows[name]["bytes"] < 0.35 * rows["fp32"]["bytes"], name
     json_path, md_path = map(__import__("pathlib").Path, rec["paths"])
     assert json.loads(json_path.read_text())["model"] == "ddrnet23_slim"
+    assert json_path.name.endswith(f"_{cpu_tag()}.json")  # studies of two CPUs never overwrite each other
     text = md_path.read_text()
     assert all(name in text for name in STUDY_VARIANTS) and "Interleaved timing" in text
 
