@@ -12,8 +12,9 @@ there the CPU kernels add u8*s8 pairs into a saturating int16, and full-range we
 the INT8 artifacts compute something else than the fake-quantized graph. Conv-BN pairs are
 fused into QAT modules that fold BN into the quantized weight; BN statistics are frozen after
 `freeze_bn_epoch` epochs and the quantizers' ranges after `freeze_observer_epoch`, so the last
-epochs train against the exact integer grid that inference will use. Segmentation runs start the
-ranges from `--calib-images` train images (`fx_quant.calibrate_qat`) and validate that calibrated,
+epochs train against the exact integer grid that inference will use. Runs start the ranges from
+`--calib-images` train images (`fx_quant.calibrate_qat`; detectors: letterboxed to the square
+training size) and validate that calibrated,
 not yet fine-tuned graph as "epoch 0": it stays best.pt unless fine-tuning beats it, and the
 history says which epoch won.
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -68,8 +70,8 @@ class QATConfig:
     threads: int | None = None
     eval_every: int | None = None
     progress: bool = True
-    calib_images: int = 32                 # segmentation: quantizer ranges start from these train
-                                           # images (fx_quant.calibrate_qat); 0: from the first batches
+    calib_images: int = 32                 # quantizer ranges start from these train images
+                                           # (fx_quant.calibrate_qat); 0: from the first batches
 
 
 def qat_run_name(parent_recipe: str, parent_sha256: str | None = None) -> str:
@@ -164,7 +166,12 @@ def _finetune_detector(cfg: QATConfig, entry, parent) -> dict[str, Any]:
     # What the parent was built with (YOLOv5: stem, activation), explicit so that `load_qat`
     # rebuilds the same network whatever the builder's defaults become.
     build_kwargs = {**(parent.meta.get("build_kwargs") or {}), **getattr(parent.model, "build_kwargs", {})}
-    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, lambda model: model)
+    img_size = cfg.crop[0] if cfg.crop else recipe.img_size
+    calibration = _det_qat_calibration(cfg, entry, parent, recipe.name, img_size)
+    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, lambda model: model, calibration)
+    # As for segmentation: the calibrated graph is validated as "epoch 0" and stays best.pt unless
+    # fine-tuning beats it.
+    hooks.evaluate_first = calibration is not None
     dcfg = DetTrainConfig(model=entry.name, data=cfg.data, data_root=cfg.data_root, recipe=recipe.name,
                           epochs=epochs, lr=lr, batch_size=cfg.batch_size, img_size=cfg.crop[0] if cfg.crop else None,
                           eval_every=cfg.eval_every or max(1, epochs // 5), weights=parent.path, seed=cfg.seed,
@@ -197,6 +204,45 @@ def _qat_calibration(cfg: QATConfig, entry, parent, recipe_name: str):
     pre = Preprocess.from_dict(parent.preprocess) if parent.preprocess else Preprocess.from_card(card)
     return build_calibration(cfg.data, root=cfg.data_root, split="train", num_images=cfg.calib_images,
                              seed=cfg.seed, preprocess=pre, input_hw=tuple(card.input_size), min_images=1)
+
+
+def _det_qat_calibration(cfg: QATConfig, entry, parent, recipe_name: str, img_size: int):
+    """The calibration images of a fresh detector QAT run: the seeded train subset that
+    `quant.calibrate` draws, each letterboxed to a square `img_size` (grey bands included, as the
+    network sees them at inference) with the parent's pre-processing; or None (as for segmentation:
+    `calib_images` 0, or a run being resumed)."""
+    from quant.calibrate import CalibrationData, _hash
+    from zoo import data as zdata
+    from zoo.checkpoints import checkpoint_dir
+    from zoo.data.letterbox import DetEvalTransform
+
+    if cfg.calib_images < 0:
+        raise QuantError(f"--calib-images must be >= 0 (0 turns calibration off), got {cfg.calib_images}")
+    if not cfg.calib_images:
+        return None
+    last = checkpoint_dir(entry.name, cfg.data, qat_run_name(recipe_name, parent.sha256), cfg.artifacts) / "last.pt"
+    if cfg.resume and last.is_file():
+        return None
+    card = zdata.load_card(cfg.data)
+    pre = zdata.Preprocess.from_dict(parent.preprocess) if parent.preprocess else zdata.Preprocess.from_card(card)
+    ds = zdata.build_dataset(cfg.data, root=cfg.data_root, split="train",
+                             transform=DetEvalTransform(pre, img_size, rect=False))
+    order = sorted(range(len(ds)), key=lambda i: str(ds.files[i]))
+    if not order:
+        raise QuantError(f"{cfg.data}/train has no images to calibrate the QAT ranges; pass --calib-images 0")
+    count = min(int(cfg.calib_images), len(order))
+    picks = np.random.default_rng(cfg.seed).choice(len(order), size=count, replace=False)
+    chosen = [order[i] for i in sorted(int(v) for v in picks)]
+    arrays, names = [], []
+    for index in chosen:
+        image, _, sample = ds[index]
+        arrays.append(np.asarray(image, dtype=np.float32)[None])
+        names.append(sample.name)
+    hw = (img_size, img_size)
+    pre_dict = {**pre.to_dict(), "letterbox": f"square {img_size}"}
+    return CalibrationData(arrays=arrays, names=names, dataset=cfg.data, split="train", seed=cfg.seed,
+                           requested=int(cfg.calib_images), input_hw=hw, preprocess=pre_dict,
+                           sha256=_hash(cfg.data, "train", names, pre_dict, hw, cfg.seed, arrays))
 
 
 def _recipe_name(meta: dict[str, Any]) -> str | None:

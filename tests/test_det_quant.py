@@ -229,9 +229,12 @@ def test_qat_detector_checkpoint_provenance_and_schedule(tiny_det):
     assert (q["freeze_bn_epoch"], q["freeze_observer_epoch"]) == (1, 1) and q["scheme"] == "symmetric"
     quick = get_det_recipe("quick")
     assert meta["recipe"]["lr"] == pytest.approx(quick.lr / 10) and meta["recipe"]["warmup_epochs"] == 0
-    assert meta["task"] == "detection" and [h["epoch"] for h in qat["history"]] == [1, 2]
-    assert all("map" in h for h in qat["history"])
-    # ranges observed in epoch 1, frozen for epoch 2, in the model and in its EMA
+    # "Epoch 0" validates the calibrated graph before any step (4 train images, letterboxed square).
+    assert meta["task"] == "detection" and [h["epoch"] for h in qat["history"]] == [0, 1, 2]
+    assert all("map" in h for h in qat["history"]) and qat["history"][0]["loss"] is None
+    assert q["calibration"]["size"] == 4 and q["calibration"]["input_hw"] == [64, 64]
+    assert read_checkpoint(qat["best"])["meta"]["epoch"] in (0, 1, 2)
+    # ranges calibrated, observed in epoch 1, frozen for epoch 2, in the model and in its EMA
     last = read_checkpoint(qat["last"])
     for state in (last["model"], last["ema"]["model"]):
         flags = [v for k, v in state.items() if k.endswith("observer_enabled")]
@@ -316,7 +319,9 @@ def test_qat_cli_resumes_a_killed_detector_run(tiny_det, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr and "epoch 2, step 0/2" in resumed.stderr
     assert "[qat] best val mAP50-95" in resumed.stderr
-    assert [h["epoch"] for h in json.loads((last.parent / "history.json").read_text())] == [1, 2]
+    # epoch 0 (the calibrated graph) ran once, in the killed run; the resumed run did not repeat it
+    assert [h["epoch"] for h in json.loads((last.parent / "history.json").read_text())] == [0, 1, 2]
+    assert "epoch 0 (before training)" not in resumed.stderr
 
 
 def test_qat_refuses_a_parent_with_other_classes(tiny_det, tmp_path):

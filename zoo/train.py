@@ -80,7 +80,7 @@ class TrainHooks:
     every checkpoint's metadata. `num_classes` (output channels) and `preprocess` (a
     `Preprocess.to_dict()`) replace the dataset card's where the network being fine-tuned was
     trained otherwise: the official ESPNet CamVid checkpoint has a 12th (void) output and
-    BGR 0..255 normalisation. `evaluate_first` (segmentation trainer) validates the prepared
+    BGR 0..255 normalisation. `evaluate_first` (both trainers) validates the prepared
     network once before a fresh run's first step, as "epoch 0", and saves it as best.pt unless
     a later epoch beats it: fine-tuning (QAT) must then earn its place against its starting point.
     """

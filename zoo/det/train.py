@@ -447,6 +447,25 @@ def train_detector(cfg: DetTrainConfig, hooks: TrainHooks | None = None) -> dict
             "meta": {**meta_base, "epoch": epoch, "step_in_epoch": step},
         })
 
+    if hooks.evaluate_first and state is None:
+        # "Epoch 0": the prepared (QAT: calibrated) network before any step, kept as best.pt unless
+        # a fine-tuned epoch beats it. The EMA is still an exact copy of the model here.
+        if is_main:
+            t0 = time.time()
+            with observers_paused(ema.ema):
+                scores, _ = evaluate_detector(ema.ema, val_set, nms=MAP_NMS, device=device,
+                                              progress=cfg.progress, desc=f"val {cfg.val_split}")
+            best_map = scores.map
+            save_checkpoint(best_path, {"model": ema.ema.state_dict(), "meta": {
+                **meta_base, "epoch": 0, "metrics": scores.as_dict(), "split": cfg.val_split,
+                "val_images": scores.images, "ema_updates": ema.updates, "train_seconds": 0.0}})
+            history.append({"epoch": 0, "loss": None, "lr": 0.0, "elapsed_s": time.time() - t0, "amp": cfg.amp,
+                            "map": scores.map, "map50": scores.map50})
+            print(f"[det-train] epoch 0 (before training): val mAP50-95 {scores.map:.4f} mAP50 {scores.map50:.4f}",
+                  file=sys.stderr, flush=True)
+        if distributed:
+            dist.barrier()
+
     nb = n_steps
     n_warmup = max(round(recipe.warmup_epochs * nb), recipe.warmup_min_iters) if recipe.warmup_epochs > 0 else 0
     base_lr = recipe.lr
