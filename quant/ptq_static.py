@@ -29,6 +29,7 @@ import onnx
 
 from quant.calibrate import PERCENTILE, CalibrationData, CalibrationReader, QuantError, calibration_method
 from quant.onnx_inspect import inspect_onnx
+from quant.qdq_onnx import compact_qdq_names
 from zoo.io import atomic_path, sha256_file, write_json
 
 TARGETS = ("ort", "trt")
@@ -217,6 +218,7 @@ def quantize_static_onnx(
     calibration_cache: str | Path | None = None,
     pre_processed: bool = False,
     bn_as_conv: bool | None = None,
+    compact_names: bool = True,
 ) -> dict[str, Any]:
     """Quantize ``fp32_onnx`` into a QDQ INT8 ONNX at ``out``; returns (and writes) its metadata.
 
@@ -236,6 +238,9 @@ def quantize_static_onnx(
     so they run in INT8 (`quant.onnx_rewrites`); default True for "ort" (measured ~5 % faster on
     DDRNet-23-slim, `python -m bench.ort_study`), False for "trt" (TensorRT fuses a BN into a scale
     layer itself). Ignored when ``pre_processed``: the caller's `ort_pre_process` decided.
+    ``compact_names``: shorten the names quantization adds (`quant.qdq_onnx.compact_qdq_names`);
+    False keeps ORT's `<tensor>_DequantizeLinear_Output` names, which its per-layer error tools
+    (`quant.sensitivity.layer_errors`) match on.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -313,6 +318,7 @@ def quantize_static_onnx(
                 calibration_cache_path=str(calibration_cache) if calibration_cache else None,
             )
         proto = drop_unused_opsets(onnx.load(str(result)))
+        compacted = compact_qdq_names(proto) if compact_names else None
         onnx.checker.check_model(proto)
         opset = onnx_opset(proto)
         if target == "trt":
@@ -343,6 +349,7 @@ def quantize_static_onnx(
         "op_types_to_quantize": op_types,
         "float_head": keep_head_float,
         "bn_as_depthwise_conv": rewritten,
+        "compacted_names": compacted,
         "nodes_to_exclude": excluded,
         "extra_options": options,
         "opset": opset,

@@ -90,6 +90,9 @@ def layer_errors(fp32_pre: str | Path, qdq: str | Path, calib: CalibrationData, 
     from quant.ptq_static import input_spec
 
     fp32_pre, qdq = Path(fp32_pre), Path(qdq)
+    if not any(o.endswith("_DequantizeLinear_Output") for n in onnx.load(str(qdq)).graph.node for o in n.output):
+        raise QuantError(f"{qdq} has no ONNX Runtime Q/DQ tensor names to match layers on; quantize it with "
+                         "quantize_static_onnx(..., compact_names=False)")
     subset = CalibrationData(arrays=calib.arrays[:images], names=calib.names[:images], sha256=calib.sha256,
                              dataset=calib.dataset, split=calib.split, seed=calib.seed, input_hw=calib.input_hw,
                              preprocess=calib.preprocess, requested=images)
@@ -247,7 +250,9 @@ def search_mixed_precision(
                 return tried[key][1]
             path = tmp / f"int8_{len(tried)}.onnx"
             meta = quantize_static_onnx(pre, path, calib, target="ort", method=method, nodes_to_exclude=list(key),
-                                        calibration_cache=cache, pre_processed=True, **quant_kwargs)
+                                        calibration_cache=cache, pre_processed=True,
+                                        # layer_errors matches ORT's Q/DQ tensor names
+                                        compact_names=False, **quant_kwargs)
             s = float(score(path))
             tried[key] = (path, s, meta, how)
             log(f"  mixed precision: {len(key)} layer(s) in float ({how}) -> {metric} {s:.4f} (goal {goal:.4f})")
