@@ -184,21 +184,26 @@ def _finetune_detector(cfg: QATConfig, entry, parent) -> dict[str, Any]:
     return train_detector(dcfg, hooks)
 
 
+def _calibration_wanted(cfg: QATConfig, entry, parent, recipe_name: str) -> bool:
+    """Whether a QAT run starts from calibrated ranges: not with `calib_images` 0, nor when a run
+    is being resumed (its saved ranges replace whatever a calibration would give)."""
+    from zoo.checkpoints import checkpoint_dir
+
+    if cfg.calib_images < 0:
+        raise QuantError(f"--calib-images must be >= 0 (0 turns calibration off), got {cfg.calib_images}")
+    last = checkpoint_dir(entry.name, cfg.data, qat_run_name(recipe_name, parent.sha256), cfg.artifacts) / "last.pt"
+    return bool(cfg.calib_images) and not (cfg.resume and last.is_file())
+
+
 def _qat_calibration(cfg: QATConfig, entry, parent, recipe_name: str):
     """The calibration images that start a fresh segmentation QAT run's quantizer ranges
     (`quant.calibrate.build_calibration`: seeded train subset at the card's input size, the
     parent's pre-processing), or None: `calib_images` 0, or a run being resumed (its saved
     ranges replace whatever a calibration would give)."""
     from quant.calibrate import build_calibration
-    from zoo.checkpoints import checkpoint_dir
     from zoo.data import Preprocess, load_card
 
-    if cfg.calib_images < 0:
-        raise QuantError(f"--calib-images must be >= 0 (0 turns calibration off), got {cfg.calib_images}")
-    if not cfg.calib_images:
-        return None
-    last = checkpoint_dir(entry.name, cfg.data, qat_run_name(recipe_name, parent.sha256), cfg.artifacts) / "last.pt"
-    if cfg.resume and last.is_file():
+    if not _calibration_wanted(cfg, entry, parent, recipe_name):
         return None
     card = load_card(cfg.data)
     pre = Preprocess.from_dict(parent.preprocess) if parent.preprocess else Preprocess.from_card(card)
@@ -213,15 +218,9 @@ def _det_qat_calibration(cfg: QATConfig, entry, parent, recipe_name: str, img_si
     `calib_images` 0, or a run being resumed)."""
     from quant.calibrate import CalibrationData, _hash
     from zoo import data as zdata
-    from zoo.checkpoints import checkpoint_dir
     from zoo.data.letterbox import DetEvalTransform
 
-    if cfg.calib_images < 0:
-        raise QuantError(f"--calib-images must be >= 0 (0 turns calibration off), got {cfg.calib_images}")
-    if not cfg.calib_images:
-        return None
-    last = checkpoint_dir(entry.name, cfg.data, qat_run_name(recipe_name, parent.sha256), cfg.artifacts) / "last.pt"
-    if cfg.resume and last.is_file():
+    if not _calibration_wanted(cfg, entry, parent, recipe_name):
         return None
     card = zdata.load_card(cfg.data)
     pre = zdata.Preprocess.from_dict(parent.preprocess) if parent.preprocess else zdata.Preprocess.from_card(card)
