@@ -854,7 +854,8 @@ def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], bat
 
     from quant.export import export_onnx
     from quant.onnx_inspect import inspect_onnx
-    from quant.qdq_onnx import compact_qdq_names, fold_weight_quantizers, relu_outputs_to_zero_point_0, to_trt_qdq
+    from quant.qdq_onnx import (compact_qdq_names, fold_weight_quantizers, relu_outputs_to_zero_point_0,
+                                 standalone_batchnorms_as_int8_convs, to_trt_qdq)
     from zoo.io import atomic_path
 
     if target not in ("ort", "trt"):
@@ -867,9 +868,13 @@ def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], bat
         proto = onnx.load(str(raw))
     folded = fold_weight_quantizers(proto)
     recoded = to_trt_qdq(proto) if target == "trt" else relu_outputs_to_zero_point_0(proto)
+    # TensorRT fuses a stand-alone BN into a scale layer itself; ORT would run it in float.
+    qmax = max((int(m.weight_fake_quant.quant_max) for m in prepared.modules() if hasattr(m, "weight_fake_quant")),
+               default=127)
+    bn_convs = standalone_batchnorms_as_int8_convs(proto, qmax=qmax) if target == "ort" else []
     compacted = compact_qdq_names(proto)
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp_out:
         onnx.save(proto, str(tmp_out))
     return {"target": target, "folded_weights": folded, "recoded_zero_points": recoded,
-            "compacted_names": compacted, "graph": inspect_onnx(path)}
+            "bn_as_int8_depthwise_conv": bn_convs, "compacted_names": compacted, "graph": inspect_onnx(path)}

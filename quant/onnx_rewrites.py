@@ -29,9 +29,10 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def batchnorm_as_depthwise_conv(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """Replace every inference-mode BatchNormalization on a 4-D tensor by an equivalent 1x1
-    depthwise Conv (in place); returns the proto and the names of the replaced nodes.
+def batchnorm_as_depthwise_conv(proto: onnx.ModelProto, only: set[str] | None = None) -> tuple[onnx.ModelProto, list[str]]:
+    """Replace every inference-mode BatchNormalization on a 4-D tensor (or those named in `only`)
+    by an equivalent 1x1 depthwise Conv (in place); returns the proto and the names of the
+    replaced nodes.
 
     Run it after ORT's pre-processing, which already folds Conv -> BN pairs into the conv: what
     is left are BNs no convolution precedes. BNs whose parameters are not constant initializers,
@@ -43,6 +44,8 @@ def batchnorm_as_depthwise_conv(proto: onnx.ModelProto) -> tuple[onnx.ModelProto
     replaced: list[str] = []
     for node in list(graph.node):
         if node.op_type != "BatchNormalization" or len(node.output) != 1:
+            continue
+        if only is not None and (node.name or node.output[0]) not in only:
             continue
         if _attribute(node, "training_mode", 0):
             continue

@@ -130,7 +130,8 @@ def test_export_qdq_runs_in_onnxruntime_and_matches_fake_quant(qat_reduced, tmp_
     info = fx_quant.export_qdq_onnx(model, out, input_hw=(64, 96), target=target)
     proto = onnx.load(str(out))
     _conv_weights_are_int8(proto, qmax=meta["qat"]["weight_qrange"][1])
-    assert info["folded_weights"] == sum(1 for n in proto.graph.node if n.op_type == "Conv")
+    assert info["folded_weights"] + len(info["bn_as_int8_depthwise_conv"]) == sum(
+        1 for n in proto.graph.node if n.op_type == "Conv")
     values = _constant_values(proto)
     act_zps = [values[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert act_zps
@@ -140,6 +141,13 @@ def test_export_qdq_runs_in_onnxruntime_and_matches_fake_quant(qat_reduced, tmp_
     else:  # as trained: uint8 around 128, ReLU outputs re-encoded with zero point 0 (ORT fuses them)
         assert all(z.dtype == np.uint8 and int(z) in (0, 128) for z in act_zps)
         assert info["recoded_zero_points"] == sum(int(z) == 0 for z in act_zps) > 0
+    # DDRNet's stand-alone BNs (DAPPM, head) run as INT8 depthwise convs on ORT, in float nowhere;
+    # TensorRT keeps them as BNs (it fuses them into scale layers itself).
+    bns = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    if target == "ort":
+        assert len(info["bn_as_int8_depthwise_conv"]) >= 10 and not bns
+    else:
+        assert not info["bn_as_int8_depthwise_conv"] and bns
     x = _images()
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = np.concatenate([sess.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])
