@@ -47,3 +47,5 @@ def test_cli_writes_a_checkpoint_that_builds_the_focus_network(tmp_path, capsys)
     again = tmp_path / "again.pt"
     assert stem.main(["--weights", str(out), "--to", "focus", "--out", str(again)]) == 2
     assert "already has the 'focus' stem" in capsys.readouterr().err and not again.exists()
+    assert stem.main(["--model", "ddrnet", "--weights", str(out), "--to", "focus", "--out", str(again)]) == 2
+    assert "must be yolov5n or yolov5s" in capsys.readouterr().err and not again.exists()

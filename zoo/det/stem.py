@@ -77,6 +77,8 @@ def convert_checkpoint(model: str, weights: str | Path, dst: str) -> tuple[dict[
     from zoo.registry import get_entry
 
     entry = get_entry(model)
+    if entry.name not in ("yolov5n", "yolov5s"):
+        raise ValueError(f"zoo.det.stem converts YOLOv5 checkpoints; --model must be yolov5n or yolov5s, not {model!r}")
     loaded = load_weights(entry, weights, num_classes=80)
     net = loaded.model.eval()
     src = net.build_kwargs["stem"]
