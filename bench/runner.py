@@ -702,7 +702,7 @@ def det_calibration(cfg: BenchConfig, hw: tuple[int, int], preprocess: dict, log
     `quant.calibrate.build_calibration` draws (same selection rule), but letterboxed to `hw` exactly
     as the cells feed images (`bench.imageops.letterbox`), not stretched: grey bands and the
     aspect ratio are part of the activation ranges the INT8 model will see."""
-    from quant.calibrate import MIN_IMAGES, CalibrationData, QuantError, _hash
+    from quant.calibrate import MIN_IMAGES, CalibrationData, QuantError, _hash, seeded_subset
 
     from bench.imageops import RESIZE_BACKEND, Preprocessor, letterbox
     from zoo import data as zdata
@@ -713,13 +713,9 @@ def det_calibration(cfg: BenchConfig, hw: tuple[int, int], preprocess: dict, log
     if available < min(wanted, MIN_IMAGES):
         raise QuantError(f"calibration split 'train' of {cfg.data} has {available} images, fewer than the "
                          f"minimum {MIN_IMAGES}; add training images or lower --calib-images")
-    if available <= wanted:
-        if available < wanted:
-            log(f"  calibration: {cfg.data}/train has {available} images, {wanted} requested; using all {available}")
-        chosen = list(order)
-    else:
-        picks = np.random.default_rng(cfg.calib_seed).choice(available, size=wanted, replace=False)
-        chosen = [order[i] for i in sorted(int(v) for v in picks)]
+    if available < wanted:
+        log(f"  calibration: {cfg.data}/train has {available} images, {wanted} requested; using all {available}")
+    chosen = seeded_subset(order, wanted, int(cfg.calib_seed))
     norm = Preprocessor(preprocess, hw)
     arrays, names = [], []
     for index in chosen:

@@ -121,6 +121,16 @@ def _hash(dataset: str, split: str, names: list[str], preprocess: dict[str, Any]
     return digest.hexdigest()
 
 
+def seeded_subset(order: list[int], wanted: int, seed: int) -> list[int]:
+    """`wanted` items of `order` (dataset indices sorted by file name), drawn without replacement
+    with ``numpy.random.default_rng(seed)`` and kept in `order`'s order; all of them if there are
+    no more than `wanted`. Every calibration set (segmentation, detection, QAT) selects this way."""
+    if len(order) <= wanted:
+        return list(order)
+    picks = np.random.default_rng(seed).choice(len(order), size=wanted, replace=False)
+    return [order[i] for i in sorted(int(p) for p in picks)]
+
+
 def build_calibration(
     dataset: str,
     *,
@@ -170,9 +180,7 @@ def build_calibration(
                       f"requested; using all {available}", stacklevel=2)
         chosen = list(order)
     else:
-        rng = np.random.default_rng(seed)
-        picks = rng.choice(available, size=num_images, replace=False)
-        chosen = [order[i] for i in sorted(int(p) for p in picks)]
+        chosen = seeded_subset(order, num_images, seed)
     arrays: list[np.ndarray] = []
     names: list[str] = []
     for index in chosen:

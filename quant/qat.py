@@ -216,7 +216,7 @@ def _det_qat_calibration(cfg: QATConfig, entry, parent, recipe_name: str, img_si
     `quant.calibrate` draws, each letterboxed to a square `img_size` (grey bands included, as the
     network sees them at inference) with the parent's pre-processing; or None (as for segmentation:
     `calib_images` 0, or a run being resumed)."""
-    from quant.calibrate import CalibrationData, _hash
+    from quant.calibrate import CalibrationData, _hash, seeded_subset
     from zoo import data as zdata
     from zoo.data.letterbox import DetEvalTransform
 
@@ -229,11 +229,8 @@ def _det_qat_calibration(cfg: QATConfig, entry, parent, recipe_name: str, img_si
     order = sorted(range(len(ds)), key=lambda i: str(ds.files[i]))
     if not order:
         raise QuantError(f"{cfg.data}/train has no images to calibrate the QAT ranges; pass --calib-images 0")
-    count = min(int(cfg.calib_images), len(order))
-    picks = np.random.default_rng(cfg.seed).choice(len(order), size=count, replace=False)
-    chosen = [order[i] for i in sorted(int(v) for v in picks)]
     arrays, names = [], []
-    for index in chosen:
+    for index in seeded_subset(order, int(cfg.calib_images), cfg.seed):
         image, _, sample = ds[index]
         arrays.append(np.asarray(image, dtype=np.float32)[None])
         names.append(sample.name)
