@@ -27,6 +27,7 @@ import torch.nn as nn
 from quant.calibrate import QuantError
 from quant.onnx_inspect import inspect_onnx
 from quant.ptq_static import drop_unused_opsets, input_spec, library_versions, onnx_opset, ort_pre_process
+from quant.qdq_onnx import compact_int8_model
 from zoo.io import atomic_path, sha256_file, write_json
 
 
@@ -93,6 +94,11 @@ def quantize_dynamic_onnx(
         quantize_dynamic(str(pre), str(result), weight_type=QuantType.QUInt8, per_channel=per_channel,
                          op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None)
         onnx.checker.check_model(str(result))
+        proto = drop_unused_opsets(onnx.load(str(result)))
+        compacted = compact_int8_model(proto)
+        onnx.checker.check_model(proto)
+        opset = onnx_opset(proto)
+        onnx.save(proto, str(result))
         try:
             _ort_session(result)
         except Exception as exc:  # onnxruntime raises its own exception types (NOT_IMPLEMENTED, ...)
@@ -105,8 +111,6 @@ def quantize_dynamic_onnx(
             check = {**parity(fp32_onnx, result, inputs), "inputs_kind": "random normal"}
         else:
             check = {**parity(fp32_onnx, result, list(check_inputs)), "inputs_kind": "given"}
-        proto = drop_unused_opsets(onnx.load(str(result)))
-        opset = onnx_opset(proto)
         with atomic_path(out) as tmp_out:
             onnx.save(proto, str(tmp_out))
     graph = inspect_onnx(out)
@@ -126,6 +130,7 @@ def quantize_dynamic_onnx(
         "note": "dynamic INT8 convolutions run on ORT's generic ConvInteger kernel (no optimised path): "
                 "smaller file, usually slower than FP32 (microsoft/onnxruntime#12854)",
         "parity": check,
+        "compacted": compacted,
         "opset": opset,
         "parent": {"path": str(fp32_onnx), "sha256": sha256_file(fp32_onnx), "bytes": parent_bytes},
         "versions": library_versions(),

@@ -29,7 +29,7 @@ import onnx
 
 from quant.calibrate import PERCENTILE, CalibrationData, CalibrationReader, QuantError, calibration_method
 from quant.onnx_inspect import inspect_onnx
-from quant.qdq_onnx import compact_qdq_names
+from quant.qdq_onnx import compact_int8_model
 from zoo.io import atomic_path, sha256_file, write_json
 
 TARGETS = ("ort", "trt")
@@ -238,8 +238,8 @@ def quantize_static_onnx(
     so they run in INT8 (`quant.onnx_rewrites`); default True for "ort" (measured ~5 % faster on
     DDRNet-23-slim, `python -m bench.ort_study`), False for "trt" (TensorRT fuses a BN into a scale
     layer itself). Ignored when ``pre_processed``: the caller's `ort_pre_process` decided.
-    ``compact_names``: shorten the names quantization adds (`quant.qdq_onnx.compact_qdq_names`);
-    False keeps ORT's `<tensor>_DequantizeLinear_Output` names, which its per-layer error tools
+    ``compact_names``: write the compact deployable file (`quant.qdq_onnx.compact_int8_model`:
+    short tensor names, BN statistics folded, zero weight zero points dropped); False keeps ORT's `<tensor>_DequantizeLinear_Output` names, which its per-layer error tools
     (`quant.sensitivity.layer_errors`) match on.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -318,7 +318,7 @@ def quantize_static_onnx(
                 calibration_cache_path=str(calibration_cache) if calibration_cache else None,
             )
         proto = drop_unused_opsets(onnx.load(str(result)))
-        compacted = compact_qdq_names(proto) if compact_names else None
+        compacted = compact_int8_model(proto, keep_weight_zero_points=target == "trt") if compact_names else None
         onnx.checker.check_model(proto)
         opset = onnx_opset(proto)
         if target == "trt":

@@ -194,7 +194,7 @@ def standalone_batchnorms_as_int8_convs(proto: onnx.ModelProto, *, qmax: int = 1
     return replaced
 
 
-def compact_qdq_names(proto: onnx.ModelProto) -> dict[str, int]:
+def compact_qdq_names(proto: onnx.ModelProto, *, network_tensors: bool = False) -> dict[str, int]:
     """Give the tensors and nodes that quantization added short names; returns what changed.
 
     A QDQ graph has two Q/DQ nodes per quantized activation and a DQ per weight, and quantizers
@@ -204,8 +204,12 @@ def compact_qdq_names(proto: onnx.ModelProto) -> dict[str, int]:
     next to its 0.35 MB of weights. Renamed here: outputs of Q/DQ nodes, the initializers and
     Constant outputs that only Q/DQ nodes read (weights, scales, zero points), and the nodes
     themselves; their `value_info` entries go (ONNX Runtime and TensorRT infer shapes).
-    Untouched: graph inputs and outputs, and the names of the network's own nodes, which
-    per-node profiles and `--keep-float-from` lists refer to. The computation is unchanged."""
+    ``network_tensors=True`` also renames every other intermediate tensor and initializer (the
+    exporter's `/level2.1/d8/Conv_output_0`, `level2.1.d8.weight`): an INT8 artifact is matched
+    against its FP32 parent by node names and graph outputs, never by tensor names (`layer_errors`
+    refuses compacted files). Untouched: graph inputs and outputs, and the names of the network's
+    own nodes, which per-node profiles and `--keep-float-from` lists refer to. The computation is
+    unchanged."""
     graph = proto.graph
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -215,26 +219,26 @@ def compact_qdq_names(proto: onnx.ModelProto) -> dict[str, int]:
                 readers.setdefault(name, []).append(node)
     only_qdq = {name for name, nodes in readers.items() if all(n.op_type in QDQ_OPS for n in nodes)}
     rename: dict[str, str] = {}
+    # New names never reuse one the graph has (a file compacted before keeps its short names).
+    taken = keep | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    counter = iter(range(1 << 62))
 
     def short(name: str) -> str:
         if name and name not in keep and name not in rename:
-            rename[name] = f"t{len(rename):x}"
+            rename[name] = next(c for c in (f"t{i:x}" for i in counter) if c not in taken)
         return rename.get(name, name)
 
     renamed_nodes = 0
     for node in graph.node:
-        if node.op_type in QDQ_OPS:
+        qdq_made = node.op_type in QDQ_OPS or (node.op_type == "Constant" and all(o in only_qdq for o in node.output))
+        if qdq_made or network_tensors:
             for i, name in enumerate(node.output):
                 node.output[i] = short(name)
-            node.name = f"n{renamed_nodes:x}"
-            renamed_nodes += 1
-        elif node.op_type == "Constant" and all(o in only_qdq for o in node.output):
-            for i, name in enumerate(node.output):
-                node.output[i] = short(name)
+        if qdq_made:
             node.name = f"n{renamed_nodes:x}"
             renamed_nodes += 1
     for init in graph.initializer:
-        if init.name in only_qdq:
+        if init.name in only_qdq or network_tensors:
             init.name = short(init.name)
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -245,3 +249,121 @@ def compact_qdq_names(proto: onnx.ModelProto) -> dict[str, int]:
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
     return {"renamed_tensors": len(rename), "renamed_nodes": renamed_nodes, "dropped_value_info": dropped_info}
+
+
+def fold_batchnorm_statistics(proto: onnx.ModelProto) -> int:
+    """Store each inference BatchNormalization with constant parameters as its affine map; returns
+    the count.
+
+    At inference y = (x - mean) / sqrt(var + eps) * gamma + beta = x * s + b: four per-channel
+    vectors where two carry the information. A BN that runs in float next to INT8 convolutions
+    (ESPNet's BN + PReLU after each concatenation, kept in float by QAT and mixed precision)
+    therefore costs twice the bytes it needs. Here gamma := s and beta := b, and mean and var become
+    one shared all-zeros vector and one shared vector with var + eps == 1 exactly in float32, per
+    channel count: the node, its op and its speed stay as they were; the output changes only by
+    float rounding (in a dynamically quantized graph, whose activations are re-quantized from their
+    own range at run time, that flips a few rounding decisions, exactly as a 1e-6 change of the
+    input does: measured on ESPNet, 99.07 % argmax agreement either way on a random input)."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    shared: dict[tuple[int, float], tuple[str, str]] = {}
+    folded = 0
+    for node in graph.node:
+        if node.op_type != "BatchNormalization" or len(node.output) != 1 or len(node.input) != 5:
+            continue
+        if any(a.name == "training_mode" and a.i for a in node.attribute):
+            continue
+        params = node.input[1:]
+        if not all(name in inits and readers.get(name) == 1 for name in params):
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[name]).astype(np.float64) for name in params)
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        unit_var = _unit_variance(np.float32(eps))
+        if unit_var is None:
+            continue
+        scale = gamma / np.sqrt(var + np.float64(np.float32(eps)))
+        inits[params[0]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), params[0]))
+        inits[params[1]].CopyFrom(numpy_helper.from_array((beta - mean * scale).astype(np.float32), params[1]))
+        key = (gamma.size, float(np.float32(eps)))
+        if key not in shared:
+            names = (f"bn_zero_mean_{gamma.size}_{len(shared)}", f"bn_unit_var_{gamma.size}_{len(shared)}")
+            graph.initializer.append(numpy_helper.from_array(np.zeros(gamma.size, np.float32), names[0]))
+            graph.initializer.append(numpy_helper.from_array(np.full(gamma.size, unit_var, np.float32), names[1]))
+            shared[key] = names
+        node.input[3], node.input[4] = shared[key]
+        folded += 1
+    _drop_unused(proto)
+    return folded
+
+
+def _unit_variance(eps: np.float32) -> np.float32 | None:
+    """A float32 v with v + eps == 1 in float32 (so sqrt(v + eps) is exactly 1), or None."""
+    v = np.float32(1) - eps
+    for _ in range(8):
+        total = np.float32(v + eps)
+        if total == np.float32(1):
+            return v
+        v = np.nextafter(v, np.float32(2) if total < 1 else np.float32(0), dtype=np.float32)
+    return None
+
+
+def drop_zero_weight_zero_points(proto: onnx.ModelProto) -> int:
+    """Remove all-zero zero points from DequantizeLinear nodes of constant (weight) inputs; returns
+    the count. An absent zero point means 0 of the input's type (ONNX spec), so the result is the
+    same; per-channel weights carry one such byte per output channel. Activation Q/DQ pairs keep
+    theirs: ONNX Runtime's fusion compares a Q's and its DQ's zero point inputs."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    dropped = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3 or not node.input[2]:
+            continue
+        if node.input[0] not in inits or node.input[2] not in inits:
+            continue
+        if np.any(numpy_helper.to_array(inits[node.input[2]]) != 0):
+            continue
+        del node.input[2]
+        dropped += 1
+    _drop_unused(proto)
+    return dropped
+
+
+def share_equal_scalars(proto: onnx.ModelProto) -> int:
+    """Make nodes read one initializer per distinct scalar (a Q/DQ scale or zero point is stored
+    once per tensor, and many share a value); returns how many initializers went."""
+    graph = proto.graph
+    first: dict[tuple[int, bytes], str] = {}
+    alias: dict[str, str] = {}
+    keep_outputs = {v.name for v in graph.output}
+    for init in graph.initializer:
+        if len(init.dims) or init.name in keep_outputs:
+            continue
+        key = (init.data_type, numpy_helper.to_array(init).tobytes())
+        if key in first:
+            alias[init.name] = first[key]
+        else:
+            first[key] = init.name
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    _drop_unused(proto)
+    return len(alias)
+
+
+def compact_int8_model(proto: onnx.ModelProto, *, keep_weight_zero_points: bool = False) -> dict[str, int]:
+    """The deployable form of an INT8 ONNX artifact: the passes above that shrink the file without
+    changing what it computes (BN statistics folded, zero weight zero points dropped, equal scalars
+    shared, every intermediate tensor and quantizer node named briefly). Returns what each did.
+    On ESPNet (0.36 M parameters) they take the INT8 files from 30-35 % of the FP32 file to 28-30 %.
+    ``keep_weight_zero_points`` for the TensorRT artifact: the optional input is spelled out there
+    because TensorRT 8.5's parser has not been run on files without it."""
+    stats = {"folded_batchnorm_statistics": fold_batchnorm_statistics(proto),
+             "dropped_weight_zero_points": 0 if keep_weight_zero_points else drop_zero_weight_zero_points(proto),
+             "shared_scalars": share_equal_scalars(proto)}
+    stats.update(compact_qdq_names(proto, network_tensors=True))
+    return stats

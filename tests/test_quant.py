@@ -335,6 +335,106 @@ def test_compact_qdq_names_changes_names_not_results(ddrnet_onnx, calib, tmp_pat
     assert np.array_equal(runs[0], runs[1])
 
 
+def _bn_graph(channels: int = 6, eps: float = 1e-3) -> onnx.ModelProto:
+    """x -> Relu -> BatchNormalization (float, with running statistics) -> y."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    params = {"gamma": rng.uniform(0.5, 2, channels), "beta": rng.normal(0, 1, channels),
+              "mean": rng.normal(0, 3, channels), "var": rng.uniform(0.01, 4, channels)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("BatchNormalization", ["r", "gamma", "beta", "mean", "var"], ["y"], name="bn",
+                              epsilon=eps)]
+    shape = [1, channels, 5, 7]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run_proto(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.1])
+def test_fold_batchnorm_statistics_keeps_the_affine_map(eps):
+    from quant.qdq_onnx import fold_batchnorm_statistics
+
+    proto = _bn_graph(eps=eps)
+    x = np.random.default_rng(1).normal(0, 3, (1, 6, 5, 7)).astype(np.float32)
+    before = _run_proto(proto, x)
+    assert fold_batchnorm_statistics(proto) == 1
+    onnx.checker.check_model(proto)
+    after = _run_proto(proto, x)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    bn = next(n for n in proto.graph.node if n.op_type == "BatchNormalization")
+    mean, var = values[bn.input[3]], values[bn.input[4]]
+    assert np.all(mean == 0) and np.all(np.float32(var + np.float32(eps)) == 1)
+    assert not (values[bn.input[1]] == _bn_graph(eps=eps).graph.initializer[1]).all()  # beta now carries mean
+
+
+def test_fold_batchnorm_statistics_shares_stats_and_skips_shared_params():
+    from onnx import helper
+
+    from quant.qdq_onnx import fold_batchnorm_statistics
+
+    proto = _bn_graph()
+    graph = proto.graph
+    # a second BN with its own parameters, and a third that reuses the first one's: not folded
+    for name in ("gamma", "beta", "mean", "var"):
+        t = onnx.TensorProto()
+        t.CopyFrom(next(i for i in graph.initializer if i.name == name))
+        t.name = f"{name}2"
+        graph.initializer.append(t)
+    graph.node.append(helper.make_node("BatchNormalization", ["y", "gamma2", "beta2", "mean2", "var2"], ["y2"],
+                                       name="bn2", epsilon=1e-3))
+    graph.node.append(helper.make_node("BatchNormalization", ["y2", "gamma2", "beta", "mean", "var"], ["y3"],
+                                       name="bn3", epsilon=1e-3))
+    graph.output[0].name = "y3"
+    x = np.random.default_rng(2).normal(0, 1, (1, 6, 5, 7)).astype(np.float32)
+    before = _run_proto(proto, x)
+    assert fold_batchnorm_statistics(proto) == 0  # every parameter is read twice: nothing is safe to change
+    del graph.node[-1]
+    graph.output[0].name = "y2"
+    before = _run_proto(proto, x)
+    assert fold_batchnorm_statistics(proto) == 2
+    bns = [n for n in graph.node if n.op_type == "BatchNormalization"]
+    assert bns[0].input[3:] == bns[1].input[3:]  # one zero mean and one unit variance for both
+    assert len(graph.initializer) == 4 + 2
+    np.testing.assert_allclose(_run_proto(proto, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_compact_int8_model_shrinks_static_file_same_results_and_kernels(ddrnet_onnx, calib, tmp_path):
+    from quant.qdq_onnx import compact_int8_model
+
+    full = tmp_path / "full.onnx"
+    quantize_static_onnx(ddrnet_onnx, full, calib, target="ort", compact_names=False)
+    proto = onnx.load(str(full))
+    stats = compact_int8_model(proto)
+    onnx.checker.check_model(proto)
+    small = tmp_path / "small.onnx"
+    onnx.save(proto, str(small))
+    assert stats["dropped_weight_zero_points"] >= 60 and stats["shared_scalars"] > 0
+    assert full.stat().st_size - small.stat().st_size > 100_000  # ~2.6 % of this 6 MB file, 7 % of ESPNet's
+    fp32_nodes = {n.name for n in onnx.load(str(ddrnet_onnx)).graph.node}
+    assert {n.name for n in proto.graph.node if n.op_type == "Conv"} <= fp32_nodes | {
+        n.name for n in onnx.load(str(full)).graph.node}
+    assert [v.name for v in proto.graph.input] == [v.name for v in onnx.load(str(full)).graph.input]
+    x = calib.arrays[1]
+    assert np.array_equal(_runs(full, x), _runs(small, x))
+
+    def fused_ops(path):  # what ORT runs after its QDQ fusion: the same INT8 kernels either way
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return sorted(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+    assert fused_ops(full) == fused_ops(small) and "QLinearConv" in fused_ops(small)
+
+
 def test_bn_as_depthwise_conv_is_exact_and_leaves_no_float_bn(ddrnet_onnx, calib, tmp_path):
     plain, rewritten = tmp_path / "plain.onnx", tmp_path / "bn.onnx"
     assert ort_pre_process(ddrnet_onnx, plain) == []
