@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), default=None,
                    help="static PTQ calibration of activations (default: the task's for the backend: percentile for "
                         "detection on ONNX Runtime / TensorRT and entropy for detection on PyTorch, which kept "
-                        "the most yolov5n mAP50-95 on each; entropy for segmentation, best on DDRNet). "
+                        "the most yolov5n mAP50-95 on each; for segmentation percentile on ONNX Runtime / TensorRT and "
+                        "entropy on PyTorch, the best on ESPNet and DDRNet). "
                         "Each record states the method used. ONNX Runtime uses its calibrator of that name; "
                         "PyTorch FX uses MinMaxObserver, the same 99.999th percentile of |x| as ORT, or torch's "
                         "HistogramObserver for entropy (an L2 error search, not ORT's KL divergence)")

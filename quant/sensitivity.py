@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=256, help="at most this many calibration images (train split)")
     p.add_argument("--calib-method", default=None, choices=["minmax", "percentile", "entropy"],
                    help="static PTQ calibration (default: the task's, as in python -m bench.run: percentile for "
-                        "detection, entropy for segmentation)")
+                        "detection and segmentation on ONNX Runtime)")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the image selection (default 0)")
     p.add_argument("--search-on", choices=SEARCH_ON, default="train-holdout",
                    help="images the search scores: train-holdout (default: a held-out part of the training "

@@ -227,7 +227,8 @@ def test_task_default_calibration_method():
     assert resolve_calib_method(None, "detection") == "percentile"  # ONNX Runtime's calibrator
     assert resolve_calib_method(None, "detection", "onnx") == "percentile"
     assert resolve_calib_method(None, "detection", "torch") == "entropy"  # FX observers: measured best
-    assert resolve_calib_method(None, "segmentation", "torch") == resolve_calib_method(None, "segmentation") == "entropy"
+    assert resolve_calib_method(None, "segmentation", "torch") == "entropy"
+    assert resolve_calib_method(None, "segmentation") == "percentile"  # ESPNet: 98.2 % against entropy's 94.3 %
     assert resolve_calib_method(None, "instance") == "entropy"  # unlisted tasks keep the former default
     assert resolve_calib_method("MinMax", "detection", "torch") == "minmax"  # a named method always wins
     assert set(TASK_CALIB_METHODS.values()) <= {"minmax", "percentile", "entropy"}
@@ -252,7 +253,7 @@ def test_bench_and_api_calibration_default_is_the_tasks():
     assert inspect.signature(zoo.load).parameters["calib_method"].default is None
     det = BenchConfig(models=["yolov5n"], data="coco")
     seg = BenchConfig(models=["ddrnet"], data="synthetic")
-    assert calib_method_of(det) == "percentile" and calib_method_of(seg) == "entropy"
+    assert calib_method_of(det) == "percentile" and calib_method_of(seg) == "percentile"
     assert calib_method_of(det, "torch") == "entropy" and calib_method_of(seg, "torch") == "entropy"
     named = BenchConfig(models=["yolov5n"], data="coco", calib_method="minmax")
     assert calib_method_of(named) == calib_method_of(named, "torch") == "minmax"

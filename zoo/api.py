@@ -111,8 +111,8 @@ def load(model: str, variant: str = "fp32", *, backend: str | None = None, datas
     produced first when missing (announced: export, calibration, or QAT fine-tuning), loaded on
     that backend. The artifacts are exactly the ones `python -m bench.run` measures.
     `calib_method` (static PTQ: "minmax", "percentile", "entropy") defaults to the dataset task's
-    for the backend (`quant.calibrate.resolve_calib_method`: percentile for detection on ONNX
-    Runtime / TensorRT, entropy for detection on PyTorch and for segmentation).
+    for the backend (`quant.calibrate.resolve_calib_method`: percentile on ONNX
+    Runtime / TensorRT for both tasks, entropy on PyTorch).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
