@@ -449,31 +449,86 @@ def calibrate(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tensor])
     return n
 
 
+QAT_CALIB_METHODS = ("mean-minmax", "minmax", "percentile", "entropy")
+
+
 @torch.no_grad()
-def calibrate_qat(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tensor]) -> int:
+def calibrate_qat(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tensor], method: str = "mean-minmax") -> int:
     """Start a QAT graph's quantizer ranges from calibration images instead of the first training
-    batches: eval mode (BN running statistics), observers on, each moving-average observer's
-    averaging constant set to 1/k at the k-th image so that its range is the plain mean of the
-    per-image min/max (constants restored afterwards, training mode as it was). Returns the count."""
+    batches, in eval mode (BN running statistics; training mode restored afterwards). Returns the
+    image count.
+
+    * ``mean-minmax``: observers on, each moving-average observer's averaging constant set to 1/k
+      at the k-th image, so that its range is the plain mean of the per-image min/max (constants
+      restored afterwards).
+    * ``minmax``, ``percentile``, ``entropy``: the per-tensor activation ranges a static PTQ of
+      that method would choose (`activation_observer`, float activations: fake quantization off
+      while observing). Each activation quantizer gets those scale and zero point, and its
+      moving-average observer is set to the same range, so that training starts from the PTQ
+      graph and any later observer update moves from there. Weights start as in mean-minmax.
+    """
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-    observers = [m.activation_post_process for m in prepared.modules()
-                 if isinstance(m, FakeQuantizeBase) and hasattr(m.activation_post_process, "averaging_constant")]
-    saved = [o.averaging_constant for o in observers]
+    if method not in QAT_CALIB_METHODS:
+        raise ValueError(f"unknown QAT calibration method {method!r}; valid: {', '.join(QAT_CALIB_METHODS)}")
+    quantizers = [m for m in prepared.modules()
+                  if isinstance(m, FakeQuantizeBase) and hasattr(m.activation_post_process, "averaging_constant")]
+    per_tensor = (torch.per_tensor_affine, torch.per_tensor_symmetric)
+    swapped: dict[FakeQuantizeBase, nn.Module] = {}
+    if method != "mean-minmax":
+        observer_cls = activation_observer(method)
+        for fq in quantizers:
+            own = fq.activation_post_process
+            if own.qscheme not in per_tensor:
+                continue  # per-channel weight quantizers
+            kwargs: dict[str, Any] = dict(dtype=own.dtype, qscheme=own.qscheme, reduce_range=own.reduce_range)
+            if own.has_customized_qrange:
+                kwargs.update(quant_min=own.quant_min, quant_max=own.quant_max)
+            swapped[fq] = own
+            fq.activation_post_process = observer_cls(**kwargs).to(fq.scale.device)
+    averaged = [fq.activation_post_process for fq in quantizers if fq not in swapped]
+    saved = [o.averaging_constant for o in averaged]
+    fake_quant_was = {fq: bool(fq.fake_quant_enabled[0]) for fq in swapped}
+    for fq in swapped:
+        fq.disable_fake_quant()
     was_training = prepared.training
     prepared.eval()
     n = 0
     try:
         for batch in batches:
-            for o in observers:
+            for o in averaged:
                 o.averaging_constant = 1.0 / (n + 1)
             prepared(torch.as_tensor(batch))
             n += 1
     finally:
-        for o, c in zip(observers, saved):
+        for o, c in zip(averaged, saved):
             o.averaging_constant = c
+        for fq, own in swapped.items():
+            observer, fq.activation_post_process = fq.activation_post_process, own
+            if n:
+                _start_from(fq, *observer.calculate_qparams())
+            if fake_quant_was[fq]:
+                fq.enable_fake_quant()
         prepared.train(was_training)
     return n
+
+
+def _start_from(fq: nn.Module, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+    """Set a per-tensor fake quantizer to (scale, zero_point) and its moving-average observer to the
+    range those encode, from which the observer's own qparams come out the same."""
+    obs = fq.activation_post_process
+    scale = scale.to(fq.scale.device, fq.scale.dtype).reshape(fq.scale.shape)
+    zero_point = zero_point.to(fq.zero_point.device, fq.zero_point.dtype).reshape(fq.zero_point.shape)
+    fq.scale.copy_(scale)
+    fq.zero_point.copy_(zero_point)
+    qmin, qmax = obs.quant_min, obs.quant_max
+    if obs.qscheme == torch.per_tensor_symmetric:
+        half = scale * (qmax - qmin) / 2  # the observer divides max(|min|, max) by (qmax - qmin) / 2
+        lo, hi = -half, half
+    else:
+        lo, hi = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    obs.min_val = lo.detach().reshape(()).to(obs.min_val.dtype).clone()  # buffers: assignment re-registers
+    obs.max_val = hi.detach().reshape(()).to(obs.max_val.dtype).clone()
 
 
 def freeze_bn_stats(model: nn.Module) -> None:

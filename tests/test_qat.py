@@ -489,6 +489,28 @@ def test_float_ops_keep_sums_and_concatenations_in_float():
     assert len(fx_quant.float_op_nodes(espnet, ("add", "cat", "batchnorm"))) == 67 + 17
 
 
+@pytest.mark.parametrize("scheme", ["symmetric", "affine"])
+def test_calibrate_qat_with_a_ptq_method_starts_from_the_ptq_ranges(scheme):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    prepared = fx_quant.prepare(model, qat=True, input_hw=(8, 8), scheme=scheme)
+    prepared.train()
+    batches = [torch.full((1, 3, 8, 8), v) for v in (-1.0, 3.0)]
+    assert fx_quant.calibrate_qat(prepared, batches, "minmax") == 2
+    assert prepared.training
+    fq = prepared.activation_post_process_0  # the input quantizer: saw -1 and 3 in float
+    obs = fq.activation_post_process
+    assert type(obs).__name__ == "MovingAverageMinMaxObserver"  # its own observer is back for training
+    assert bool(fq.fake_quant_enabled[0]) and obs.averaging_constant == pytest.approx(0.01)
+    if scheme == "affine":  # the global min/max over both images, not the mean of per-image ranges
+        assert float(fq.scale) == pytest.approx(4.0 / 255) and int(fq.zero_point) == 64
+    else:
+        assert float(fq.scale) == pytest.approx(3.0 / 127.5) and int(fq.zero_point) == 128
+    scale, zero_point = obs.calculate_qparams()  # the observer encodes the same range
+    assert float(scale) == pytest.approx(float(fq.scale)) and int(zero_point) == int(fq.zero_point)
+    with pytest.raises(ValueError, match="valid: mean-minmax, minmax, percentile, entropy"):
+        fx_quant.calibrate_qat(prepared, batches, "kl")
+
+
 def test_calibrate_qat_starts_ranges_at_the_mean_of_per_image_ranges():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
     prepared = fx_quant.prepare(model, qat=True, input_hw=(8, 8))
