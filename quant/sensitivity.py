@@ -6,11 +6,13 @@
    minus the SQNR of its output. Ranking by added noise points at the layers whose own
    quantization hurts, not at the late layers that merely inherit earlier error.
 2. **Mixed precision.** `search_mixed_precision` quantizes everything and scores the result on
-   held-out images. Below ``target_retention`` x FP32 it searches two ways and keeps the fewest
-   float layers that reach the goal: (a) whole *families* of non-compute layers (every Add, every
-   Concat, every BatchNorm, ...; greedy forward selection), which fixes noise that accumulates
-   along a path while every convolution stays INT8; (b) the 1, 2, 4, 8 ... most noise-adding
-   single layers (fewer than (a) needed), then a bisection back to the smallest such set.
+   held-out images. Below ``target_retention`` x FP32 it searches two ways: (a) whole *families*
+   of non-compute layers (every Add, every Concat, every BatchNorm, ...; greedy forward
+   selection), which fixes noise that accumulates along a path while every convolution stays
+   INT8; (b) the 1, 2, 4, 8 ... most noise-adding single layers (fewer than (a) needed), then a
+   bisection back to the smallest such set. Of the sets that reach the goal it keeps the cheapest:
+   the fewest weight parameters left in float (a float convolution costs file size and INT8
+   compute, a float Add or BatchNorm neither), then the fewest float layers.
    Calibration runs once: ORT's calibration cache holds the ranges for every re-quantization.
    The artifact lists the layers kept in float and every set tried.
 
@@ -167,6 +169,16 @@ def layer_families(fp32_pre: str | Path, qdq: str | Path) -> dict[str, list[str]
     return families
 
 
+def float_weight_params(fp32_pre: str | Path | onnx.ModelProto, nodes: Sequence[str]) -> int:
+    """Weight parameters (initializers of rank >= 2: conv kernels, matrices) that stay float when
+    `nodes` are kept out of quantization: what a float layer costs in file size and INT8 compute.
+    A BatchNorm rewritten as a depthwise conv counts its one weight per channel."""
+    proto = fp32_pre if isinstance(fp32_pre, onnx.ModelProto) else onnx.load(str(fp32_pre))
+    sizes = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer if len(t.dims) >= 2}
+    wanted = set(nodes)
+    return sum(sizes.get(i, 0) for node in proto.graph.node if node.name in wanted for i in node.input)
+
+
 def _search_families(families: dict[str, list[str]], attempt_nodes: Callable[[Sequence[str], str], float],
                      goal: float, limit: int | None) -> list[str] | None:
     """Greedy forward selection of whole families: add the family that scores best with those
@@ -226,8 +238,9 @@ def search_mixed_precision(
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
     **quant_kwargs: Any,
 ) -> SearchResult:
-    """Static PTQ (ORT target) that keeps the fewest most-sensitive layers in float for
-    ``score(int8) >= target_retention * fp32_score``; writes ``out`` (+ sidecar with the search).
+    """Static PTQ (ORT target) that keeps the cheapest set of sensitive layers in float (fewest
+    float weights, then fewest layers) for ``score(int8) >= target_retention * fp32_score``;
+    writes ``out`` (+ sidecar with the search).
 
     ``score`` should look at images other than ``calib``'s (see the module docstring); ``metric``
     names what it measures and ``record`` (e.g. which images calibrated and which scored) is
@@ -287,16 +300,21 @@ def search_mixed_precision(
                     high = mid
                 else:
                     low = mid
-        # The fewest float layers that reach the goal (ties: the better score); none: the best score.
+        # The cheapest set that reaches the goal: the fewest float weights (convolutions left in
+        # float cost size and INT8 compute; a float Add or BatchNorm costs neither), then the
+        # fewest float layers, then the better score; none reached it: the best score.
+        pre_proto = onnx.load(str(pre))
+        float_weights = {key: float_weight_params(pre_proto, key) for key in tried}
         hits = [key for key, v in tried.items() if v[1] >= goal]
-        best = (min(hits, key=lambda key: (len(key), -tried[key][1])) if hits
+        best = (min(hits, key=lambda key: (float_weights[key], len(key), -tried[key][1])) if hits
                 else max(tried, key=lambda key: tried[key][1]))
         path, best_score, meta, _how = tried[best]
         shutil.copyfile(path, out.with_suffix(".tmp"))
         out.with_suffix(".tmp").replace(out)
     result = SearchResult(path=out, kept_float=list(best), score=best_score,
                           fp32_score=fp32_score, target=target_retention,
-                          steps=[{"float_layers": len(key), "how": v[3], "score": v[1]} for key, v in tried.items()],
+                          steps=[{"float_layers": len(key), "float_weight_params": float_weights[key], "how": v[3],
+                                  "score": v[1]} for key, v in tried.items()],
                           layers=ranked, metric=metric)
     meta = {**meta, "path": str(out), "parent": {**meta["parent"], "path": str(fp32_onnx)},
             "mixed_precision": {**result.as_dict(), **(record or {})}, "nodes_to_exclude": meta["nodes_to_exclude"]}

@@ -750,6 +750,25 @@ def test_mixed_precision_search_can_keep_a_whole_family_in_float(tiny_onnx, tiny
     assert result.score == 2.0 and set(result.kept_float) == target, result.steps
     assert any(s["how"] == f"families {kind}" and s["score"] == 2.0 for s in result.steps)
     assert _float_convs(tmp_path / "mixed.onnx") == _float_convs(base)  # convolutions stay INT8
+    # the cost the search ranks hits by: no convolution weights left in float by a family set
+    assert all(s["float_weight_params"] == 0 for s in result.steps if s["how"].startswith("families"))
+
+
+def test_float_weight_params_counts_kernels_left_in_float(tiny_onnx, tmp_path):
+    from quant.ptq_static import ort_pre_process
+    from quant.sensitivity import float_weight_params
+
+    pre = tmp_path / "pre.onnx"
+    ort_pre_process(tiny_onnx, pre, bn_as_conv=True)
+    proto = onnx.load(str(pre))
+    weights = {t.name: t for t in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    others = [n.name for n in proto.graph.node if n.op_type not in ("Conv", "Gemm", "MatMul")]
+    first = int(np.prod(weights[convs[0].input[1]].dims))
+    assert float_weight_params(pre, [convs[0].name]) == first > 0  # the kernel, not the bias
+    assert float_weight_params(proto, others) == 0
+    assert float_weight_params(pre, [c.name for c in convs]) == sum(
+        int(np.prod(weights[c.input[1]].dims)) for c in convs)
 
 
 def test_mixed_precision_rejects_bad_target(tiny_onnx, tiny_calib, tmp_path):
