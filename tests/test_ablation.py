@@ -303,3 +303,18 @@ def test_uniform_weights_change_nothing():
         assert float(a) == pytest.approx(float(b), rel=1e-6), name
     assert math.isclose(float(build_loss("cb_ce", ignore_index=255, weight=ones)(logits, target)),
                         float(F.cross_entropy(logits, target)), rel_tol=1e-6)
+
+
+def test_run_minutes_ignore_time_the_run_stood_still(tmp_path):
+    """A run paused (SIGSTOP) for 47 minutes between two epochs reports its training time, not the pause."""
+    import json
+    from types import SimpleNamespace
+
+    from zoo.ablation import _active_seconds
+
+    run = SimpleNamespace(run_dir=tmp_path)
+    rec = {"train_seconds": 3060.0}
+    assert _active_seconds(run, rec, 4) == 3060.0  # no history: the wall time is all there is
+    (tmp_path / "history.json").write_text(json.dumps(
+        [{"epoch": i + 1, "elapsed_s": t} for i, t in enumerate([60.0, 120.0, 3000.0, 3060.0])]))
+    assert _active_seconds(run, rec, 4) == 240.0  # 4 epochs x the median epoch of 60 s

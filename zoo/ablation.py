@@ -65,6 +65,7 @@ import hashlib
 import io
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -331,6 +332,22 @@ def _train_one(cfg: AblationConfig, run: RunSpec) -> dict[str, Any]:
     return train(tcfg, hooks)
 
 
+def _active_seconds(run: RunSpec, rec: dict[str, Any], epochs: int) -> float | None:
+    """Training time of a finished run without the time it stood still: epochs x the median of its
+    per-epoch durations (the run folder's history.json); the wall time (`train_seconds`) when no
+    history is left. A run paused with SIGSTOP, or slowed for a while by another job, would
+    otherwise report hours it did not train."""
+    try:
+        history = json.loads((run.run_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        history = None
+    elapsed = [float(h["elapsed_s"]) for h in history if isinstance(h, dict) and "elapsed_s" in h] \
+        if isinstance(history, list) else []
+    if len(elapsed) >= 2:
+        return statistics.median(b - a for a, b in zip([0.0, *elapsed], elapsed)) * epochs
+    return rec.get("train_seconds")
+
+
 def _record_from_checkpoint(cfg: AblationConfig, run: RunSpec) -> dict[str, Any]:
     """The run's result from best.json (the final epoch's metrics: validation only ran then)."""
     meta = _read_json(run.run_dir / "best.json")
@@ -473,6 +490,7 @@ def summarize(cfg: AblationConfig, runs: Sequence[RunSpec], counts: dict[str, An
             row["pixel_accuracy"] = _pct(rec.get("pixel_accuracy"))
             row["per_class_iou"] = {c: _pct(rec["per_class_iou"].get(c)) for c in classes}
             row["train_seconds"] = rec.get("train_seconds")
+            row["active_seconds"] = _active_seconds(run, rec, cfg.epochs)
             row["checkpoint"] = rec.get("checkpoint")
             weighting = rec.get("class_weighting") or {}
             if weighting.get("weights"):
@@ -492,7 +510,7 @@ def summarize(cfg: AblationConfig, runs: Sequence[RunSpec], counts: dict[str, An
             entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([r[key] for r in ok])
         entry["per_class_iou_mean"] = {c: _mean_std([r["per_class_iou"][c] for r in ok])[0] for c in classes}
         entry["per_class_iou_std"] = {c: _mean_std([r["per_class_iou"][c] for r in ok])[1] for c in classes}
-        secs = [r["train_seconds"] for r in ok if r.get("train_seconds")]
+        secs = [r["active_seconds"] for r in ok if r.get("active_seconds")]
         entry["train_minutes_mean"] = sum(secs) / len(secs) / 60 if secs else float("nan")
         summary.append(entry)
 
@@ -628,9 +646,11 @@ def render_markdown(rep: dict[str, Any]) -> str:
         status = r["status"] if r["status"] != "partial" else f"partial ({r['epochs_done']} epochs)"
         if r.get("error"):
             status += f": {r['error']}"
-        mins = _f(r["train_seconds"] / 60) if r.get("train_seconds") else "–"
+        mins = _f(r["active_seconds"] / 60) if r.get("active_seconds") else "–"
         lines.append(f"| {r['loss']} | {r['seed']} | {status} | {_f(r.get('miou'))} | {_f(r.get('tail_miou'))} "
                      f"| {_f(r.get('head_miou'))} | {mins} | {r['run_name']} |")
+    lines += ["", "Minutes: the run's epochs x its median epoch time (`history.json`), which a paused or "
+              "shared machine does not inflate; wall time with pauses is `train_seconds` in the runs CSV."]
     return "\n".join(lines) + "\n"
 
 
@@ -639,7 +659,7 @@ SUMMARY_COLUMNS = ("loss", "loss_fn", "class_weights", "seeds_done", "seeds_plan
                    "head_miou_std", "delta_miou", "delta_tail_miou", "delta_head_miou",
                    "train_minutes_mean", "winner")
 RUN_COLUMNS = ("loss", "loss_fn", "class_weights", "seed", "status", "epochs_done", "miou",
-               "tail_miou", "head_miou", "pixel_accuracy", "train_seconds", "run_name")
+               "tail_miou", "head_miou", "pixel_accuracy", "train_seconds", "active_seconds", "run_name")
 
 
 def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> bytes:
