@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernels without AVX512-VNNI), auto (default): reduced where this CPU needs it")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--calib-images", type=int, default=32,
-                   help="segmentation: start the quantizer ranges from this many train images (0: from the "
+                   help="start the quantizer ranges from this many train images (detectors: letterboxed; 0: from the "
                         "first training batches); the calibrated graph is validated as epoch 0 (default 32)")
     p.add_argument("--calib-method", choices=fx_quant.QAT_CALIB_METHODS, default="mean-minmax",
                    help="how the calibration images start the activation ranges: mean-minmax (default; the mean "
