@@ -140,6 +140,7 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu", "onnxruntime-training"),
         "onnx": _dist_version("onnx"),
+        "openvino": _dist_version("openvino"),
         "numpy": _dist_version("numpy"),
         "tensorrt": _dist_version("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_cu12_libs") or _trt_system(),
         "cuda": torch.version.cuda,

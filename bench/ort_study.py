@@ -13,7 +13,11 @@ Builds, from the same FP32 weights and the same calibration images:
                      channel, all quantizable op types, float logits head) without graph rewrites;
 * ``edgezoo``        the same plus the BatchNormalization -> INT8 depthwise-conv rewrite
                      (`quant.onnx_rewrites`): the artifact ``bench.run --quant static`` measures;
-* ``torch-fx-int8``  PyTorch FX static INT8 (x86 / fbgemm kernels), `--no-torch` to skip.
+* ``torch-fx-int8``  PyTorch FX static INT8 (x86 / fbgemm kernels), `--no-torch` to skip;
+* ``openvino-fp32``  the FP32 ONNX on OpenVINO's CPU plugin (float layers pinned to f32), and
+* ``openvino-int8``  the ``edgezoo`` file itself on OpenVINO (oneDNN's INT8 kernels instead of
+                     MLAS): the same bytes on a second runtime; `--no-openvino` to skip (skipped
+                     with the reason when openvino is not installed).
 
 Every variant is loaded into this one process and timed in interleaved rounds, so a drift of the
 machine's speed (measured here: FP32 moving between 14.8 and 16.8 ms within minutes) hits all of
@@ -41,7 +45,8 @@ import numpy as np
 from zoo.errors import UsageError
 from zoo.io import write_bytes, write_json
 
-STUDY_VARIANTS = ("fp32", "ort-defaults", "ort-u8s8", "edgezoo-plain", "edgezoo", "torch-fx-int8")
+STUDY_VARIANTS = ("fp32", "ort-defaults", "ort-u8s8", "edgezoo-plain", "edgezoo", "torch-fx-int8", "openvino-fp32",
+                  "openvino-int8")
 
 
 def _log(msg: str) -> None:
@@ -98,14 +103,38 @@ def op_profile(path: str, inputs: list[np.ndarray], threads: int, runs: int = 20
     return {op: round(us / max(n_runs, 1) / 1000, 4) for op, us in per_op.most_common()}
 
 
+def openvino_op_profile(path: str, inputs: list[np.ndarray], threads: int, runs: int = 20) -> dict[str, float]:
+    """Milliseconds per run per layer type and kernel precision ("Convolution/I8") on OpenVINO's
+    CPU plugin (its performance counters), with the settings of `bench.backends.openvino`."""
+    import openvino as ov
+
+    from bench.backends.openvino import OpenVinoBackend
+
+    compiled = ov.Core().compile_model(path, "CPU", {**OpenVinoBackend.config(threads), "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    for i in range(5):
+        request.infer({0: inputs[i % len(inputs)]})
+    per_op: collections.Counter = collections.Counter()
+    for i in range(runs):
+        request.infer({0: inputs[i % len(inputs)]})
+        for info in request.profiling_info:
+            precision = info.exec_type.rsplit("_", 1)[-1] if "_" in info.exec_type else info.exec_type
+            per_op[f"{info.node_type}/{precision}"] += info.real_time.total_seconds() * 1e6
+    return {op: round(us / runs / 1000, 4) for op, us in per_op.most_common() if us > 0}
+
+
+# Which bench backend runs each kind of study variant.
+RUNNER_BACKENDS = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
+
+
 class _Runner:
     """One loaded variant: `infer(x) -> logits`, through the bench backends."""
 
     def __init__(self, name: str, artifact: dict, kind: str, threads: int):
         from bench.backends import get_backend
 
-        self.name, self.artifact = name, artifact
-        self.backend = get_backend("torch" if kind == "torch" else "onnxruntime")()
+        self.name, self.artifact, self.kind = name, artifact, kind
+        self.backend = get_backend(RUNNER_BACKENDS[kind])()
         self.backend.load(artifact, threads=threads)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -161,8 +190,8 @@ def accuracy(runner: _Runner, images: list[np.ndarray], labels: np.ndarray, pre,
 
 def run_study(model: str, *, data: str = "synthetic", data_root: str | None = None, weights: str | None = None,
               input_hw: tuple[int, int] | None = None, threads: int = 2, rounds: int = 8, iters: int = 25,
-              warmup: int = 20, images: int = 50, calib_images: int = 256, calib_method: str = "entropy",
-              torch_int8: bool = True, artifacts: str | None = None, out: str = "results",
+              warmup: int = 20, images: int = 50, calib_images: int = 256, calib_method: str = "percentile",
+              torch_int8: bool = True, openvino: bool = True, artifacts: str | None = None, out: str = "results",
               progress: bool = True, log: Callable[[str], None] = _log) -> dict:
     """Build the variants, measure them side by side, write the JSON + Markdown record; returns it."""
     from bench import imageops
@@ -204,6 +233,17 @@ def run_study(model: str, *, data: str = "synthetic", data_root: str | None = No
     arts["edgezoo"] = (prep.variant_artifact(cfg, "onnx", "static", "onnxruntime", hw, 1, log), "onnx")
     if torch_int8:
         arts["torch-fx-int8"] = (prep.variant_artifact(cfg, "torch", "static", "torch", hw, 1, log), "torch")
+    skipped: dict[str, str] = {}
+    if openvino:
+        from bench.backends import get_backend
+
+        ok, why = get_backend("openvino").available()
+        if ok:
+            arts["openvino-fp32"] = (arts["fp32"][0], "openvino")
+            arts["openvino-int8"] = (arts["edgezoo"][0], "openvino")
+        else:
+            skipped = {"openvino-fp32": why, "openvino-int8": why}
+            log(f"openvino variants skipped: {why}")
 
     ev = prepare_evalset(cfg, hw, log)
     with np.load(ev["labels"]) as z:
@@ -221,7 +261,10 @@ def run_study(model: str, *, data: str = "synthetic", data_root: str | None = No
         if r.name == "fp32":
             reference = masks
             acc["agreement"] = 1.0
-        rows[r.name] = {"variant": r.name, "path": r.artifact["path"], **_size(r), **acc}
+        rows[r.name] = {"variant": r.name, "runtime": RUNNER_BACKENDS[r.kind], "path": r.artifact["path"],
+                        **_size(r), **acc}
+        if r.kind == "openvino":
+            rows[r.name]["int8_compute_layers"] = r.backend.info()["int8_compute_layers"]
     load_before = os.getloadavg()[0]
     samples = interleaved_timing(runners, timing_inputs, rounds=rounds, iters=iters, warmup=warmup, progress=progress)
     load_after = os.getloadavg()[0]
@@ -232,9 +275,10 @@ def run_study(model: str, *, data: str = "synthetic", data_root: str | None = No
         med = row["latency_ms"]["median"]
         row["speedup"] = {f"vs_{k}": round(v / med, 3) for k, v in base.items()}
     for name, (art, kind) in arts.items():
-        if kind == "onnx":
+        if kind in ("onnx", "openvino"):
             log(f"profiling {name} per op type")
-            rows[name]["op_ms"] = op_profile(art["path"], timing_inputs, threads)
+            profile = op_profile if kind == "onnx" else openvino_op_profile
+            rows[name]["op_ms"] = profile(art["path"], timing_inputs, threads)
 
     record = {
         "study": "ort_int8_speed", "model": prep.model, "dataset": data, "split": cfg.split,
@@ -242,7 +286,7 @@ def run_study(model: str, *, data: str = "synthetic", data_root: str | None = No
         "calibration": calib.as_dict(), "weights": {"path": prep.weights_path, "sha256": prep.weights_sha256},
         "timing": {"rounds": rounds, "iters_per_round": iters, "warmup": warmup, "interleaved": True,
                    "load_average": [round(load_before, 2), round(load_after, 2)]},
-        "variants": list(rows.values()), "environment": environment(),
+        "variants": list(rows.values()), "skipped": skipped, "environment": environment(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out_dir = Path(out) / "ort_study"
@@ -272,11 +316,11 @@ def markdown(record: dict) -> str:
     for v in record["variants"]:
         lat = v["latency_ms"]
         top = sorted(v.get("op_ms", {}).items(), key=lambda kv: -kv[1])[:4]
-        rows.append([v["variant"], f"{v['miou']:.2f}", f"{100 * v['agreement']:.2f}" if v.get("agreement") is not None else "-",
+        rows.append([v["variant"], v.get("runtime", "-"), f"{v['miou']:.2f}", f"{100 * v['agreement']:.2f}" if v.get("agreement") is not None else "-",
                      f"{v['bytes'] / 1e6:.2f}", f"{lat['median']:.2f}", f"{lat['p90']:.2f}",
                      f"{v['speedup']['vs_fp32']:.2f}x", f"{v['speedup']['vs_ort-defaults']:.2f}x",
                      f"{v['speedup']['vs_ort-u8s8']:.2f}x", ", ".join(f"{k} {ms:.2f}" for k, ms in top) or "-"])
-    table = tabulate(rows, headers=["variant", "mIoU", "agree %", "MB", "median ms", "p90 ms", "vs FP32",
+    table = tabulate(rows, headers=["variant", "runtime", "mIoU", "agree %", "MB", "median ms", "p90 ms", "vs FP32",
                                     "vs ORT defaults", "vs ORT U8S8", "top ops (ms/run, profiled)"],
                      tablefmt="github")
     env = record["environment"]
@@ -287,7 +331,8 @@ def markdown(record: dict) -> str:
             f"{table}\n\nInterleaved timing: {t['rounds']} rounds x {t['iters_per_round']} iterations per variant "
             f"after {t['warmup']} warm-up runs; load average {t['load_average'][0]} -> {t['load_average'][1]}. "
             f"mIoU and agreement on {record['images']} images; op times from a separate profiled session "
-            f"(profiling inflates them). CPU: {cpu}; {record['created']}.\n")
+            f"(profiling inflates them). CPU: {cpu}; {record['created']}.\n"
+            + "".join(f"\nSkipped {name}: {why}" for name, why in (record.get("skipped") or {}).items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--images", type=int, default=50, help="validation images for mIoU / agreement")
     p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--calib-method", default="entropy", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"],
+                   help="calibration of the edgezoo variants (default: percentile, bench.run's segmentation default on ONNX)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch FX INT8 variant")
+    p.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO variants")
     p.add_argument("--artifacts")
     p.add_argument("--out", default="results")
     p.add_argument("--no-progress", action="store_true")
@@ -328,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                            input_hw=tuple(args.input_hw) if args.input_hw else None, threads=args.threads,
                            rounds=args.rounds, iters=args.iters, warmup=args.warmup, images=args.images,
                            calib_images=args.calib_images, calib_method=args.calib_method,
-                           torch_int8=not args.no_torch, artifacts=args.artifacts, out=args.out,
+                           torch_int8=not args.no_torch, openvino=not args.no_openvino, artifacts=args.artifacts,
+                           out=args.out,
                            progress=not args.no_progress)
     print(markdown(record))
     print(f"written: {', '.join(record['paths'])}", file=sys.stderr)

@@ -16,6 +16,7 @@ Examples:
     python -m bench.run --model ddrnet --weights random --batch 1 4 --profile ci
     python -m bench.run --model espnet --weights ../shared/weights/espnet_p_2_q_8_camvid.pth \\
         --data camvid --data-root ../shared/data/camvid --profile release
+    python -m bench.run --model ddrnet --quant fp32 static --backend onnxruntime openvino   # one QDQ file, two CPU runtimes
     python -m bench.run --model ddrnet --backend tensorrt --dla-core 0        # Jetson, TensorRT installed
     python -m bench.run --model yolov5n --data coco --data-root ../shared/data/coco-tiny \\
         --weights ../shared/weights/yolov5n.pt --quant fp32 static dynamic --backend torch onnxruntime

@@ -22,7 +22,7 @@ MIXED_NODES_SHOWN = 6  # float layers named in a footer (the record and the sens
 UNSTABLE_MARK = "*"
 FLOAT_MARK = "†"
 FLOAT_NOTE = "float: nothing quantized"
-VERSION_KEYS = ("python", "torch", "onnxruntime", "onnx", "numpy", "tensorrt", "cuda")
+VERSION_KEYS = ("python", "torch", "onnxruntime", "openvino", "onnx", "numpy", "tensorrt", "cuda")
 
 
 class ReportError(Exception):
@@ -172,7 +172,12 @@ def _signed(value: float | None, digits: int) -> str:
 
 def nothing_quantized(rec: dict[str, Any] | None) -> bool:
     """An INT8 variant whose artifact quantized nothing, e.g. PyTorch dynamic quantization of a
-    network without Linear/LSTM layers: FP32 in all but name (issue #3: never passed off as INT8)."""
+    network without Linear/LSTM layers: FP32 in all but name (issue #3: never passed off as INT8).
+    Also a quantized file that the runtime ran without any INT8 convolution or matmul (the record's
+    `runtime.int8_compute_layers`, from OpenVINO's compiled model: ORT's dynamic ConvInteger file
+    compiles to float convolutions there)."""
+    if _runtime_ran_no_int8(rec):
+        return True
     quant = quant_summary(rec)
     if quant.get("is_int8") is False:
         return True
@@ -181,15 +186,26 @@ def nothing_quantized(rec: dict[str, Any] | None) -> bool:
     return bool(graph) and not graph.get("quantized_convs") and not any(ops.values())
 
 
+def _runtime_ran_no_int8(rec: dict[str, Any] | None) -> bool:
+    return bool(rec) and rec.get("variant") not in (None, "fp32") \
+        and (rec.get("runtime") or {}).get("int8_compute_layers") == 0
+
+
 def _float_mark(rec: dict[str, Any] | None) -> str:
     return f" {FLOAT_MARK}" if nothing_quantized(rec) else ""
 
 
 def _float_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
-    if not any(nothing_quantized(r) for r in records):
+    records = [r for r in records if nothing_quantized(r)]
+    if not records:
         return []
-    return [f"{FLOAT_MARK}: {FLOAT_NOTE} (the artifact holds no INT8 layer: PyTorch dynamic quantization only "
-            "acts on Linear/LSTM layers), so this is the FP32 network in all but name"]
+    reasons = []
+    if any(not _runtime_ran_no_int8(r) for r in records):
+        reasons.append("the artifact holds no INT8 layer: PyTorch dynamic quantization only acts on Linear/LSTM layers")
+    if any(_runtime_ran_no_int8(r) for r in records):
+        reasons.append("the runtime ran no INT8 layer: OpenVINO compiles ONNX Runtime's dynamic ConvInteger file "
+                       "to float convolutions")
+    return [f"{FLOAT_MARK}: {FLOAT_NOTE} ({'; '.join(reasons)}), so this is the FP32 network in all but name"]
 
 
 def selected_on(meta: dict[str, Any]) -> str | None:

@@ -47,7 +47,8 @@ def test_random_weights_all_backends(tiny_camvid, tmp_path, bench_artifacts):
                   "--threads", "1", *FAST], tmp_path, artifacts=bench_artifacts)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = {r["backend"]: r for r in _records(tmp_path)}
-    assert set(recs) == {"torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"}
+    assert set(recs) == {"torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "openvino",
+                         "tensorrt"}
     import torch
 
     gpu_backends = ["torch-cuda", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"]
@@ -55,7 +56,10 @@ def test_random_weights_all_backends(tiny_camvid, tmp_path, bench_artifacts):
         for b in gpu_backends:
             assert recs[b]["status"] == "skipped" and recs[b]["error"], b
         assert recs["tensorrt"]["error"].startswith(("tensorrt not installed", "no CUDA GPU"))
-    for name in ("torch", "onnxruntime"):
+    from bench.backends import get_backend
+
+    cpu_backends = ["torch", "onnxruntime"] + (["openvino"] if get_backend("openvino").available()[0] else [])
+    for name in cpu_backends:
         r = recs[name]
         assert r["status"] == "ok", r["error"]
         for key in REQUIRED:
@@ -81,6 +85,10 @@ def test_random_weights_all_backends(tiny_camvid, tmp_path, bench_artifacts):
     assert recs["torch"]["metrics"]["pixel_agreement"] == 1.0  # the reference itself, re-run
     # the honesty fix: an ONNX Runtime cell process never imports torch (torch cells do)
     assert recs["onnxruntime"]["imports_torch"] is False and recs["torch"]["imports_torch"] is True
+    if "openvino" in cpu_backends:  # the FP32 ONNX on OpenVINO's CPU plugin, its float layers pinned to f32
+        rt = recs["openvino"]["runtime"]
+        assert recs["openvino"]["imports_torch"] is False and rt["inference_precision"] == "f32"
+        assert rt["int8_compute_layers"] == 0 and rt["executed"]["Convolution"]
     assert recs["onnxruntime"]["peak_rss_mb"] < recs["torch"]["peak_rss_mb"] - 200
     assert "| ddrnet23_slim | fp32" in res.stdout and "skipped: " in res.stdout
 

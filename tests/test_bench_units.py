@@ -331,7 +331,8 @@ def test_backend_gating(monkeypatch):
         get_backend("tpu")
     assert precision_of(trt, "fp32") == "fp16" and precision_of(trt, "fp32", {"trt_precision": "fp32"}) == "fp32"
     assert precision_of(trt, "static") == "int8" and precision_of(get_backend("onnxruntime"), "fp32") == "fp32"
-    assert set(BACKENDS) == {"torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"}
+    assert set(BACKENDS) == {"torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "openvino",
+                             "tensorrt"}
 
 
 def test_parse_sizes():

@@ -30,9 +30,16 @@ def test_study_measures_every_variant(camvid16, tmp_path):
         assert 0 <= row["miou"] <= 100 and 0 <= row["agreement"] <= 1, name
         assert row["speedup"]["vs_fp32"] > 0
         assert ("op_ms" in row) == (name != "torch-fx-int8")
+        assert row["runtime"] == {"torch-fx-int8": "torch", "openvino-fp32": "openvino",
+                                  "openvino-int8": "openvino"}.get(name, "onnxruntime"), name
     assert rows["fp32"]["agreement"] == 1.0 and rows["fp32"]["speedup"]["vs_fp32"] == 1.0
     assert "QLinearConv" in rows["edgezoo"]["op_ms"] and "BatchNormalization" not in rows["edgezoo"]["op_ms"]
     assert "BatchNormalization" in rows["edgezoo-plain"]["op_ms"]  # the rewrite's whole point
+    # the edgezoo file on OpenVINO: the same bytes, INT8 convolutions (read back from the compiled
+    # model and from its per-layer profile), and the FP32 file stays float there
+    assert rows["openvino-int8"]["path"] == rows["edgezoo"]["path"] and rows["openvino-int8"]["int8_compute_layers"] > 0
+    assert any(op.startswith("Convolution/I8") for op in rows["openvino-int8"]["op_ms"])
+    assert rows["openvino-fp32"]["int8_compute_layers"] == 0 and rows["openvino-fp32"]["agreement"] >= 0.99
     for name in ("ort-defaults", "ort-u8s8", "edgezoo", "torch-fx-int8"):
         assert rows[name]["bytes"] < 0.35 * rows["fp32"]["bytes"], name
     json_path, md_path = map(__import__("pathlib").Path, rec["paths"])

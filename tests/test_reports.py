@@ -415,3 +415,18 @@ def test_mixed_precision_footer_names_a_networks_float_ops_and_qat_trained_with_
     assert lines == ["static PTQ, mixed precision: espnet: its 3 add and cat op(s) kept in float (cat, add, add_1; "
                      "set by ESPNet.fx_float_ops (add, cat))",
                      "QAT: espnet keeps its add and cat ops in float"]
+
+
+def test_float_mark_covers_runtime_without_int8_layers():
+    """A dynamic file that OpenVINO ran with float convolutions is marked float, never INT8."""
+    from reports.tables import nothing_quantized
+
+    ov_dynamic = {"variant": "dynamic", "runtime": {"int8_compute_layers": 0},
+                  "artifact": {"quant": {"graph": {"quantized_convs": 55, "conv_integer": 55}}}}
+    assert nothing_quantized(ov_dynamic)
+    assert not nothing_quantized({**ov_dynamic, "runtime": {"int8_compute_layers": 55}})
+    assert not nothing_quantized({"variant": "fp32", "runtime": {"int8_compute_layers": 0}})
+    from reports.tables import _float_footer
+
+    (line,) = _float_footer([ov_dynamic, None])
+    assert "OpenVINO compiles" in line and "Linear/LSTM" not in line

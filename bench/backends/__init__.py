@@ -12,6 +12,7 @@ Backend names (one per runtime *and* device, so a record says exactly what ran):
     onnxruntime       ONNX Runtime, CPU execution provider  (artifact: ONNX)
     onnxruntime-cuda  ONNX Runtime, CUDA execution provider (onnxruntime-gpu and a GPU)
     onnxruntime-trt   ONNX Runtime, TensorRT execution provider
+    openvino          OpenVINO, CPU plugin (f32 float layers)  (artifact: ONNX, the ORT files)
     tensorrt          TensorRT engine built from the ONNX   (tensorrt and a CUDA GPU)
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Backend(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "openvino", "tensorrt")
 
 
 def get_backend(name: str) -> type:
@@ -51,6 +52,10 @@ def get_backend(name: str) -> type:
 
         return {"onnxruntime": ortb.OrtBackend, "onnxruntime-cuda": ortb.OrtCudaBackend,
                 "onnxruntime-trt": ortb.OrtTensorrtBackend}[name]
+    if name == "openvino":
+        from bench.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend
     if name == "tensorrt":
         from bench.backends.tensorrt import TensorrtBackend
 

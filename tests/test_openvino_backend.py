@@ -1,0 +1,94 @@
+"""The OpenVINO backend on hand-made ONNX files: FP32 parity with ONNX Runtime, and the record of
+what really ran in INT8 (static QDQ: the convolutions; ORT's dynamic file: nothing)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino", reason="openvino not installed (pip install -e '.[openvino]')")
+
+
+def _conv_model(path):
+    """Two 3x3 convolutions with ReLU, 8 -> 16 -> 16 channels, fixed seeded weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2
+    w2 = rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["y"])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+
+
+def _inputs(n=4):
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal((1, 8, 32, 32)).astype(np.float32) for _ in range(n)]
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _loaded(path):
+    from bench.backends import get_backend
+
+    backend = get_backend("openvino")()
+    backend.load({"kind": "onnx", "path": str(path)}, threads=1, options={})
+    return backend
+
+
+def test_openvino_fp32_matches_onnxruntime_and_reports_float(tmp_path):
+    from bench.backends import get_backend
+
+    assert get_backend("openvino").available() == (True, "")
+    _conv_model(tmp_path / "fp32.onnx")
+    backend = _loaded(tmp_path / "fp32.onnx")
+    x = _inputs(1)[0]
+    np.testing.assert_allclose(backend.infer(x), _ort(tmp_path / "fp32.onnx", x), rtol=1e-4, atol=1e-4)
+    info = backend.info()
+    assert info["inference_precision"] == "f32" and info["openvino"] == ov.__version__
+    assert info["int8_compute_layers"] == 0 and sum(info["executed"]["Convolution"].values()) == 2
+
+
+def test_openvino_static_qdq_runs_int8_convs_and_dynamic_file_does_not(tmp_path):
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+
+    _conv_model(tmp_path / "fp32.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": x} for x in _inputs()])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "static.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    static = _loaded(tmp_path / "static.onnx")
+    assert static.info()["int8_compute_layers"] == 2, static.info()["executed"]
+    # the same QDQ file on two runtimes computes (nearly) the same thing
+    x = _inputs(1)[0]
+    ref = _ort(tmp_path / "static.onnx", x)
+    scale = float(np.abs(ref).max()) / 255
+    assert np.abs(static.infer(x) - ref).max() <= 2 * scale + 1e-6
+
+    quantize_dynamic(str(tmp_path / "fp32.onnx"), str(tmp_path / "dynamic.onnx"), weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Conv"])
+    import onnx
+
+    assert sum(n.op_type == "ConvInteger" for n in onnx.load(str(tmp_path / "dynamic.onnx")).graph.node) == 2
+    dynamic = _loaded(tmp_path / "dynamic.onnx")
+    # ConvInteger + DynamicQuantizeLinear compile to float convolutions on OpenVINO's CPU plugin:
+    # the record must not call that cell INT8
+    assert dynamic.info()["int8_compute_layers"] == 0
+    np.testing.assert_allclose(dynamic.infer(x), _ort(tmp_path / "dynamic.onnx", x), rtol=0.05, atol=0.05)
