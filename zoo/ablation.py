@@ -379,9 +379,11 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
     todo = [r for r in runs if states[r.index][0] != "done"]
     _log(f"{cfg.model} on {cfg.data}: {len(runs)} runs ({len(cfg.losses)} losses x {cfg.seeds} "
          f"seeds, {cfg.epochs} epochs each); {len(runs) - len(todo)} finished, {len(todo)} to run")
-    # ETA from the seconds per epoch of earlier finished runs, then of this session's epochs.
-    prior = [run_result(r) for r in runs if states[r.index][0] == "done"]
-    rate_samples = [(p["train_seconds"], p["epochs"]) for p in prior if p and p.get("train_seconds")]
+    # ETA from the seconds per epoch of earlier finished runs, then of this session's epochs; both
+    # as active training time (`_active_seconds`), so a run that stood paused does not inflate it.
+    prior = [(r, run_result(r)) for r in runs if states[r.index][0] == "done"]
+    rate_samples = [(active, p["epochs"]) for r, p in prior if p and p.get("epochs")
+                    and (active := _active_seconds(r, p, int(p["epochs"])))]
     spent_s, spent_epochs = 0.0, 0
     remaining = {r.index: cfg.epochs - states[r.index][1] for r in todo}
 
@@ -416,7 +418,7 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
         elapsed = time.time() - t0
         trained = remaining.pop(run.index)
         if rec["status"] == "ok" and trained:
-            spent_s, spent_epochs = spent_s + elapsed, spent_epochs + trained
+            spent_s, spent_epochs = spent_s + (_active_seconds(run, rec, trained) or elapsed), spent_epochs + trained
         gc.collect()
         if rec["status"] == "ok":
             tail, head = class_split(counts[cfg.tail_by], cfg.tail_k)
