@@ -333,6 +333,11 @@ def test_backend_gating(monkeypatch):
     assert precision_of(trt, "static") == "int8" and precision_of(get_backend("onnxruntime"), "fp32") == "fp32"
     assert set(BACKENDS) == {"torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "openvino",
                              "tensorrt"}
+    # a missing OpenVINO is a skipped cell with the install command, not an import crash
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    ok, reason = get_backend("openvino").available()
+    assert not ok and reason.startswith("openvino not installed") and "pip install openvino" in reason
+    assert precision_of(get_backend("openvino"), "static") == "int8" and get_backend("openvino").device == "cpu"
 
 
 def test_parse_sizes():
