@@ -20,14 +20,40 @@ Two honesty points:
 from __future__ import annotations
 
 import collections
+import re
+from pathlib import Path
 
 import numpy as np
+
+from bench.backends import BackendUnavailable
 
 # Layer types of the CPU plugin's runtime graph that do the arithmetic (MACs) of a network.
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
 INT8_PRECISIONS = ("u8", "i8")
 # Bookkeeping nodes of the runtime graph, left out of the executed-layer summary.
 _NOT_LAYERS = ("Const", "Input", "Output", "Parameter", "Result")
+
+
+def conflicting_unwinder() -> str | None:
+    """The path of a libunwind.so mapped into this process, if any.
+
+    GStreamer's `Gst.init` maps the nongnu libunwind.so.8, whose `_Unwind_*` symbols then win over
+    libgcc's for libraries loaded later; OpenVINO throws and catches C++ exceptions internally
+    (already in `Core.available_devices`), and unwinding them through libunwind.so.8 crashes the
+    process (SIGSEGV or abort; measured with OpenVINO 2026.4 after torch and Gst.init). Such a
+    process must not touch OpenVINO: bench cells run in processes of their own, which never load
+    GStreamer."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    found = re.search(r"\S*/libunwind\.so[.0-9]*", maps)
+    return found.group(0) if found else None
+
+
+def _unwinder_reason(lib: str) -> str:
+    return (f"this process has loaded {lib} (GStreamer does), with which OpenVINO's C++ exceptions crash; "
+            "run OpenVINO in a process without GStreamer (bench.run cells are)")
 
 
 def executed_layers(compiled) -> dict[str, dict[str, int]]:
@@ -55,9 +81,11 @@ class OpenVinoBackend:
     @classmethod
     def available(cls) -> tuple[bool, str]:
         try:
-            import openvino as ov
+            import openvino as ov  # importing is safe; creating a Core is what crashes (below)
         except ImportError as exc:
             return False, f"openvino not installed ({exc}); pip install openvino (or pip install -e '.[openvino]')"
+        if lib := conflicting_unwinder():
+            return False, _unwinder_reason(lib)
         if "CPU" not in ov.Core().available_devices:
             return False, "OpenVINO has no CPU plugin on this machine"
         return True, ""
@@ -73,6 +101,8 @@ class OpenVinoBackend:
     def load(self, artifact: dict, *, threads: int, options: dict | None = None) -> None:
         import openvino as ov
 
+        if lib := conflicting_unwinder():
+            raise BackendUnavailable(_unwinder_reason(lib))
         core = ov.Core()
         self.compiled = core.compile_model(artifact["path"], "CPU", self.config(threads))
         self.request = self.compiled.create_infer_request()
