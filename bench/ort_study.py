@@ -106,9 +106,9 @@ def op_profile(path: str, inputs: list[np.ndarray], threads: int, runs: int = 20
 def openvino_op_profile(path: str, inputs: list[np.ndarray], threads: int, runs: int = 20) -> dict[str, float]:
     """Milliseconds per run per layer type and kernel precision ("Convolution/I8") on OpenVINO's
     CPU plugin (its performance counters), with the settings of `bench.backends.openvino`."""
-    import openvino as ov
+    from bench.backends.openvino import OpenVinoBackend, import_openvino
 
-    from bench.backends.openvino import OpenVinoBackend
+    ov = import_openvino()
 
     compiled = ov.Core().compile_model(path, "CPU", {**OpenVinoBackend.config(threads), "PERF_COUNT": True})
     request = compiled.create_infer_request()

@@ -1,7 +1,17 @@
 """The OpenVINO backend on hand-made ONNX files: FP32 parity with ONNX Runtime, and the record of
-what really ran in INT8 (static QDQ: the convolutions; ORT's dynamic file: nothing)."""
+what really ran in INT8 (static QDQ: the convolutions; ORT's dynamic file: nothing); and the
+OpenVINO rows of bench.ort_study.
+
+OpenVINO runs in processes of its own in this project (bench cells), never inside the long-lived
+pytest process, which by the end of the suite holds torch, ONNX Runtime, GStreamer and every
+other library (a pytest process that had created OpenVINO cores died of SIGSEGV later in the
+suite, session 15). So `test_openvino_in_its_own_process` runs this module's tests in a child
+pytest with OV_CHILD set, and they skip themselves anywhere else.
+"""
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -10,18 +20,34 @@ import pytest
 
 from tests.conftest import REPO
 
-ov = pytest.importorskip("openvino", reason="openvino not installed (pip install -e '.[openvino]')")
+OV_CHILD = "EDGEZOO_OPENVINO_TEST_CHILD"
+NOT_INSTALLED = "openvino not installed (pip install -e '.[openvino]')"
+in_child = pytest.mark.skipif(not os.environ.get(OV_CHILD),
+                              reason="runs in a pytest child process of its own (test_openvino_in_its_own_process)")
 
 
-@pytest.fixture(autouse=True)
+@pytest.mark.skipif(bool(os.environ.get(OV_CHILD)), reason="this is the child process")
+def test_openvino_in_its_own_process():
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip(NOT_INSTALLED)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", __file__],
+                         capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, OV_CHILD: "1"})
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and " failed" not in res.stdout
+
+
+@pytest.fixture
 def openvino_usable():
-    """Skip with the backend's own reason when OpenVINO cannot run in this process (e.g. another
-    test module initialised GStreamer first: see bench.backends.openvino.conflicting_unwinder)."""
+    """Skip with the backend's own reason when OpenVINO cannot run in this process (e.g. GStreamer
+    is loaded: see bench.backends.openvino.conflicting_unwinder)."""
     from bench.backends import get_backend
 
     ok, why = get_backend("openvino").available()
     if not ok:
         pytest.skip(why)
+    from bench.backends.openvino import import_openvino
+
+    return import_openvino()
 
 
 def _conv_model(path):
@@ -62,7 +88,9 @@ def _loaded(path):
     return backend
 
 
-def test_openvino_fp32_matches_onnxruntime_and_reports_float(tmp_path):
+@in_child
+def test_openvino_fp32_matches_onnxruntime_and_reports_float(tmp_path, openvino_usable):
+    ov = openvino_usable
     from bench.backends import get_backend
 
     assert get_backend("openvino").available() == (True, "")
@@ -75,7 +103,8 @@ def test_openvino_fp32_matches_onnxruntime_and_reports_float(tmp_path):
     assert info["int8_compute_layers"] == 0 and sum(info["executed"]["Convolution"].values()) == 2
 
 
-def test_openvino_static_qdq_runs_int8_convs_and_dynamic_file_does_not(tmp_path):
+@in_child
+def test_openvino_static_qdq_runs_int8_convs_and_dynamic_file_does_not(tmp_path, openvino_usable):
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
@@ -108,6 +137,37 @@ def test_openvino_static_qdq_runs_int8_convs_and_dynamic_file_does_not(tmp_path)
     # the record must not call that cell INT8
     assert dynamic.info()["int8_compute_layers"] == 0
     np.testing.assert_allclose(dynamic.infer(x), _ort(tmp_path / "dynamic.onnx", x), rtol=0.05, atol=0.05)
+
+
+@in_child
+def test_import_sends_no_telemetry(openvino_usable):
+    """`import_openvino` leaves out openvino.tools.ovc, whose import starts a telemetry thread."""
+    import threading
+
+    assert "openvino.tools.ovc" not in sys.modules
+    assert not any(t.name.startswith("ThreadPoolExecutor") for t in threading.enumerate())
+
+
+@in_child
+def test_study_openvino_rows(tmp_path, openvino_usable):
+    """bench.ort_study's OpenVINO rows: the edgezoo file itself on OpenVINO, with INT8
+    convolutions read back from the compiled model and the per-layer profile; FP32 stays float."""
+    from bench.ort_study import run_study
+    from tests.conftest import write_segnet_split
+
+    root = tmp_path / "camvid16"
+    write_segnet_split(root, "train", 16, seed=3)
+    write_segnet_split(root, "val", 2, seed=4)
+    rec = run_study("ddrnet", data="camvid", data_root=str(root), weights="random", input_hw=(64, 64), threads=1,
+                    rounds=1, iters=2, warmup=1, images=2, calib_images=16, calib_method="minmax", torch_int8=False,
+                    artifacts=str(tmp_path / "artifacts"), out=str(tmp_path / "results"), progress=False,
+                    log=lambda m: None)
+    rows = {v["variant"]: v for v in rec["variants"]}
+    assert rec["skipped"] == {} and rows["openvino-int8"]["runtime"] == "openvino"
+    assert rows["openvino-int8"]["path"] == rows["edgezoo"]["path"]
+    assert rows["openvino-int8"]["int8_compute_layers"] > 0
+    assert any(op.startswith("Convolution/I8") for op in rows["openvino-int8"]["op_ms"])
+    assert rows["openvino-fp32"]["int8_compute_layers"] == 0 and rows["openvino-fp32"]["agreement"] >= 0.99
 
 
 def test_process_with_gstreamer_gets_a_reason_not_a_crash():

@@ -20,7 +20,9 @@ Two honesty points:
 from __future__ import annotations
 
 import collections
+import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,26 @@ COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConn
 INT8_PRECISIONS = ("u8", "i8")
 # Bookkeeping nodes of the runtime graph, left out of the executed-layer summary.
 _NOT_LAYERS = ("Const", "Input", "Output", "Parameter", "Result")
+
+
+def import_openvino():
+    """`import openvino` without its Model Conversion API (`openvino.tools.ovc`), which nothing here
+    uses and whose import sends a usage-telemetry event to Google Analytics from a forked child
+    process unless the user has opted out (openvino_telemetry's consent file). A benchmark must
+    not fork, or phone home, while it measures; the package's `__init__` tolerates a missing ovc
+    (it catches the ImportError), so blocking that one submodule during the import suffices. A
+    user who imports `openvino.tools.ovc` later gets it as usual."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    blocked = "openvino.tools.ovc" not in sys.modules
+    if blocked:
+        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get("openvino.tools.ovc", 0) is None:
+            del sys.modules["openvino.tools.ovc"]
+    return openvino
 
 
 def conflicting_unwinder() -> str | None:
@@ -80,14 +102,16 @@ class OpenVinoBackend:
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
+        # Checked without importing OpenVINO: `bench.run`'s parent process asks every backend, and
+        # OpenVINO itself is only ever loaded in the cell processes (`load`).
         try:
-            import openvino as ov  # importing is safe; creating a Core is what crashes (below)
-        except ImportError as exc:
-            return False, f"openvino not installed ({exc}); pip install openvino (or pip install -e '.[openvino]')"
+            spec = importlib.util.find_spec("openvino")
+        except (ImportError, ValueError):  # ValueError: a None entry in sys.modules
+            spec = None
+        if spec is None:
+            return False, "openvino not installed; pip install openvino (or pip install -e '.[openvino]')"
         if lib := conflicting_unwinder():
             return False, _unwinder_reason(lib)
-        if "CPU" not in ov.Core().available_devices:
-            return False, "OpenVINO has no CPU plugin on this machine"
         return True, ""
 
     @staticmethod
@@ -99,11 +123,12 @@ class OpenVinoBackend:
                 "INFERENCE_PRECISION_HINT": "f32"}
 
     def load(self, artifact: dict, *, threads: int, options: dict | None = None) -> None:
-        import openvino as ov
-
+        ov = import_openvino()
         if lib := conflicting_unwinder():
             raise BackendUnavailable(_unwinder_reason(lib))
         core = ov.Core()
+        if "CPU" not in core.available_devices:
+            raise BackendUnavailable(f"OpenVINO has no CPU plugin here (devices: {core.available_devices})")
         self.compiled = core.compile_model(artifact["path"], "CPU", self.config(threads))
         self.request = self.compiled.create_infer_request()
         self._version = ov.__version__
