@@ -109,7 +109,6 @@ def openvino_op_profile(path: str, inputs: list[np.ndarray], threads: int, runs:
     from bench.backends.openvino import OpenVinoBackend, import_openvino
 
     ov = import_openvino()
-
     compiled = ov.Core().compile_model(path, "CPU", {**OpenVinoBackend.config(threads), "PERF_COUNT": True})
     request = compiled.create_infer_request()
     for i in range(5):
