@@ -42,6 +42,44 @@ def test_train_writes_best_and_last_with_metadata(tiny_camvid, tmp_path):
     assert len(sidecar["sha256"]) == 64
 
 
+def test_channels_last_step_matches_nchw():
+    # The NHWC speed-up must compute the same forward and gradients (up to float rounding).
+    # Weights after Adam steps are no check: Adam turns noise-level gradients (e.g. of a conv
+    # bias that a BN cancels) into full-size steps of either sign.
+    import copy
+
+    import torch
+
+    from zoo.registry import get_entry
+
+    torch.manual_seed(0)
+    nchw = get_entry("ddrnet23_slim").build(num_classes=11).train()
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    x, y = torch.randn(2, 3, 64, 96), torch.randint(0, 11, (2, 64, 96))
+
+    def loss_of(net, images):
+        return sum(torch.nn.functional.cross_entropy(
+            torch.nn.functional.interpolate(o, size=y.shape[-2:], mode="bilinear"), y) for o in net(images))
+
+    loss_a, loss_b = loss_of(nchw, x), loss_of(nhwc, x.contiguous(memory_format=torch.channels_last))
+    assert abs(float(loss_a) - float(loss_b)) < 1e-4 * float(loss_a)
+    loss_a.backward()
+    loss_b.backward()
+    scale = max(float(p.grad.abs().max()) for p in nchw.parameters())
+    worst = max(float((p.grad - q.grad).abs().max()) for p, q in zip(nchw.parameters(), nhwc.parameters()))
+    assert worst < 1e-2 * scale, (worst, scale)
+
+
+def test_channels_last_training_saves_nchw_checkpoints(tiny_camvid, tmp_path):
+    res = train(TrainConfig(model="ddrnet23_slim", data="camvid", data_root=tiny_camvid, epochs=1, batch_size=2,
+                            crop=(64, 96), eval_every=1, workers=0, progress=False, threads=1, artifacts=tmp_path,
+                            channels_last=True))
+    for path in (res["best"], res["last"]):
+        state = read_checkpoint(path)
+        assert state["meta"]["channels_last"] is True
+        assert all(t.is_contiguous() for t in state["model"].values())
+
+
 def test_resume_after_sigkill_mid_epoch(tiny_camvid, tmp_path):
     # 8 images, batch 2 -> 4 steps per epoch; die after step 6 (mid epoch 2), saving every step.
     args = ["-m", "zoo.train", "--model", "espnet", "--data-root", str(tiny_camvid), "--artifacts", str(tmp_path),

@@ -62,6 +62,7 @@ class TrainConfig:
     threads: int | None = None
     save_every: float = 120.0            # seconds between mid-epoch `last.pt` saves
     amp: str = "none"                    # "bf16": autocast to bfloat16 (1.6x faster on CPUs with AVX512-BF16/AMX)
+    channels_last: bool | None = None    # None: on for CPU training of a plain network (see _use_channels_last)
     progress: bool = True
     val_split: str = "val"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +214,9 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     if hooks.prepare_model is not None:
         model = hooks.prepare_model(model)
     model = model.to(device)
+    channels_last = _use_channels_last(cfg, hooks, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     weight, weighting = _class_weights(cfg, recipe, card, is_main=is_main, distributed=distributed)
     if weight is not None and out_classes > len(weight):  # a void output is never a target: any weight
         weight = torch.cat([weight, weight.new_ones(out_classes - len(weight))])
@@ -247,7 +251,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     meta_base = {
         "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
         "num_classes": out_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
-        "amp": cfg.amp, "class_weighting": weighting,
+        "amp": cfg.amp, "channels_last": channels_last, "class_weighting": weighting,
         "preprocess": pre.to_dict(), **hooks.meta,
     }
 
@@ -255,7 +259,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         if not is_main:
             return
         save_checkpoint(last_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "model": _contiguous_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "step_in_epoch": step, "best_miou": best_miou, "history": json.dumps(history),
             "rng": _rng_state(), "meta": {**meta_base, "epoch": epoch, "step_in_epoch": step},
         })
@@ -268,7 +272,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
                                 desc=f"val {cfg.val_split}")
         if scores.miou > best_miou:
             best_miou = scores.miou
-            inference_state = {k: v for k, v in model.state_dict().items()}
+            inference_state = _contiguous_state(model)
             save_checkpoint(best_path, {"model": inference_state, "meta": {
                 **meta_base, "epoch": epoch, "metrics": scores.as_dict(),
                 "split": cfg.val_split, "train_seconds": elapsed_s}})
@@ -303,6 +307,8 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
                 outputs = net(images)
             # Losses in float32 whatever the autocast precision: softmax over bf16 logits is coarse.
@@ -345,6 +351,23 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     finish_run(out_dir, history, is_main=is_main, distributed=distributed)
     return {"best": best_path, "last": last_path, "best_miou": best_miou, "history": history,
             "seconds": prior_s + time.time() - t_start}
+
+
+def _use_channels_last(cfg: TrainConfig, hooks: TrainHooks, device: torch.device) -> bool:
+    """NHWC activations and weights: oneDNN's CPU convolutions run training steps 1.2-1.4x faster
+    in it (measured on a 2-core AVX512 Xeon, batch 8 at 288x384: DDRNet-23-slim 1.38 -> 1.00 s,
+    BiSeNetV2 4.28 -> 3.11 s, DeepLabV3+ MobileNetV2 3.57 -> 3.03 s). Off by default for a
+    network that a hook replaced (QAT's fake-quantized graphs are left as they were validated)
+    and on GPUs (AMP-free FP32 there gains little)."""
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return device.type == "cpu" and hooks.prepare_model is None
+
+
+def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict in the default (NCHW) layout, so checkpoints do not depend on how the
+    network was trained."""
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 def finish_run(out_dir: Path, history: list[dict[str, Any]], *, is_main: bool, distributed: bool) -> None:
@@ -414,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=float, default=120.0, help="seconds between mid-epoch saves")
     p.add_argument("--amp", choices=("none", "bf16"), default="none",
                    help="mixed precision: bf16 autocast (weights and losses stay float32)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: on for CPU training, 1.2-1.4x faster steps there)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -449,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                       optimizer=args.optimizer, loss=args.loss, eval_every=args.eval_every, seed=args.seed,
                       resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
                       save_every=args.save_every, progress=not args.no_progress, amp=args.amp,
-                      class_weights=args.class_weights, beta=args.beta, count_source=args.count_source)
+                      class_weights=args.class_weights, beta=args.beta, count_source=args.count_source,
+                      channels_last=args.channels_last)
     with user_errors(also=(KeyError, ValueError)):
         result = train(cfg)
     if _dist_info()[0] == 0:

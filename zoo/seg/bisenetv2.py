@@ -225,5 +225,5 @@ register(ModelEntry(
                         source="paper / PaddleSeg PP-LiteSeg comparison table (mIoU); params and GMACs counted "
                                "from CoinCheung/BiSeNet lib/models/bisenetv2.py (head mid 1024) without the "
                                "booster heads"),
-    aliases=("bisenet_v2",), aux_weights=(1.0, 1.0, 1.0, 1.0), recipe="ddrnet",
+    aliases=("bisenet_v2",), aux_weights=(1.0, 1.0, 1.0, 1.0), recipe="bisenetv2",
 ))

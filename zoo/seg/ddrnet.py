@@ -251,7 +251,7 @@ register(ModelEntry(
     name="ddrnet23", task="segmentation", family="ddrnet", builder=ddrnet23, citation=_CITATION,
     published=Published(params_m=20.15, num_classes=19, gmacs=143.5, gmacs_hw=(1024, 2048), miou=79.5,
                         miou_note="Cityscapes val", source=_SOURCE),
-    aliases=("ddrnet_23",), aux_weights=(0.4,), recipe="ddrnet",
+    aliases=("ddrnet_23",), aux_weights=(0.4,), recipe="ddrnet23",
 ))
 register(ModelEntry(
     name="ddrnet39", task="segmentation", family="ddrnet", builder=ddrnet39, citation=_CITATION,
@@ -259,5 +259,5 @@ register(ModelEntry(
                         miou_note="Cityscapes test (server result in the ydhongHIT/DDRNet README)",
                         source="ydhongHIT/DDRNet README (mIoU); paper Table (281.2 GFLOPs); params counted "
                                "from the official segmentation/DDRNet_39.py without the auxiliary head"),
-    aliases=("ddrnet_39",), aux_weights=(0.4,), recipe="ddrnet",
+    aliases=("ddrnet_39",), aux_weights=(0.4,), recipe="ddrnet39",
 ))

@@ -147,12 +147,12 @@ register(ModelEntry(
     builder=deeplabv3plus_mobilenetv2, citation=_CITATION,
     published=Published(params_m=5.23, num_classes=19, gmacs=134.7, gmacs_hw=(1024, 2048), miou=72.1,
                         miou_note="Cityscapes val (VainF, OS16)", source=_SOURCE),
-    aliases=("deeplabv3plus", "deeplabv3plus_mobilenet"), recipe="ddrnet",
+    aliases=("deeplabv3plus", "deeplabv3plus_mobilenet"), recipe="deeplabv3plus",
 ))
 register(ModelEntry(
     name="deeplabv3plus_resnet101", task="segmentation", family="deeplabv3plus",
     builder=deeplabv3plus_resnet101, citation=_CITATION,
     published=Published(params_m=58.75, num_classes=19, gmacs=633.5, gmacs_hw=(1024, 2048), miou=76.2,
                         miou_note="Cityscapes val (VainF, OS16)", source=_SOURCE),
-    aliases=(), recipe="ddrnet",
+    aliases=(), recipe="deeplabv3plus",
 ))

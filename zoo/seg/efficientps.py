@@ -175,5 +175,5 @@ register(ModelEntry(
                    "no mIoU is published for this semantic-branch/B0 configuration"),
         source="counted from this implementation (no published figure for the semantic branch with this backbone)",
     ),
-    aliases=("efficientps",), recipe="ddrnet",
+    aliases=("efficientps",), recipe="efficientps",
 ))

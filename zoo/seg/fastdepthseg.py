@@ -181,5 +181,9 @@ register(ModelEntry(
         params_deviation=("1.138 M (+2.5%): the paper's n=3 blocks in the 96-channel stage; with n=2 the count "
                           "is 1.020 M, exactly ZH's code; the paper gives no per-layer breakdown to trace the gap"),
     ),
+    # Fast-SCNN's authors published no training code (the paper: SGD, 1000 epochs, batch 12, aux
+    # losses x0.4; Tramac's re-implementation: SGD 1e-2, 160 epochs, OHEM). Like it, this network
+    # trains from scratch, so it uses the recipe that trained DDRNet-23-slim from scratch here
+    # (300 epochs: a step costs half of DDRNet-23-slim's).
     aliases=("fast_depth_seg",), recipe="ddrnet",
 ))

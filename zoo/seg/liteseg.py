@@ -123,5 +123,5 @@ register(ModelEntry(
                 "MODELS.md's 4.38 M (counted, official RT module) minus the unused ImageNet classifier "
                 "Linear(1280, 1000) of its MobileNetV2 (1.281 M), i.e. the parameters forward uses"),
     ),
-    aliases=("liteseg", "liteseg_mobilenet"), recipe="ddrnet",
+    aliases=("liteseg", "liteseg_mobilenet"), recipe="liteseg",
 ))

@@ -199,5 +199,5 @@ register(ModelEntry(
                         miou_note="Cityscapes val (test: 78.6)",
                         source="XuJiacong/PIDNet README (mIoU); params and GMACs counted from the official "
                                "models/pidnet.py without the auxiliary heads (augment=False)"),
-    aliases=("pidnet",), aux_weights=(0.4,), recipe="ddrnet",
+    aliases=("pidnet",), aux_weights=(0.4,), recipe="pidnet",
 ))

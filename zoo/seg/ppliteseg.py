@@ -219,6 +219,6 @@ register(ModelEntry(
                         source="PaddleSeg configs/pp_liteseg/README.md (mIoU); params and GMACs counted from "
                                "the zh320/realtime-semantic-segmentation-pytorch re-implementation",
                         params_deviation=_PPLITESEG_DEVIATION + " (8.20 M here)",
-                        gmacs_deviation=_PPLITESEG_DEVIATION + " (12.63 GMACs @512x1024 here)"),
-    aliases=("ppliteseg", "pp_liteseg", "pp_liteseg_t"), aux_weights=(1.0, 1.0), recipe="ddrnet",
+                        gmacs_deviation="same reason as the parameter count (12.63 GMACs @512x1024 here)"),
+    aliases=("ppliteseg", "pp_liteseg", "pp_liteseg_t"), aux_weights=(1.0, 1.0), recipe="ppliteseg",
 ))

@@ -1,0 +1,229 @@
+"""Train several zoo networks one after another on one dataset, resumably across sessions and
+machines, and keep their weights in the repository (the FP32 half of the zoo table).
+
+    python -m zoo.campaign --data camvid --data-root ../shared/data/camvid --plan
+    python -m zoo.campaign --data camvid --data-root ../shared/data/camvid
+    python -m zoo.campaign --data camvid --data-root ../shared/data/camvid --models pidnet_s ppliteseg_t
+    python -m zoo.campaign --data camvid --export        # before a session or machine goes away
+
+Each network trains with its family's recipe (`zoo.recipes`, `python -m zoo.campaign --plan`
+lists them) through `zoo.train.train(..., resume=True)`, in the order given (default: the
+segmentation networks of the study, cheapest first; DeepLabV3+ ResNet-101 only on request).
+Training state lives in the artifact cache
+(``<artifacts>/checkpoints/<model>/<data>/<recipe>/``), which does not survive a machine change,
+so the campaign keeps a copy under ``--keep`` (default ``trained/``, committed):
+
+- ``best.pt`` / ``best.json``: the weights with the best validation mIoU, as `zoo.train` wrote them;
+- ``last.pt`` / ``last.json``: a portable copy of the training state (no optimizer moments,
+  `zoo.checkpoints.portable_copy`), written after every ``--export-every`` epochs, at the end
+  of each network and by ``--export``.
+
+A network whose kept ``last.json`` says it finished its recipe is skipped. One whose cache has no
+``last.pt`` but whose kept copy does continues from the kept copy (Adam's moments restart).
+Stopping the campaign at any point (Ctrl-C, SIGKILL, the session ending) loses at most the
+work since `zoo.train`'s last mid-epoch save (``--save-every`` seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zoo.checkpoints import checkpoint_dir, portable_copy
+from zoo.recipes import Recipe, get_recipe
+from zoo.registry import get_entry
+
+# The study's segmentation networks and the modern anchors, cheapest training step first
+# (measured on the 2-core Xeon, batch 8 at 288x384, channels-last; see zoo.recipes).
+DEFAULT_MODELS = (
+    "fastdepthseg", "pidnet_s", "ppliteseg_t", "liteseg_mobilenetv2", "ddrnet23",
+    "deeplabv3plus_mobilenetv2", "efficientps_b0_semantic", "bisenetv2", "ddrnet39", "espnet_p2q8",
+)
+DEFAULT_KEEP = Path("trained")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One network of the campaign: where its training state lives and where it is kept."""
+
+    model: str
+    recipe: Recipe
+    cache: Path          # <artifacts>/checkpoints/<model>/<data>/<recipe>/
+    kept: Path           # <keep>/<model>/<data>/<recipe>/
+
+    def state(self) -> dict[str, Any]:
+        """Progress as recorded by the newest of the cached and kept `last.json`."""
+        best = None
+        for folder in (self.cache, self.kept):
+            info = _read_json(folder / "last.json")
+            if info and (best is None or info.get("epoch", 0) > best.get("epoch", 0)):
+                best = info
+        epoch = int(best.get("epoch", 0)) if best else 0
+        started_with = ((best or {}).get("recipe") or {}).get("epochs")
+        best_info = _read_json(self.cache / "best.json") or _read_json(self.kept / "best.json") or {}
+        miou = (best_info.get("metrics") or {}).get("miou")
+        return {"epoch": epoch, "done": epoch >= self.recipe.epochs, "best_miou": miou,
+                "best_epoch": best_info.get("epoch"),
+                # A run started with another schedule length: resuming it would jump the poly
+                # learning rate (a warm restart), which the campaign never does silently.
+                "schedule_mismatch": started_with if started_with not in (None, self.recipe.epochs) else None}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def plan(models: list[str], data: str, *, artifacts: str | Path | None = None,
+         keep: str | Path = DEFAULT_KEEP, **recipe_overrides: Any) -> list[Run]:
+    """The campaign's runs; `recipe_overrides` (epochs, batch_size, crop, eval_every) change every
+    network's recipe (short trial campaigns, tests)."""
+    runs = []
+    for name in models:
+        entry = get_entry(name)
+        if entry.task != "segmentation":
+            raise ValueError(f"{entry.name} is a {entry.task} network; the campaign trains segmentation networks "
+                             "(detection: python -m zoo.train --model yolov5n ...)")
+        recipe = get_recipe(entry.default_recipe).with_overrides(**recipe_overrides)
+        runs.append(Run(entry.name, recipe, checkpoint_dir(entry.name, data, recipe.name, artifacts),
+                        Path(keep) / entry.name / data / recipe.name))
+    return runs
+
+
+def export(run: Run) -> list[Path]:
+    """Copy the run's best weights and a portable copy of its training state to `run.kept`."""
+    written = []
+    run.kept.mkdir(parents=True, exist_ok=True)
+    for name in ("best.pt", "best.json"):
+        src = run.cache / name
+        if src.is_file():
+            # best.json is the sidecar of best.pt: copy the weights first so a kill in between
+            # leaves the kept pair describing a file that is at least as new.
+            tmp = run.kept / f".{name}.tmp"
+            shutil.copyfile(src, tmp)
+            tmp.replace(run.kept / name)
+            written.append(run.kept / name)
+    if (run.cache / "last.pt").is_file():
+        portable_copy(run.cache / "last.pt", run.kept / "last.pt")
+        written.append(run.kept / "last.pt")
+    return written
+
+
+def _seed_cache_from_kept(run: Run) -> bool:
+    """On a new machine: continue from the kept portable state instead of starting over."""
+    if (run.cache / "last.pt").is_file() or not (run.kept / "last.pt").is_file():
+        return False
+    run.cache.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pt", "last.json", "best.pt", "best.json"):
+        if (run.kept / name).is_file() and not (run.cache / name).is_file():
+            shutil.copyfile(run.kept / name, run.cache / name)
+    return True
+
+
+def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, artifacts: str | Path | None = None,
+                   threads: int | None = None, workers: int = 0, export_every: int = 10,
+                   progress: bool = True, log=print) -> list[dict[str, Any]]:
+    """Train every unfinished run in order; returns one summary per run."""
+    from zoo.train import TrainConfig, TrainHooks, train
+
+    summaries = []
+    for run in runs:
+        state = run.state()
+        if state["done"]:
+            log(f"[campaign] {run.model}: finished ({run.recipe.epochs} epochs, best val mIoU "
+                f"{_pct(state['best_miou'])} at epoch {state['best_epoch']}); skipped")
+            summaries.append({"model": run.model, **state, "skipped": True})
+            continue
+        if state["schedule_mismatch"] is not None:
+            log(f"[campaign] {run.model}: its run started with a {state['schedule_mismatch']}-epoch schedule, the "
+                f"recipe now has {run.recipe.epochs}; skipped (continue it with python -m zoo.train --model "
+                f"{run.model} --epochs {state['schedule_mismatch']} --resume, or move {run.cache} and {run.kept} "
+                "away to start over)")
+            summaries.append({"model": run.model, **state, "skipped": True})
+            continue
+        if _seed_cache_from_kept(run):
+            log(f"[campaign] {run.model}: continuing from the kept copy {run.kept / 'last.pt'}")
+        log(f"[campaign] {run.model}: recipe {run.recipe.name}, epoch {state['epoch']}/{run.recipe.epochs}")
+        t0 = time.time()
+
+        def on_epoch_start(model, epoch, epochs, run=run):
+            # Keep a portable copy every `export_every` epochs: the cache's last.pt then holds
+            # exactly `epoch` finished epochs.
+            if export_every and epoch and epoch % export_every == 0:
+                export(run)
+
+        r = run.recipe
+        result = train(TrainConfig(model=run.model, data=data, data_root=data_root, recipe=r.name, epochs=r.epochs,
+                                   batch_size=r.batch_size, crop=r.crop, eval_every=r.eval_every, resume=True,
+                                   artifacts=artifacts, threads=threads, workers=workers, progress=progress),
+                       TrainHooks(on_epoch_start=on_epoch_start))
+        export(run)
+        summary = {"model": run.model, **run.state(), "seconds": result["seconds"], "session_s": time.time() - t0}
+        log(f"[campaign] {run.model}: done, best val mIoU {_pct(summary['best_miou'])} "
+            f"(epoch {summary['best_epoch']}), {result['seconds'] / 3600:.2f} h of training; kept in {run.kept}")
+        summaries.append(summary)
+    return summaries
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def format_plan(runs: list[Run]) -> str:
+    lines = [f"{'model':28s} {'recipe':14s} {'epochs':>6s} {'done':>6s} {'best mIoU':>9s}  kept"]
+    for run in runs:
+        s = run.state()
+        note = f"  (started with {s['schedule_mismatch']} epochs: skipped)" if s["schedule_mismatch"] else ""
+        lines.append(f"{run.model:28s} {run.recipe.name:14s} {run.recipe.epochs:6d} {s['epoch']:6d} "
+                     f"{_pct(s['best_miou']):>9s}  {run.kept}{note}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zoo.campaign", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="camvid", help="dataset card (default camvid)")
+    p.add_argument("--data-root", help="dataset folder (default: the card's)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
+                   help="networks in training order (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="override every recipe's epochs (short trial campaigns)")
+    p.add_argument("--keep", default=str(DEFAULT_KEEP), help="folder for the kept copies (default trained/)")
+    p.add_argument("--artifacts", help="artifact cache (default ./artifacts or $EDGEZOO_ARTIFACTS)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0: as fast on 2 cores)")
+    p.add_argument("--export-every", type=int, default=10, help="epochs between kept copies (0: only at the end)")
+    p.add_argument("--plan", action="store_true", help="list the networks, recipes and progress; train nothing")
+    p.add_argument("--export", action="store_true", help="write the kept copies of every started run now; train nothing")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from zoo.errors import user_errors
+
+    with user_errors(also=(KeyError, ValueError)):
+        runs = plan(args.models, args.data, artifacts=args.artifacts, keep=args.keep, epochs=args.epochs)
+        if args.plan:
+            print(format_plan(runs))
+            return 0
+        if args.export:
+            for run in runs:
+                for path in export(run):
+                    print(path)
+            return 0
+        train_campaign(runs, data=args.data, data_root=args.data_root, artifacts=args.artifacts,
+                       threads=args.threads, workers=args.workers, export_every=args.export_every,
+                       progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
