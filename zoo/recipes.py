@@ -32,16 +32,24 @@ class Recipe:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _from_scratch(name: str, epochs: int, *, loss: str, notes: str, **loss_kwargs: Any) -> Recipe:
+    """The settings every CPU-from-scratch segmentation recipe shares (they took DDRNet-23-slim to
+    66.6 CamVid val mIoU): AdamW 1e-3, weight decay 1e-2, 200 warm-up iterations, poly 0.9, batch
+    8, 288x384 crops of the randomly scaled (0.5-2.0) images, validation every 10 epochs."""
+    return Recipe(name=name, epochs=epochs, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
+                  weight_decay=1e-2, warmup_iters=200, loss=loss, loss_kwargs=loss_kwargs, eval_every=10,
+                  notes=notes)
+
+
 RECIPES: dict[str, Recipe] = {
     # DDRNet (Hong et al.; chenjun2hao/DDRNet.pytorch configs) fine-tunes from ImageNet with SGD
     # 0.01, poly 0.9, OHEM (0.9, 131072) and the aux head at 0.4. We train from scratch on a CPU
     # with no ImageNet start, so we keep the loss, aux weight and poly schedule but use AdamW
     # (faster from-scratch convergence in a fixed iteration budget) and 288x384 crops of the
     # randomly scaled 360x480 images (about half the cost per step of full-size crops).
-    "ddrnet": Recipe(
-        name="ddrnet", epochs=300, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ohem", loss_kwargs={"thresh": 0.9, "min_kept": 131072},
-        eval_every=10, notes="DDRNet loss/aux/poly with AdamW, from scratch, 288x384 crops",
+    "ddrnet": _from_scratch(
+        "ddrnet", 300, loss="ohem", thresh=0.9, min_kept=131072,
+        notes="DDRNet loss/aux/poly with AdamW, from scratch, 288x384 crops",
     ),
     # ESPNet (Mehta et al.): Adam 5e-4, wd 5e-4 in the official code; plain cross-entropy.
     "espnet": Recipe(
@@ -49,9 +57,8 @@ RECIPES: dict[str, Recipe] = {
         weight_decay=5e-4, loss="ce", poly_power=0.9, eval_every=10, notes="ESPNet recipe (Adam, poly, CE)",
     ),
     # ---- The other families (issue #5). Every one trains from scratch here (no ImageNet or
-    # Cityscapes start can be downloaded) on 2 CPU cores, so all share what made DDRNet-23-slim
-    # reach 66.6 CamVid val mIoU: AdamW 1e-3 with a poly schedule, batch 8, 288x384 crops of the
-    # randomly scaled (0.5-2.0) 360x480 images, horizontal flips. What differs per family is what
+    # Cityscapes start can be downloaded) on 2 CPU cores, so all share the `ddrnet` recipe's
+    # settings (`_from_scratch`). What differs per family is what
     # its official recipe says about the loss and auxiliary heads (the heads' weights live in the
     # registry's `aux_weights`) and the epoch budget: each is sized from the measured cost of a
     # training step (batch 8 at 288x384, channels-last, 2 threads on the 2-core Xeon of session 16)
@@ -63,11 +70,10 @@ RECIPES: dict[str, Recipe] = {
     # the main output, CE x0.4 on the P-branch, plus boundary BCE (x20) and boundary-guided CE.
     # Ours: OHEM on both outputs (aux x0.4); the boundary head is not built (zoo/seg/pidnet.py).
     # 1.30 s per step -> 160 epochs.
-    "pidnet": Recipe(
-        name="pidnet", epochs=160, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ohem", loss_kwargs={"thresh": 0.9, "min_kept": 131072},
-        eval_every=10, notes="PIDNet's OHEM loss and P-branch aux (x0.4) without the boundary losses; AdamW, "
-                             "from scratch, 288x384 crops",
+    "pidnet": _from_scratch(
+        "pidnet", 160, loss="ohem", thresh=0.9, min_kept=131072,
+        notes=("PIDNet's OHEM loss and P-branch aux (x0.4) without the boundary losses; AdamW, from scratch, "
+               "288x384 crops"),
     ),
     # PP-LiteSeg (PaddleSeg configs/pp_liteseg/pp_liteseg_stdc1_camvid_960x720_10k.yml): SGD 1e-2,
     # wd 5e-4, poly 0.9 with 200 warm-up iterations, batch 24, 10k iterations of 960x720 crops,
@@ -75,40 +81,34 @@ RECIPES: dict[str, Recipe] = {
     # OHEM (thresh 0.7, min_kept 250000) on the main and both auxiliary heads, weights 1:1:1.
     # Ours: that OHEM threshold with DDRNet's min_kept (our batches hold 8 x 288 x 384 pixels).
     # ~1.25 s per step -> 160 epochs.
-    "ppliteseg": Recipe(
-        name="ppliteseg", epochs=160, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ohem", loss_kwargs={"thresh": 0.7, "min_kept": 131072},
-        eval_every=10, notes="PP-LiteSeg's OHEM (0.7) on main + 2 aux heads (1:1:1); AdamW, from scratch, "
-                             "288x384 crops",
+    "ppliteseg": _from_scratch(
+        "ppliteseg", 160, loss="ohem", thresh=0.7, min_kept=131072,
+        notes="PP-LiteSeg's OHEM (0.7) on main + 2 aux heads (1:1:1); AdamW, from scratch, 288x384 crops",
     ),
     # LiteSeg (tahaemara/LiteSeg train.py): SGD 1e-7 (sum-reduced CE), wd 5e-4, poly 0.9 stepped
     # every 5 epochs, batch 4, 100 epochs on Cityscapes from an ImageNet MobileNetV2 (coarse data
     # first), plain CE, crops at four sizes. Ours: plain CE (mean-reduced, so AdamW's usual rate).
     # ~1.5 s per step -> 150 epochs.
-    "liteseg": Recipe(
-        name="liteseg", epochs=150, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ce", eval_every=10,
+    "liteseg": _from_scratch(
+        "liteseg", 150, loss="ce",
         notes="LiteSeg's plain CE; AdamW, from scratch, 288x384 crops",
     ),
     # DDRNet-23 and -39: the `ddrnet` recipe above with fewer epochs, because their steps cost
     # 2.4x and ~4x DDRNet-23-slim's (2.46 s and ~4.5 s without channels-last).
-    "ddrnet23": Recipe(
-        name="ddrnet23", epochs=120, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ohem", loss_kwargs={"thresh": 0.9, "min_kept": 131072},
-        eval_every=10, notes="the ddrnet recipe in 120 epochs (DDRNet-23 costs 2.4x DDRNet-23-slim per step)",
+    "ddrnet23": _from_scratch(
+        "ddrnet23", 120, loss="ohem", thresh=0.9, min_kept=131072,
+        notes="the ddrnet recipe in 120 epochs (DDRNet-23 costs 2.4x DDRNet-23-slim per step)",
     ),
-    "ddrnet39": Recipe(
-        name="ddrnet39", epochs=60, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ohem", loss_kwargs={"thresh": 0.9, "min_kept": 131072},
-        eval_every=10, notes="the ddrnet recipe in 60 epochs (DDRNet-39 costs ~4x DDRNet-23-slim per step)",
+    "ddrnet39": _from_scratch(
+        "ddrnet39", 60, loss="ohem", thresh=0.9, min_kept=131072,
+        notes="the ddrnet recipe in 60 epochs (DDRNet-39 costs ~4x DDRNet-23-slim per step)",
     ),
     # DeepLabV3+ (VainF/DeepLabV3Plus-Pytorch main.py): SGD 1e-2 (README's Cityscapes command:
     # 0.1) with the backbone at 0.1x, wd 1e-4, poly 0.9, batch 16, 30k iterations of 768x768 crops
     # from an ImageNet backbone, plain CE, colour jitter 0.5. Ours: plain CE, one rate for all.
     # 3.03 s per step -> 80 epochs.
-    "deeplabv3plus": Recipe(
-        name="deeplabv3plus", epochs=80, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ce", eval_every=10,
+    "deeplabv3plus": _from_scratch(
+        "deeplabv3plus", 80, loss="ce",
         notes="DeepLabV3+'s plain CE; AdamW, one learning rate, from scratch, 288x384 crops",
     ),
     # EfficientPS (DeepSceneSeg/EfficientPS configs): SGD 0.07, wd 1e-4, steps at epochs 120/144
@@ -116,11 +116,9 @@ RECIPES: dict[str, Recipe] = {
     # semantic loss = the top 25 % of per-pixel CE (trained jointly with the instance heads).
     # Ours: that top-25 % CE (OHEM with threshold 0 keeps exactly the min_kept hardest pixels:
     # 25 % of a batch's 8 x 288 x 384), poly schedule. ~3.0 s per step -> 80 epochs.
-    "efficientps": Recipe(
-        name="efficientps", epochs=80, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ohem", loss_kwargs={"thresh": 0.0, "min_kept": 221184},
-        eval_every=10, notes="EfficientPS's top-25 % pixel CE for the semantic head; AdamW, from scratch, "
-                             "288x384 crops",
+    "efficientps": _from_scratch(
+        "efficientps", 80, loss="ohem", thresh=0.0, min_kept=221184,
+        notes="EfficientPS's top-25 % pixel CE for the semantic head; AdamW, from scratch, 288x384 crops",
     ),
     # BiSeNetV2 (CoinCheung/BiSeNet configs/bisenetv2_city.py + tools/train_amp.py): SGD 5e-3,
     # head and aux heads at 10x, wd 5e-4 (none on 1-D parameters), exponential warm-up 1000
@@ -129,11 +127,10 @@ RECIPES: dict[str, Recipe] = {
     # booster heads, weights 1. PaddleSeg trains it from scratch with plain CE x5 (lr 0.05,
     # 160k iterations). Ours: that OHEM (min_kept = 1/16 of 8 x 288 x 384). 3.11 s per step
     # -> 80 epochs.
-    "bisenetv2": Recipe(
-        name="bisenetv2", epochs=80, batch_size=8, crop=(288, 384), optimizer="adamw", lr=1e-3,
-        weight_decay=1e-2, warmup_iters=200, loss="ohem", loss_kwargs={"thresh": 0.7, "min_kept": 55296},
-        eval_every=10, notes="BiSeNetV2's OHEM (0.7, 1/16 of the pixels) on main + 4 booster heads; AdamW, "
-                             "from scratch, 288x384 crops",
+    "bisenetv2": _from_scratch(
+        "bisenetv2", 80, loss="ohem", thresh=0.7, min_kept=55296,
+        notes=("BiSeNetV2's OHEM (0.7, 1/16 of the pixels) on main + 4 booster heads; AdamW, from scratch, "
+               "288x384 crops"),
     ),
     # Panoptic-DeepLab-lite (zoo.instances, `python -m zoo.instances.train`): trained from scratch
     # on pseudo-instances with AdamW like the other CPU recipes; 256x256 crops of the randomly
