@@ -14,8 +14,12 @@ SMALL = dict(epochs=1, batch_size=2, crop=(64, 96), eval_every=1)
 
 
 def test_default_models_are_registered_segmentation_networks():
-    assert all(get_entry(m).task == "segmentation" for m in DEFAULT_MODELS)
-    assert "ddrnet23_slim" not in DEFAULT_MODELS  # trained before the campaign existed
+    runs = plan(list(DEFAULT_MODELS), "camvid")
+    assert all(get_entry(r.model).task == "segmentation" for r in runs)
+    assert "ddrnet23_slim" not in {r.model for r in runs}  # trained before the campaign existed
+    espnet = next(r for r in runs if r.model == "espnet_p2q8")
+    assert espnet.recipe.name == "espnet_cw" and espnet.recipe.class_weights == "enet:1.10"
+    assert espnet.kept.name == "espnet_cw"
 
 
 def test_plan_refuses_a_detector(tmp_path):

@@ -106,6 +106,18 @@ def test_enet_and_median_formulas():
     np.testing.assert_allclose(cw.median_freq(n, totals, normalize=False), 0.5 / f)
 
 
+def test_enet_constant_is_selectable_and_validated():
+    counts = [1000, 100, 10]
+    espnet, enet = cw.compute_weights("enet:1.10", counts), cw.compute_weights("enet", counts)
+    assert cw.parse_method("enet:1.10") == ("enet", {"c": 1.1})
+    np.testing.assert_allclose(espnet, cw.enet_log(counts, c=1.10))
+    # ESPNet's constant gives flatter weights than ENet's 1.02; rarer still means larger
+    assert espnet[2] / espnet[0] < enet[2] / enet[0] and espnet[2] > espnet[1] > espnet[0]
+    for bad in ("enet:x", "inverse:2", "nope"):
+        with pytest.raises(ValueError):
+            cw.parse_method(bad)
+
+
 def test_bce_class_weights():
     w = cw.bce_class_weights([1000, 100, 10], beta=0.999)
     assert w.dtype == torch.float32 and w.shape == (3,)

@@ -42,6 +42,15 @@ def test_train_writes_best_and_last_with_metadata(tiny_camvid, tmp_path):
     assert len(sidecar["sha256"]) == 64
 
 
+def test_recipe_class_weights_apply_to_the_recipe_loss_only(tiny_camvid, tmp_path):
+    common = dict(model="espnet", data="camvid", data_root=tiny_camvid, recipe="espnet_cw", epochs=1,
+                  batch_size=2, crop=(64, 96), eval_every=1, workers=0, progress=False, threads=1)
+    own = read_checkpoint(train(TrainConfig(**common, artifacts=tmp_path / "a"))["last"])["meta"]
+    assert own["class_weighting"]["method"] == "enet:1.10" and len(own["class_weighting"]["weights"]) == 11
+    other = read_checkpoint(train(TrainConfig(**common, loss="lovasz", artifacts=tmp_path / "b"))["last"])["meta"]
+    assert other["class_weighting"] == {"method": "none"}
+
+
 def test_channels_last_step_matches_nchw():
     # The NHWC speed-up must compute the same forward and gradients (up to float rounding).
     # Weights after Adam steps are no check: Adam turns noise-level gradients (e.g. of a conv

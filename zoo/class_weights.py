@@ -9,6 +9,10 @@ so that switching scheme does not change the overall loss scale)::
                                     f_c = n_c / (pixels of the images that contain c)
     enet_log(counts, c=1.02)        ENet: w_c ∝ 1 / ln(1.02 + p_c), p_c = n_c / sum(n)
 
+A method is named by one of `METHODS`; ``enet:C`` picks ENet's constant (ESPNet's and ERFNet's
+training code use ``enet:1.10``, which bounds the largest weight at 1/ln(1.10) = 10.5 instead of
+ENet's 50.5).
+
 What a "count" is (``source``): ``pixels`` (labelled pixels of the class), ``images`` (images
 that contain the class) or ``instances`` (objects of the class: instance maps where the dataset
 has them; 8-connected components of the class mask for stuff classes and datasets without them).
@@ -165,9 +169,25 @@ def enet_log(counts: Any, c: float = 1.02, *, normalize: bool = True) -> np.ndar
     return _finish(raw, n, normalize)
 
 
+def parse_method(spec: str) -> tuple[str, dict[str, float]]:
+    """``"enet:1.10"`` -> ``("enet", {"c": 1.1})``; a plain name -> ``(name, {})``."""
+    method, _, param = spec.partition(":")
+    if method not in METHODS:
+        raise ValueError(f"unknown class-weight method {spec!r}; valid: {', '.join(METHODS)} (and enet:C)")
+    if not param:
+        return method, {}
+    if method != "enet":
+        raise ValueError(f"class-weight method {method!r} takes no parameter (only enet:C, ENet's constant)")
+    try:
+        return method, {"c": float(param)}
+    except ValueError:
+        raise ValueError(f"class-weight method {spec!r}: the constant after 'enet:' must be a number") from None
+
+
 def compute_weights(method: str, counts: Any, *, beta: float | None = None,
                     totals: Any = None) -> np.ndarray:
-    """Dispatch on ``method`` (one of `METHODS`)."""
+    """Dispatch on ``method`` (one of `METHODS`, or ``enet:C``)."""
+    method, params = parse_method(method)
     if method == "none":
         return np.ones(_as_counts(counts).size)
     if method == "effective":
@@ -177,7 +197,7 @@ def compute_weights(method: str, counts: Any, *, beta: float | None = None,
     if method == "median":
         return median_freq(counts, totals)
     if method == "enet":
-        return enet_log(counts)
+        return enet_log(counts, **params)
     raise ValueError(f"unknown class-weight method {method!r}; valid: {', '.join(METHODS)}")
 
 
@@ -343,8 +363,7 @@ def class_weights_for(dataset_name: str, *, root: str | Path | None, split: str 
     progress bar) and cached as JSON keyed by the hash of the file list. ``beta`` only matters
     for "effective" (None -> `default_beta` of the counts).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown class-weight method {method!r}; valid: {', '.join(METHODS)}")
+    parse_method(method)  # validates before any counting
     if source not in SOURCES:
         raise ValueError(f"unknown count source {source!r}; valid: {', '.join(SOURCES)}")
     if method == "none":

@@ -383,7 +383,10 @@ def _class_weights(cfg: TrainConfig, recipe: Recipe, card, *, is_main: bool, dis
     """Per-class loss weights (or None) and a description of how they were made, for the metadata."""
     from zoo.class_weights import class_weights_for, describe
 
-    method = cfg.class_weights or ("effective" if recipe.loss in ("cb_ce", "cb_focal") else "none")
+    # The recipe's weighting belongs to the recipe's loss (like its loss_kwargs): a loss chosen on
+    # the command line starts unweighted unless --class-weights says otherwise.
+    own = recipe.class_weights if recipe.loss == get_recipe(recipe.name).loss else "none"
+    method = cfg.class_weights or ("effective" if recipe.loss in ("cb_ce", "cb_focal") else own)
     if method == "none":
         return None, {"method": "none"}
     kwargs = dict(root=cfg.data_root, split="train", method=method, beta=cfg.beta, source=cfg.count_source,
