@@ -803,6 +803,9 @@ def _meta_summary(meta: dict, path: str | Path | None = None) -> dict:
     out = {k: meta[k] for k in keep if k in meta}
     if isinstance(meta.get("recipe"), dict):
         out["recipe"] = meta["recipe"].get("name")
+        out["recipe_epochs"] = meta["recipe"].get("epochs")
+    if meta.get("train_seconds") is not None:  # best.pt: training time up to the selected epoch
+        out["train_seconds"] = meta["train_seconds"]
     if path is not None and (split := selected_on_split(path, meta)):
         out["selected_on_split"] = split
     if isinstance(meta.get("metrics"), dict):

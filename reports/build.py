@@ -27,7 +27,7 @@ from bench.results import SCHEMA, read_records
 from zoo.io import write_bytes
 
 from reports import plots
-from reports.tables import ReportError, Table, accuracy_name, build_rows, table1, table2, table3
+from reports.tables import ReportError, Table, accuracy_name, build_rows, table1, table2, table3, zoo_table
 
 KNOWN_SCHEMAS = tuple(range(1, SCHEMA + 1))
 
@@ -109,6 +109,13 @@ def build_reports(results: str | Path, dataset: str | None = None, out: str | Pa
         paths, section = video_section(video, folder)
         written += paths
         sections.append(section)
+    if any(r.get("variant") == "fp32" for r in records):
+        zoo = zoo_table(records, dataset)
+        md, csv_path = folder / f"{zoo.name}.md", folder / f"{zoo.name}.csv"
+        write_bytes(md, zoo.markdown().encode())
+        write_bytes(csv_path, zoo.csv().encode())
+        written += [md, csv_path]
+        sections.append("\n".join(["## all backends", "", zoo.markdown(), f"CSV: [{csv_path.name}]({csv_path.name})", ""]))
     for backend in sorted({str(r.get("backend")) for r in records}):
         rows = build_rows([r for r in records if r.get("backend") == backend])
         tables: list[Table] = [table1(rows, backend, dataset), table2(rows, backend, dataset),

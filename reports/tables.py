@@ -450,3 +450,77 @@ def table3(rows: list[Row], backend: str, dataset: str) -> Table:
                 f"batch, threads and weights; {short} change in points, RAM = peak RSS of the cell process")
     return Table(f"table3_deltas_{backend}", f"Table 3: INT8 vs FP32 on {backend} ({dataset})",
                  header, md, csv_header, cs, foot)
+
+
+# ---------------------------------------------------------------------------------------------
+# the FP32 zoo across backends
+
+
+def weights_text(rec: dict[str, Any]) -> str:
+    """Where a cell's FP32 weights came from, in a few words: a trainer's checkpoint (recipe,
+    epoch of the recipe's epochs, hours of training up to it), a file (an official release), or
+    random weights (speed and size only)."""
+    meta = rec.get("weights") if isinstance(rec.get("weights"), dict) else {}
+    if not meta or not (meta.get("path") or rec.get("weights_sha256")):
+        return "random (speed only)"
+    if meta.get("recipe"):
+        text = f"{meta['recipe']}, epoch {meta.get('epoch', '?')}"
+        if meta.get("recipe_epochs"):
+            text += f" of {meta['recipe_epochs']}"
+        if meta.get("train_seconds") is not None:
+            text += f" ({float(meta['train_seconds']) / 3600:.1f} h)"
+        return text
+    return f"file {str(meta.get('path', '?')).rsplit('/', 1)[-1]}"
+
+
+def zoo_table(records: list[dict[str, Any]], dataset: str) -> Table:
+    """Table 0: every network's FP32 cell on every backend in one row (issue #5's zoo table):
+    weights, FP32 ONNX size, FPS per backend, accuracy, params, GMACs."""
+    fp32 = [r for r in records if r.get("variant") == "fp32"]
+    backends = sorted({str(r.get("backend")) for r in fp32})
+    acc_key, acc_title = accuracy_name(fp32)
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for rec in fp32:
+        groups.setdefault(row_key(rec), {}).setdefault(str(rec.get("backend")), []).append(rec)
+    per_model: dict[str, int] = {}
+    for key in groups:
+        per_model[key[0]] = per_model.get(key[0], 0) + 1
+    header = ["network", "weights", "size (MB)"] + [f"FPS {b}" for b in backends] + [acc_title, "params (M)", "GMACs"]
+    csv_header = (["network", "input_hw", "weights", "size_mb"] + [f"fps_{b}" for b in backends]
+                  + [f"unstable_{b}" for b in backends] + [acc_key, f"{acc_key}_backend", "params", "gmacs"])
+    md, cs, used, spread = [], [], [], []
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        cells = {b: pick(rs) for b, rs in groups[key].items()}
+        oks = {b: c for b, c in cells.items() if c is not None and c.get("status") == "ok"}
+        used += [c for c in cells.values() if c is not None]
+        model, hw = key[0], key[3]
+        label = str(model) if per_model[model] == 1 else f"{model} ({hw[0]}x{hw[1]}, {key[6][:8] or '-'})"
+        any_ok = next(iter(oks.values()), None)
+        # The ONNX file's size (what ONNX Runtime, TensorRT and OpenVINO load), else any cell's artifact.
+        size_rec = oks.get("onnxruntime") or oks.get("openvino") or any_ok
+        acc_backend = "torch" if "torch" in oks else (sorted(oks)[0] if oks else None)
+        acc_rec = oks.get(acc_backend) if acc_backend else None
+        accs = [accuracy(c, acc_key) for c in oks.values() if accuracy(c, acc_key) is not None]
+        if len(accs) > 1:
+            spread.append(100 * (max(accs) - min(accs)))
+        params = (any_ok or {}).get("params")
+        fps_cells = [(_fps_text(oks[b]) if b in oks else (reason(cells.get(b)) if b in cells else NOT_RUN))
+                     for b in backends]
+        acc = accuracy(acc_rec, acc_key)
+        weights = weights_text(acc_rec or any_ok or next(c for c in cells.values() if c))
+        md.append([label, weights,
+                   _num((size_rec or {}).get("size_mb"), 2), *fps_cells,
+                   _num(None if acc is None else 100 * acc, 2),
+                   _num(None if params is None else params / 1e6, 2), _gmacs((any_ok or {}).get("gmacs"))])
+        cs.append([label, f"{hw[0]}x{hw[1]}" if hw[0] is not None else "",
+                   weights, (size_rec or {}).get("size_mb"),
+                   *[fps(oks[b]) if b in oks else None for b in backends],
+                   *[bool(oks[b].get("unstable")) if b in oks else None for b in backends],
+                   acc, acc_backend, params, (any_ok or {}).get("gmacs")])
+    foot = footer(used, dataset) + _selection_footer(used)
+    foot.append(f"{acc_title.split(' ')[0]} of the torch cell (the reference), else of the first backend with an ok "
+                f"cell" + (f"; the backends of a network differ by at most {max(spread):.2f} points" if spread else ""))
+    foot.append("weights: recipe, selected epoch of the recipe's epochs (hours of training up to it, where the "
+                "checkpoint records them), or the file an official release was imported from")
+    return Table("table0_fp32_zoo", f"Table 0: the FP32 zoo ({dataset})", header, md, csv_header, cs, foot)
+

@@ -64,7 +64,7 @@ def test_layout(built):
     expected = {f"{stem}_{b}.{ext}" for b in ("onnxruntime", "tensorrt")
                 for stem in ("table1_fp32", "table2_variants", "table3_deltas") for ext in ("md", "csv")}
     expected |= {f"{p}_{b}.png" for b in ("onnxruntime", "tensorrt") for p in ("pareto", "per_class_iou")}
-    expected.add("README.md")
+    expected |= {"README.md", "table0_fp32_zoo.md", "table0_fp32_zoo.csv"}
     assert {p.name for p in paths} == expected
     assert all(p.parent == folder for p in paths)
     assert {p.name for p in folder.iterdir()} == expected   # no temporary files left behind
@@ -297,6 +297,31 @@ def test_weights_selected_on_the_reported_split_are_named_in_the_footer(tmp_path
     assert "- Selected on the reported split: ddrnet23_slim QAT checkpoint (epoch 0)" in t2
 
 
+def test_zoo_table_puts_every_backend_of_a_network_in_one_row(tmp_path):
+    records = tmp_path / "records"
+    shutil.copytree(FIXTURES, records)
+    ort = json.loads((records / "ddrnet23_slim__fp32__onnxruntime.json").read_text())
+    torch_rec = {**ort, "backend": "torch", "fps": 12.5, "unstable": True, "size_mb": 22.9, "timestamp": ort["timestamp"],
+                 "metrics": {**ort["metrics"], "miou": ort["metrics"]["miou"] + 0.004}}
+    torch_rec["weights"] = {"path": "trained/x/best.pt", "recipe": "ddrnet", "epoch": 190, "recipe_epochs": 220,
+                            "train_seconds": 25200}
+    (records / "ddrnet23_slim__fp32__torch.json").write_text(json.dumps(torch_rec))
+    build_reports(records, "camvid", tmp_path / "out")
+    text = (tmp_path / "out" / "camvid" / "table0_fp32_zoo.md").read_text()
+    header = [line for line in text.splitlines() if line.startswith("| network")][0]
+    assert header.startswith("| network | weights | size (MB) | FPS onnxruntime | FPS tensorrt | FPS torch | mIoU (%)")
+    row = [line for line in text.splitlines() if line.startswith("| ddrnet23_slim |")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    # size of the ONNX file (ORT cell), FPS per backend, the torch cell's mIoU, weights provenance
+    assert cells[2] == "22.76" and cells[3] == "25.0" and cells[5] == "12.5*"
+    assert cells[6] == f"{100 * torch_rec['metrics']['miou']:.2f}"
+    assert cells[1] == "ddrnet, epoch 190 of 220 (7.0 h)"
+    assert "differ by at most 0.40 points" in text
+    espnet = [line for line in text.splitlines() if line.startswith("| espnet |")][0]
+    assert "not run" in espnet  # no torch cell for it
+
+
 def test_bench_records_a_best_checkpoint_as_selected_on_its_split():
     from bench.runner import _meta_summary
 
@@ -304,6 +329,9 @@ def test_bench_records_a_best_checkpoint_as_selected_on_its_split():
     assert _meta_summary(best, "trained/x/best.pt")["selected_on_split"] == "val"
     assert "selected_on_split" not in _meta_summary(best, "trained/x/last.pt")
     assert "selected_on_split" not in _meta_summary({"model": "espnet"}, "w/espnet.pth")  # official: unknown
+    trained = _meta_summary({**best, "recipe": {"name": "ddrnet", "epochs": 220}, "train_seconds": 25200.0},
+                            "trained/x/best.pt")
+    assert (trained["recipe"], trained["recipe_epochs"], trained["train_seconds"]) == ("ddrnet", 220, 25200.0)
 
 
 def test_readme_embedding_replaces_only_the_marked_block(tmp_path):
