@@ -461,7 +461,7 @@ def weights_text(rec: dict[str, Any]) -> str:
     epoch of the recipe's epochs, hours of training up to it), a file (an official release), or
     random weights (speed and size only)."""
     meta = rec.get("weights") if isinstance(rec.get("weights"), dict) else {}
-    if not meta or not (meta.get("path") or rec.get("weights_sha256")):
+    if not meta or meta.get("path") in (None, "", "random") or meta.get("weights") == "random":
         return "random (speed only)"
     if meta.get("recipe"):
         text = f"{meta['recipe']}, epoch {meta.get('epoch', '?')}"
@@ -471,6 +471,11 @@ def weights_text(rec: dict[str, Any]) -> str:
             text += f" ({float(meta['train_seconds']) / 3600:.1f} h)"
         return text
     return f"file {str(meta.get('path', '?')).rsplit('/', 1)[-1]}"
+
+
+def _artifact_kind(rec: dict[str, Any]) -> str | None:
+    artifact = rec.get("artifact")
+    return artifact.get("kind") if isinstance(artifact, dict) else None
 
 
 def zoo_table(records: list[dict[str, Any]], dataset: str) -> Table:
@@ -485,8 +490,8 @@ def zoo_table(records: list[dict[str, Any]], dataset: str) -> Table:
     per_model: dict[str, int] = {}
     for key in groups:
         per_model[key[0]] = per_model.get(key[0], 0) + 1
-    header = ["network", "weights", "size (MB)"] + [f"FPS {b}" for b in backends] + [acc_title, "params (M)", "GMACs"]
-    csv_header = (["network", "input_hw", "weights", "size_mb"] + [f"fps_{b}" for b in backends]
+    header = ["network", "weights", "ONNX size (MB)"] + [f"FPS {b}" for b in backends] + [acc_title, "params (M)", "GMACs"]
+    csv_header = (["network", "input_hw", "weights", "onnx_size_mb"] + [f"fps_{b}" for b in backends]
                   + [f"unstable_{b}" for b in backends] + [acc_key, f"{acc_key}_backend", "params", "gmacs"])
     md, cs, used, spread = [], [], [], []
     for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
@@ -494,10 +499,12 @@ def zoo_table(records: list[dict[str, Any]], dataset: str) -> Table:
         oks = {b: c for b, c in cells.items() if c is not None and c.get("status") == "ok"}
         used += [c for c in cells.values() if c is not None]
         model, hw = key[0], key[3]
-        label = str(model) if per_model[model] == 1 else f"{model} ({hw[0]}x{hw[1]}, {key[6][:8] or '-'})"
+        label = str(model) if per_model[model] == 1 else \
+            f"{model} ({hw[0]}x{hw[1]}, b{key[4]}, t{key[5]}, {key[6][:8] or '-'})"
         any_ok = next(iter(oks.values()), None)
-        # The ONNX file's size (what ONNX Runtime, TensorRT and OpenVINO load), else any cell's artifact.
-        size_rec = oks.get("onnxruntime") or oks.get("openvino") or any_ok
+        # The FP32 ONNX file's size (what ONNX Runtime, TensorRT and OpenVINO load); n/a without
+        # an ok cell that ran it (a torch cell's state dict is another artifact).
+        size_rec = next((c for c in oks.values() if _artifact_kind(c) == "onnx"), None)
         acc_backend = "torch" if "torch" in oks else (sorted(oks)[0] if oks else None)
         acc_rec = oks.get(acc_backend) if acc_backend else None
         accs = [accuracy(c, acc_key) for c in oks.values() if accuracy(c, acc_key) is not None]

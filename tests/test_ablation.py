@@ -78,6 +78,10 @@ def test_bad_loss_is_a_one_line_error(tiny_camvid, tmp_path, capsys):
     with pytest.raises(SystemExit):
         ab.main(_args(tiny_camvid, tmp_path, "--tail-k", "11"))
     assert "--tail-k" in capsys.readouterr().err
+    # a weighting with its parameter is a valid LOSS:WEIGHTS; a parameter on another method is not
+    assert ab.parse_loss("cb_ce:enet:1.10").weights == "enet:1.10"
+    with pytest.raises(ab.UsageError):
+        ab.parse_loss("cb_ce:inverse:2")
 
 
 def test_class_split_from_counts():

@@ -41,18 +41,11 @@ def test_campaign_trains_in_turn_keeps_copies_and_skips_finished_runs(tiny_camvi
     logs.clear()
     train_campaign(runs, data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a", threads=1,
                    progress=False, log=logs.append)
-    assert all("skipped" in line for line in logs)
+    assert len(logs) == 2 and all("skipped" in line for line in logs)
 
 
 def test_a_new_machine_continues_from_the_kept_copy(tiny_camvid, tmp_path):
     from zoo.train import TrainConfig, TrainHooks, train
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(model, epoch, epochs):
-        if epoch == 1:
-            raise Stop
 
     keep = tmp_path / "trained"
     two = {**SMALL, "epochs": 2}
@@ -60,7 +53,7 @@ def test_a_new_machine_continues_from_the_kept_copy(tiny_camvid, tmp_path):
     with pytest.raises(Stop):  # machine A: the session ends after epoch 1 of 2
         train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a",
                           threads=1, workers=0, progress=False, **two),
-              TrainHooks(on_epoch_start=stop_after_first_epoch))
+              TrainHooks(on_epoch_start=_stop_at(1)))
     export(run)
     # Machine B: empty cache; the run continues at epoch 2 from the kept portable copy.
     runs_b, logs = plan(["espnet"], "camvid", artifacts=tmp_path / "b", keep=keep, **two), []
@@ -70,6 +63,91 @@ def test_a_new_machine_continues_from_the_kept_copy(tiny_camvid, tmp_path):
     assert out[0]["epoch"] == 2 and read_checkpoint(keep / "espnet_p2q8/camvid/espnet/last.pt")["epoch"] == 2
     history = json.loads(read_checkpoint(runs_b[0].cache / "last.pt")["history"])
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+class Stop(Exception):
+    """The session ending, as seen by a training hook."""
+
+
+def _stop_at(epoch_to_stop):
+    def hook(model, epoch, epochs):
+        if epoch == epoch_to_stop:
+            raise Stop
+    return hook
+
+
+def test_kept_copies_during_training_and_on_an_exception(tiny_camvid, tmp_path, monkeypatch):
+    import zoo.train as ztrain
+
+    keep = tmp_path / "trained"
+    run = plan(["espnet"], "camvid", artifacts=tmp_path / "a", keep=keep, **{**SMALL, "epochs": 3})[0]
+    real_train = ztrain.train
+    stop = _stop_at(2)
+
+    def train_then_stop(cfg, hooks):  # the campaign's own hook runs first, then the session "ends"
+        def both(model, epoch, epochs):
+            hooks.on_epoch_start(model, epoch, epochs)
+            if epoch == 1:
+                assert read_checkpoint(run.kept / "last.pt")["epoch"] == 1  # the export_every=1 copy
+            stop(model, epoch, epochs)
+        return real_train(cfg, ztrain.TrainHooks(on_epoch_start=both))
+
+    monkeypatch.setattr(ztrain, "train", train_then_stop)
+    with pytest.raises(Stop):
+        train_campaign([run], data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a", threads=1,
+                       export_every=1, progress=False, log=lambda m: None)
+    assert read_checkpoint(run.kept / "last.pt")["epoch"] == 2  # exported on the way out
+
+
+def test_a_stale_cache_never_overwrites_a_kept_copy_that_is_further_along(tiny_camvid, tmp_path):
+    keep = tmp_path / "trained"
+    two = {**SMALL, "epochs": 2}
+    run = plan(["espnet"], "camvid", artifacts=tmp_path / "a", keep=keep, **two)[0]
+    train_campaign([run], data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a", threads=1,
+                   progress=False, log=lambda m: None)
+    # Machine B has an older cache (epoch 1 of the same recipe) and pulls the finished kept copy.
+    from zoo.train import TrainConfig, TrainHooks, train
+
+    stop = _stop_at(1)
+    with pytest.raises(Stop):
+        train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "b",
+                          threads=1, workers=0, progress=False, **two), TrainHooks(on_epoch_start=stop))
+    stale = plan(["espnet"], "camvid", artifacts=tmp_path / "b", keep=keep, **two)[0]
+    assert export(stale) == [] and read_checkpoint(keep / "espnet_p2q8/camvid/espnet/last.pt")["epoch"] == 2
+    state = stale.state()
+    assert state["done"] and state["kept_ahead"] and state["epoch"] == 2
+    # An unfinished recipe (3 epochs, a new trial folder) continues from the kept copy and moves
+    # the stale cache aside.
+    keep3 = tmp_path / "trained3"
+    three = {**SMALL, "epochs": 3}
+    first = plan(["espnet"], "camvid", artifacts=tmp_path / "c", keep=keep3, **three)[0]
+    with pytest.raises(Stop):
+        train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "c",
+                          threads=1, workers=0, progress=False, **three), TrainHooks(on_epoch_start=_stop_at(2)))
+    export(first)  # kept: epoch 2 of 3
+    older = plan(["espnet"], "camvid", artifacts=tmp_path / "d", keep=keep3, **three)[0]
+    with pytest.raises(Stop):
+        train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "d",
+                          threads=1, workers=0, progress=False, **three), TrainHooks(on_epoch_start=stop))
+    logs = []
+    out = train_campaign([older], data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "d", threads=1,
+                         progress=False, log=logs.append)
+    assert any("continuing from the kept copy" in line for line in logs)
+    history = json.loads(read_checkpoint(older.cache / "last.pt")["history"])
+    assert out[0]["epoch"] == 3 and [h["epoch"] for h in history] == [1, 2, 3]
+    assert len(list(older.cache.parent.glob("espnet.stale-*"))) == 1
+
+
+def test_a_finished_run_that_was_never_kept_is_kept_on_the_next_call(tiny_camvid, tmp_path):
+    from zoo.train import TrainConfig, train
+
+    run = plan(["espnet"], "camvid", artifacts=tmp_path, keep=tmp_path / "trained", **SMALL)[0]
+    train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, artifacts=tmp_path, threads=1,
+                      workers=0, progress=False, **SMALL))  # as if the campaign died before its export
+    assert not run.kept.exists()
+    train_campaign([run], data="camvid", data_root=tiny_camvid, artifacts=tmp_path, threads=1, progress=False,
+                   log=lambda m: None)
+    assert (run.kept / "best.pt").is_file() and read_checkpoint(run.kept / "last.pt")["epoch"] == 1
 
 
 def test_a_run_started_with_another_schedule_is_not_warm_restarted(tiny_camvid, tmp_path):
@@ -83,7 +161,12 @@ def test_a_run_started_with_another_schedule_is_not_warm_restarted(tiny_camvid, 
     out = train_campaign(longer, data="camvid", data_root=tiny_camvid, artifacts=tmp_path, threads=1,
                          progress=False, log=logs.append)
     assert out[0]["skipped"] and "1-epoch schedule" in logs[0]
+    assert "--data camvid" in logs[0] and "--recipe espnet --epochs 1 --resume" in logs[0]
     assert read_checkpoint(longer[0].cache / "last.pt")["epoch"] == 1
+    # nor does a shorter recipe make a run that stopped part-way through its own schedule "finished"
+    shorter = plan(["espnet"], "camvid", artifacts=tmp_path, keep=keep, **{**SMALL, "epochs": 3})
+    train_campaign(shorter, data="camvid", data_root=tiny_camvid, artifacts=tmp_path, threads=1, progress=False,
+                   log=lambda m: None)  # skipped: mismatch (1 vs 3)
 
 
 def test_export_and_plan_cli(tiny_camvid, tmp_path, capsys):
@@ -93,21 +176,26 @@ def test_export_and_plan_cli(tiny_camvid, tmp_path, capsys):
                  str(tmp_path / "kept"), "--plan"]) == 0
     out = capsys.readouterr().out
     assert "espnet_p2q8" in out and "300" in out
+    # a trial campaign must name its own folders
+    assert main(["--models", "espnet", "--epochs", "1"]) == 2
+    assert "--keep DIR and --artifacts DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["--models", "nonexistent_net", "--plan"])
     assert exc.value.code != 0
     assert "unknown model 'nonexistent_net'" in capsys.readouterr().err
 
 
-def test_every_segmentation_network_has_a_recipe_its_loss_accepts():
+def test_every_recipe_is_usable_and_every_segmentation_network_has_one():
+    from zoo.class_weights import parse_method
     from zoo.losses import build_loss
-    from zoo.recipes import get_recipe
+    from zoo.recipes import RECIPES, get_recipe
     from zoo.registry import get_entry, list_models
 
+    for name, recipe in RECIPES.items():
+        assert recipe.name == name and recipe.epochs > 0 and recipe.notes, name
+        build_loss(recipe.loss, ignore_index=255, **recipe.loss_kwargs)
+        parse_method(recipe.class_weights)
     for name in list_models():
         entry = get_entry(name)
-        if entry.task != "segmentation":
-            continue
-        recipe = get_recipe(entry.default_recipe)
-        assert recipe.epochs > 0 and recipe.notes, entry.name
-        build_loss(recipe.loss, ignore_index=255, **recipe.loss_kwargs)
+        if entry.task == "segmentation":
+            get_recipe(entry.default_recipe)

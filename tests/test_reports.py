@@ -309,7 +309,7 @@ def test_zoo_table_puts_every_backend_of_a_network_in_one_row(tmp_path):
     build_reports(records, "camvid", tmp_path / "out")
     text = (tmp_path / "out" / "camvid" / "table0_fp32_zoo.md").read_text()
     header = [line for line in text.splitlines() if line.startswith("| network")][0]
-    assert header.startswith("| network | weights | size (MB) | FPS onnxruntime | FPS tensorrt | FPS torch | mIoU (%)")
+    assert header.startswith("| network | weights | ONNX size (MB) | FPS onnxruntime | FPS tensorrt | FPS torch | mIoU (%)")
     row = [line for line in text.splitlines() if line.startswith("| ddrnet23_slim |")]
     assert len(row) == 1
     cells = [c.strip() for c in row[0].strip("|").split("|")]
@@ -320,6 +320,19 @@ def test_zoo_table_puts_every_backend_of_a_network_in_one_row(tmp_path):
     assert "differ by at most 0.40 points" in text
     espnet = [line for line in text.splitlines() if line.startswith("| espnet |")][0]
     assert "not run" in espnet  # no torch cell for it
+    from reports.tables import weights_text
+
+    assert weights_text({"weights": {"weights": "random", "seed": 0}, "weights_sha256": "ab" * 32}) == \
+        "random (speed only)"
+    assert weights_text({"weights": {"path": "../shared/weights/x.pth", "sha256": "c" * 64}}) == "file x.pth"
+    # no ok cell that ran the ONNX file: no ONNX size (a torch state dict is not one)
+    only_torch = tmp_path / "only_torch"
+    only_torch.mkdir()
+    (only_torch / "a.json").write_text(json.dumps({**torch_rec, "artifact": {"kind": "torch", "size_mb": 22.8}}))
+    build_reports(only_torch, "camvid", tmp_path / "out2")
+    row = [line for line in (tmp_path / "out2" / "camvid" / "table0_fp32_zoo.md").read_text().splitlines()
+           if line.startswith("| ddrnet23_slim |")][0]
+    assert [c.strip() for c in row.strip("|").split("|")][2] == "n/a"
 
 
 def test_bench_records_a_best_checkpoint_as_selected_on_its_split():

@@ -29,6 +29,7 @@ Losses (``--losses``; the training loss and the class weights used with it):
     wce_median    CE x median-frequency weights (paper reduction)
     wce_enet      CE x ENet's 1/ln(1.02 + p) weights (paper reduction)
     LOSS:WEIGHTS  any zoo.losses loss with any zoo.class_weights method, e.g. ohem:effective
+                  or cb_ce:enet:1.10 (ESPNet's weighting)
 
 Tail classes: the ``--tail-k`` rarest classes of the *training* split by ``--tail-by`` counts
 (default pixels; from `zoo.class_weights.cached_counts`); head: the others. On CamVid that is
@@ -116,19 +117,23 @@ class LossSpec:
 
 def parse_loss(name: str) -> LossSpec:
     """A `LOSS_VARIANTS` name or ``LOSS:WEIGHTS``; anything else is a one-line `UsageError`."""
-    from zoo.class_weights import METHODS
+    from zoo.class_weights import METHODS, parse_method
     from zoo.losses import LOSSES
 
     key = name.strip()
     if key in LOSS_VARIANTS:
         return LossSpec(key, *LOSS_VARIANTS[key])
     if ":" in key:
-        loss, _, weights = key.partition(":")
-        if loss in LOSSES and weights in METHODS:
+        loss, _, weights = key.partition(":")  # weights may carry a parameter: cb_ce:enet:1.10
+        try:
+            parse_method(weights)
+        except ValueError:
+            weights = ""
+        if loss in LOSSES and weights:
             return LossSpec(key, loss, weights)
     raise UsageError(
         f"unknown loss {name!r}; valid: {', '.join(LOSS_VARIANTS)}, or LOSS:WEIGHTS with LOSS in "
-        f"{'|'.join(LOSSES)} and WEIGHTS in {'|'.join(METHODS)}")
+        f"{'|'.join(LOSSES)} and WEIGHTS in {'|'.join(METHODS)} (or enet:C)")
 
 
 @dataclass

@@ -7,21 +7,25 @@ machines, and keep their weights in the repository (the FP32 half of the zoo tab
     python -m zoo.campaign --data camvid --export        # before a session or machine goes away
 
 Each network trains with its family's recipe or the one named as ``MODEL:RECIPE`` (`zoo.recipes`;
-`python -m zoo.campaign --plan` lists them) through `zoo.train.train(..., resume=True)`, in the order given (default: the
-segmentation networks of the study, cheapest first; DeepLabV3+ ResNet-101 only on request).
-Training state lives in the artifact cache
-(``<artifacts>/checkpoints/<model>/<data>/<recipe>/``), which does not survive a machine change,
-so the campaign keeps a copy under ``--keep`` (default ``trained/``, committed):
+``--plan`` lists them) through `zoo.train.train(..., resume=True)`, in the order given (default:
+the segmentation networks of the study, cheapest first; DeepLabV3+ ResNet-101 only on request).
+Training state lives in the artifact cache (``<artifacts>/checkpoints/<model>/<data>/<recipe>/``),
+which does not survive a machine change, so the campaign keeps a copy under ``--keep`` (default
+``trained/``, committed):
 
 - ``best.pt`` / ``best.json``: the weights with the best validation mIoU, as `zoo.train` wrote them;
 - ``last.pt`` / ``last.json``: a portable copy of the training state (no optimizer moments,
-  `zoo.checkpoints.portable_copy`), written after every ``--export-every`` epochs, at the end
-  of each network and by ``--export``.
+  `zoo.checkpoints.portable_copy`), written every ``--export-every`` epochs, when a network
+  finishes or its training stops with an exception (Ctrl-C included), and by ``--export``.
 
-A network whose kept ``last.json`` says it finished its recipe is skipped. One whose cache has no
-``last.pt`` but whose kept copy does continues from the kept copy (Adam's moments restart).
-Stopping the campaign at any point (Ctrl-C, SIGKILL, the session ending) loses at most the
-work since `zoo.train`'s last mid-epoch save (``--save-every`` seconds).
+A copy never replaces a kept state that is further along, nor kept weights that score higher.
+A network whose recipe is finished is skipped. One whose kept state is ahead of the cache (a new
+machine, or another machine's progress pulled with git) continues from the kept copy (Adam's
+moments restart; a stale cache folder is moved aside). On the same machine a SIGKILL loses at
+most the work since `zoo.train`'s last mid-epoch save (``--save-every`` seconds); on a new
+machine, the work since the last kept copy (up to ``--export-every`` epochs: run ``--export``
+before a session or machine goes away). A run started with another schedule length is skipped
+with a note, never resumed under the new one (that would be a warm restart of the poly schedule).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.checkpoints import checkpoint_dir, portable_copy
+from zoo.io import atomic_path
 from zoo.recipes import Recipe, get_recipe
 from zoo.registry import get_entry
 
@@ -60,21 +65,24 @@ class Run:
     kept: Path           # <keep>/<model>/<data>/<recipe>/
 
     def state(self) -> dict[str, Any]:
-        """Progress as recorded by the newest of the cached and kept `last.json`."""
-        best = None
-        for folder in (self.cache, self.kept):
-            info = _read_json(folder / "last.json")
-            if info and (best is None or info.get("epoch", 0) > best.get("epoch", 0)):
-                best = info
-        epoch = int(best.get("epoch", 0)) if best else 0
-        started_with = ((best or {}).get("recipe") or {}).get("epochs")
-        best_info = _read_json(self.cache / "best.json") or _read_json(self.kept / "best.json") or {}
-        miou = (best_info.get("metrics") or {}).get("miou")
-        return {"epoch": epoch, "done": epoch >= self.recipe.epochs, "best_miou": miou,
-                "best_epoch": best_info.get("epoch"),
-                # A run started with another schedule length: resuming it would jump the poly
-                # learning rate (a warm restart), which the campaign never does silently.
-                "schedule_mismatch": started_with if started_with not in (None, self.recipe.epochs) else None}
+        """Progress as recorded by the cached and kept `last.json` (the newer one counts) and the
+        better of their `best.json`."""
+        cache, kept = _read_json(self.cache / "last.json"), _read_json(self.kept / "last.json")
+        newest = max((i for i in (cache, kept) if i), key=_progress, default=None)
+        epoch = int(newest.get("epoch", 0)) if newest else 0
+        started_with = ((newest or {}).get("recipe") or {}).get("epochs")
+        # A run started with another schedule length: resuming it would jump the poly learning
+        # rate (a warm restart), which the campaign never does silently. A state without its
+        # recipe is treated the same way: its schedule is unknown.
+        mismatch = None
+        if newest is not None and started_with != self.recipe.epochs:
+            mismatch = started_with if started_with is not None else "unknown"
+        bests = [b for b in (_read_json(self.cache / "best.json"), _read_json(self.kept / "best.json")) if b]
+        best = max(bests, key=_best_miou, default={})
+        return {"epoch": epoch, "done": mismatch is None and epoch >= self.recipe.epochs,
+                "best_miou": (best.get("metrics") or {}).get("miou"), "best_epoch": best.get("epoch"),
+                "schedule_mismatch": mismatch,
+                "cache_ahead": _progress(cache) > _progress(kept), "kept_ahead": _progress(kept) > _progress(cache)}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -82,6 +90,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _progress(info: dict[str, Any] | None) -> tuple[int, int]:
+    """(epoch, step in epoch) of a `last.json`; (-1, -1) for none."""
+    if not info:
+        return (-1, -1)
+    return (int(info.get("epoch", 0)), int(info.get("step_in_epoch", 0)))
+
+
+def _best_miou(info: dict[str, Any] | None) -> float:
+    miou = ((info or {}).get("metrics") or {}).get("miou")
+    return -1.0 if miou is None else float(miou)
 
 
 def plan(models: list[str], data: str, *, artifacts: str | Path | None = None,
@@ -102,33 +122,43 @@ def plan(models: list[str], data: str, *, artifacts: str | Path | None = None,
 
 
 def export(run: Run) -> list[Path]:
-    """Copy the run's best weights and a portable copy of its training state to `run.kept`."""
+    """Copy the run's best weights and a portable copy of its training state to `run.kept`,
+    atomically, never replacing a kept state that is further along or kept weights that score
+    higher (a stale cache must not overwrite the work of another machine)."""
     written = []
-    run.kept.mkdir(parents=True, exist_ok=True)
-    for name in ("best.pt", "best.json"):
-        src = run.cache / name
-        if src.is_file():
-            # best.json is the sidecar of best.pt: copy the weights first so a kill in between
-            # leaves the kept pair describing a file that is at least as new.
-            tmp = run.kept / f".{name}.tmp"
-            shutil.copyfile(src, tmp)
-            tmp.replace(run.kept / name)
+    cache_best, kept_best = _read_json(run.cache / "best.json"), _read_json(run.kept / "best.json")
+    if (run.cache / "best.pt").is_file() and cache_best and _best_miou(cache_best) >= _best_miou(kept_best):
+        # The weights first, then their sidecar: a kill in between leaves a kept pair whose
+        # json describes weights at most as new as the file.
+        for name in ("best.pt", "best.json"):
+            with atomic_path(run.kept / name) as tmp:
+                shutil.copyfile(run.cache / name, tmp)
             written.append(run.kept / name)
-    if (run.cache / "last.pt").is_file():
+    cache_last, kept_last = _read_json(run.cache / "last.json"), _read_json(run.kept / "last.json")
+    if (run.cache / "last.pt").is_file() and _progress(cache_last) > _progress(kept_last):
         portable_copy(run.cache / "last.pt", run.kept / "last.pt")
         written.append(run.kept / "last.pt")
     return written
 
 
 def _seed_cache_from_kept(run: Run) -> bool:
-    """On a new machine: continue from the kept portable state instead of starting over."""
-    if (run.cache / "last.pt").is_file() or not (run.kept / "last.pt").is_file():
+    """When the kept state is further along than the cache (a new machine, or another machine's
+    training pulled with git): continue from it. A stale cache folder is moved aside, not deleted."""
+    if not run.state()["kept_ahead"] or not (run.kept / "last.pt").is_file():
         return False
-    run.cache.mkdir(parents=True, exist_ok=True)
+    if run.cache.exists():
+        run.cache.rename(run.cache.with_name(f"{run.cache.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}"))
+    run.cache.mkdir(parents=True)
     for name in ("last.pt", "last.json", "best.pt", "best.json"):
-        if (run.kept / name).is_file() and not (run.cache / name).is_file():
+        if (run.kept / name).is_file():
             shutil.copyfile(run.kept / name, run.cache / name)
     return True
+
+
+def _resume_command(run: Run, data: str, data_root: str | Path | None, epochs: Any) -> str:
+    root = f" --data-root {data_root}" if data_root else ""
+    return (f"python -m zoo.train --model {run.model} --data {data}{root} --recipe {run.recipe.name} "
+            f"--epochs {epochs} --resume")
 
 
 def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, artifacts: str | Path | None = None,
@@ -140,16 +170,19 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
     summaries = []
     for run in runs:
         state = run.state()
-        if state["done"]:
-            log(f"[campaign] {run.model}: finished ({run.recipe.epochs} epochs, best val mIoU "
-                f"{_pct(state['best_miou'])} at epoch {state['best_epoch']}); skipped")
+        if state["schedule_mismatch"] is not None:
+            started = state["schedule_mismatch"]
+            how = (f"continue it with {_resume_command(run, data, data_root, started)}" if started != "unknown"
+                   else "its schedule length is not recorded")
+            log(f"[campaign] {run.model}: its run started with a {started}-epoch schedule, the recipe now has "
+                f"{run.recipe.epochs}; skipped ({how}, or move {run.cache} and {run.kept} away to start over)")
             summaries.append({"model": run.model, **state, "skipped": True})
             continue
-        if state["schedule_mismatch"] is not None:
-            log(f"[campaign] {run.model}: its run started with a {state['schedule_mismatch']}-epoch schedule, the "
-                f"recipe now has {run.recipe.epochs}; skipped (continue it with python -m zoo.train --model "
-                f"{run.model} --epochs {state['schedule_mismatch']} --resume, or move {run.cache} and {run.kept} "
-                "away to start over)")
+        if state["done"]:
+            if state["cache_ahead"]:  # finished, but the process ended before its final export
+                export(run)
+            log(f"[campaign] {run.model}: finished ({run.recipe.epochs} epochs, best val mIoU "
+                f"{_pct(state['best_miou'])} at epoch {state['best_epoch']}); skipped")
             summaries.append({"model": run.model, **state, "skipped": True})
             continue
         if _seed_cache_from_kept(run):
@@ -158,17 +191,23 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
         t0 = time.time()
 
         def on_epoch_start(model, epoch, epochs, run=run):
-            # Keep a portable copy every `export_every` epochs: the cache's last.pt then holds
-            # exactly `epoch` finished epochs.
+            # A kept copy every `export_every` epochs (the cache's last.pt then holds exactly
+            # `epoch` finished epochs). A failed copy must not stop the training.
             if export_every and epoch and epoch % export_every == 0:
-                export(run)
+                try:
+                    export(run)
+                except Exception as exc:  # noqa: BLE001 - logged, retried at the next export
+                    log(f"[campaign] {run.model}: keeping a copy in {run.kept} failed ({exc}); training goes on")
 
         r = run.recipe
-        result = train(TrainConfig(model=run.model, data=data, data_root=data_root, recipe=r.name, epochs=r.epochs,
-                                   batch_size=r.batch_size, crop=r.crop, eval_every=r.eval_every, resume=True,
-                                   artifacts=artifacts, threads=threads, workers=workers, progress=progress),
-                       TrainHooks(on_epoch_start=on_epoch_start))
-        export(run)
+        try:
+            result = train(TrainConfig(model=run.model, data=data, data_root=data_root, recipe=r.name,
+                                       epochs=r.epochs, batch_size=r.batch_size, crop=r.crop,
+                                       eval_every=r.eval_every, resume=True, artifacts=artifacts, threads=threads,
+                                       workers=workers, progress=progress),
+                           TrainHooks(on_epoch_start=on_epoch_start))
+        finally:  # also on Ctrl-C or an error: keep what the cache has
+            export(run)
         summary = {"model": run.model, **run.state(), "seconds": result["seconds"], "session_s": time.time() - t0}
         log(f"[campaign] {run.model}: done, best val mIoU {_pct(summary['best_miou'])} "
             f"(epoch {summary['best_epoch']}), {result['seconds'] / 3600:.2f} h of training; kept in {run.kept}")
@@ -213,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from zoo.errors import user_errors
 
+    if args.epochs is not None and (args.keep == str(DEFAULT_KEEP) or not args.artifacts):
+        print("error: a trial campaign (--epochs) must not write the real training folders: pass --keep DIR and "
+              "--artifacts DIR", file=sys.stderr)
+        return 2
     with user_errors(also=(KeyError, ValueError)):
         runs = plan(args.models, args.data, artifacts=args.artifacts, keep=args.keep, epochs=args.epochs)
         if args.plan:

@@ -50,7 +50,7 @@ class TrainConfig:
     crop: tuple[int, int] | None = None
     optimizer: str | None = None
     loss: str | None = None
-    class_weights: str | None = None     # none|effective|inverse|median|enet (None: effective for cb_*, else none)
+    class_weights: str | None = None     # none|effective|inverse|median|enet[:C] (None: effective for cb_*, else the recipe's)
     beta: float | None = None            # None: zoo.class_weights.default_beta(counts)
     count_source: str = "pixels"         # pixels|images|instances
     eval_every: int | None = None
@@ -136,7 +136,9 @@ def _build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=False)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adamw")
+    if recipe.optimizer == "adam":  # L2 weight decay in the gradient (ESPNet's official optimizer)
+        return torch.optim.Adam(groups, lr=recipe.lr)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adamw, adam")
 
 
 def _dist_info() -> tuple[int, int]:
@@ -365,8 +367,8 @@ def _use_channels_last(cfg: TrainConfig, hooks: TrainHooks, device: torch.device
 
 
 def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict in the default (NCHW) layout, so checkpoints do not depend on how the
-    network was trained."""
+    """The model's state dict in the default (NCHW) layout, so weights files do not depend on how
+    the network was trained (the optimizer moments in last.pt keep the training layout)."""
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
@@ -412,6 +414,16 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _class_weight_method(text: str) -> str:
+    from zoo.class_weights import parse_method
+
+    try:
+        parse_method(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,11 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--optimizer", choices=("sgd", "adamw"))
+    p.add_argument("--optimizer", choices=("sgd", "adamw", "adam"))
     p.add_argument("--loss", choices=("ce", "ohem", "cb_ce", "cb_focal", "lovasz"),
                    help="cb_ce / cb_focal: class-balanced (Cui et al. 2019) with --class-weights effective")
-    p.add_argument("--class-weights", choices=("none", "effective", "inverse", "median", "enet"),
-                   help="per-class loss weights (default: effective for cb_* losses, else none)")
+    p.add_argument("--class-weights", type=_class_weight_method, metavar="METHOD",
+                   help="per-class loss weights: none, effective, inverse, median, enet or enet:C (ENet's "
+                        "constant; ESPNet uses enet:1.10); default: effective for cb_* losses, else the recipe's")
     p.add_argument("--beta", type=float, help="class-balanced beta (default: 1 - 1/largest class count)")
     p.add_argument("--count-source", choices=("pixels", "images", "instances"), default="pixels",
                    help="what the class counts count (default pixels)")
