@@ -93,10 +93,12 @@ def test_kept_copies_during_training_and_on_an_exception(tiny_camvid, tmp_path, 
         return real_train(cfg, ztrain.TrainHooks(on_epoch_start=both))
 
     monkeypatch.setattr(ztrain, "train", train_then_stop)
+    logs = []
     with pytest.raises(Stop):
         train_campaign([run], data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a", threads=1,
-                       export_every=1, progress=False, log=lambda m: None)
+                       export_every=1, progress=False, log=logs.append)
     assert read_checkpoint(run.kept / "last.pt")["epoch"] == 2  # exported on the way out
+    assert any("epoch 1/3" in line and "h left for it" in line for line in logs)
 
 
 def test_a_stale_cache_never_overwrites_a_kept_copy_that_is_further_along(tiny_camvid, tmp_path):

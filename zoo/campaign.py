@@ -190,6 +190,8 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
         log(f"[campaign] {run.model}: recipe {run.recipe.name}, epoch {state['epoch']}/{run.recipe.epochs}")
         t0 = time.time()
 
+        clock = {"epoch": None, "t": time.time()}
+
         def on_epoch_start(model, epoch, epochs, run=run):
             # A kept copy every `export_every` epochs (the cache's last.pt then holds exactly
             # `epoch` finished epochs). A failed copy must not stop the training.
@@ -198,6 +200,13 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
                     export(run)
                 except Exception as exc:  # noqa: BLE001 - logged, retried at the next export
                     log(f"[campaign] {run.model}: keeping a copy in {run.kept} failed ({exc}); training goes on")
+                # ETA from the epochs run in this process (validation included)
+                if clock["epoch"] is not None and epoch > clock["epoch"]:
+                    per_epoch = (time.time() - clock["t"]) / (epoch - clock["epoch"])
+                    log(f"[campaign] {run.model}: epoch {epoch}/{epochs}, {per_epoch / 60:.2f} min per epoch here, "
+                        f"~{(epochs - epoch) * per_epoch / 3600:.1f} h left for it")
+            if clock["epoch"] is None:
+                clock.update(epoch=epoch, t=time.time())
 
         r = run.recipe
         try:
