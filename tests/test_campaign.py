@@ -201,3 +201,33 @@ def test_every_recipe_is_usable_and_every_segmentation_network_has_one():
         entry = get_entry(name)
         if entry.task == "segmentation":
             get_recipe(entry.default_recipe)
+
+
+def test_kept_weights_are_found_when_no_checkpoint_is_given(tmp_path, monkeypatch):
+    """zoo.api.find_fp32_checkpoint (bench.run, quant.qat, zoo.load without --weights): the cache's
+    family-recipe run, then trained/ (family recipe, then the best-scoring other recipe), then
+    the cache's quick run."""
+    from zoo.api import find_fp32_checkpoint
+    from zoo.checkpoints import checkpoint_dir
+
+    def put(path, miou):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        path.with_suffix(".json").write_text(json.dumps({"metrics": {"miou": miou}}))
+        return path
+
+    art, kept = tmp_path / "art", tmp_path / "trained"
+    monkeypatch.setenv("EDGEZOO_TRAINED", str(kept))
+    assert find_fp32_checkpoint("espnet", "camvid", art) is None
+    quick = put(checkpoint_dir("espnet_p2q8", "camvid", "quick", art) / "best.pt", 0.1)
+    assert find_fp32_checkpoint("espnet", "camvid", art) == quick
+    put(kept / "espnet_p2q8/camvid/other/best.pt", 0.3)
+    best_other = put(kept / "espnet_p2q8/camvid/espnet_cw/best.pt", 0.5)
+    assert find_fp32_checkpoint("espnet", "camvid", art) == best_other
+    family_kept = put(kept / "espnet_p2q8/camvid/espnet/best.pt", 0.4)
+    assert find_fp32_checkpoint("espnet", "camvid", art) == family_kept
+    cached = put(checkpoint_dir("espnet_p2q8", "camvid", "espnet", art) / "best.pt", 0.2)
+    assert find_fp32_checkpoint("espnet", "camvid", art) == cached
+    monkeypatch.setenv("EDGEZOO_TRAINED", "")  # disabled
+    cached.unlink()
+    assert find_fp32_checkpoint("espnet", "camvid", art) == quick

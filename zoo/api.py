@@ -6,20 +6,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.checkpoints import CheckpointError, LoadedWeights, checkpoint_dir, load_weights
+from zoo.checkpoints import CheckpointError, LoadedWeights, checkpoint_dir, load_weights, trained_dir
 from zoo.registry import get_entry
 
 VARIANTS = ("fp32", "qat", "static", "dynamic")
 
 
 def find_fp32_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None) -> Path | None:
-    """The best cached FP32 checkpoint for (model, dataset): the family recipe first, then `quick`."""
+    """The FP32 checkpoint to use for (model, dataset) when none is given, in this order: the
+    artifact cache's run of the family recipe; the repository's kept weights (`trained/`, see
+    `zoo.checkpoints.trained_dir`) of that recipe, then of any other recipe (the highest recorded
+    validation mIoU / mAP first); the cache's `quick` run."""
+    import json
+
     entry = get_entry(model)
-    for recipe in (entry.default_recipe, "quick"):
-        path = checkpoint_dir(entry.name, dataset, recipe, artifacts) / "best.pt"
-        if path.is_file():
-            return path
-    return None
+    path = checkpoint_dir(entry.name, dataset, entry.default_recipe, artifacts) / "best.pt"
+    if path.is_file():
+        return path
+    kept_root = trained_dir()
+    if kept_root is not None:
+        folder = kept_root / entry.name / dataset
+        if (folder / entry.default_recipe / "best.pt").is_file():
+            return folder / entry.default_recipe / "best.pt"
+
+        def score(best: Path) -> float:
+            try:
+                metrics = json.loads(best.with_suffix(".json").read_text()).get("metrics") or {}
+            except (OSError, ValueError):
+                return -1.0
+            value = metrics.get("miou", metrics.get("map"))
+            return -1.0 if value is None else float(value)
+
+        others = sorted(folder.glob("*/best.pt"), key=lambda p: (-score(p), p.parent.name))
+        if others:
+            return others[0]
+    path = checkpoint_dir(entry.name, dataset, "quick", artifacts) / "best.pt"
+    return path if path.is_file() else None
 
 
 def load_fp32(
@@ -50,6 +72,10 @@ def load_fp32(
                              preprocess=None, sha256="", path=Path("random"))
     if weights is None:
         path = find_fp32_checkpoint(entry.name, dataset, artifacts)
+        kept_root = trained_dir()
+        if path is not None and kept_root is not None and kept_root in path.parents:
+            print(f"[edgezoo] {entry.name} on {dataset}: using the zoo's trained weights {path} "
+                  "(pass --weights to use others)", file=sys.stderr, flush=True)
         if path is None:
             if not train_if_missing:
                 raise CheckpointError(

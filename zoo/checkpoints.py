@@ -25,6 +25,7 @@ from zoo.io import atomic_path, sha256_file, write_json
 from zoo.registry import ModelEntry, OfficialWeights
 
 ARTIFACTS_ENV = "EDGEZOO_ARTIFACTS"
+TRAINED_ENV = "EDGEZOO_TRAINED"
 
 
 class CheckpointError(Exception):
@@ -33,6 +34,17 @@ class CheckpointError(Exception):
 
 def artifacts_dir(override: str | Path | None = None) -> Path:
     return Path(override or os.environ.get(ARTIFACTS_ENV) or "artifacts")
+
+
+def trained_dir() -> Path | None:
+    """The repository's kept weights (`trained/<model>/<dataset>/<recipe>/best.pt`, committed; see
+    `zoo.campaign`): `$EDGEZOO_TRAINED` when set (empty: none), else `trained/` of the checkout
+    this package runs from (absent from an installed wheel)."""
+    env = os.environ.get(TRAINED_ENV)
+    if env is not None:
+        return Path(env) if env else None
+    path = Path(__file__).resolve().parents[1] / "trained"
+    return path if path.is_dir() else None
 
 
 def checkpoint_dir(model: str, dataset: str, recipe: str, artifacts: str | Path | None = None) -> Path:
