@@ -36,8 +36,11 @@ def qat_reduced(tiny_camvid, tmp_path_factory):
     Runtime 1.32 on an AVX512-VNNI Xeon agreed less with the fake-quantized graph: 0.979 on
     confident pixels, 16.3 dB (reduced: 0.997, 17.2 dB). Open in NOTES.md (session 12)."""
     artifacts = tmp_path_factory.mktemp("qat_reduced")
+    # NCHW training: the floors were calibrated on this exact tiny model, and the all-pixel
+    # agreement counts near-tie pixels, whose number moves with float rounding (the channels-last
+    # model of the same recipe gave 0.928; the confident-pixel floor is the sharp test).
     train(TrainConfig(model="ddrnet", data="camvid", data_root=tiny_camvid, recipe="quick", epochs=2,
-                      eval_every=1, artifacts=artifacts, **TINY))
+                      eval_every=1, artifacts=artifacts, channels_last=False, **TINY))
     return qat_finetune(QATConfig(model="ddrnet", data="camvid", data_root=tiny_camvid, epochs=2, eval_every=1,
                                   freeze_bn_epoch=0, freeze_observer_epoch=1, artifacts=artifacts,
                                   weight_range="reduced", **TINY))
