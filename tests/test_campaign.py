@@ -231,3 +231,18 @@ def test_kept_weights_are_found_when_no_checkpoint_is_given(tmp_path, monkeypatc
     monkeypatch.setenv("EDGEZOO_TRAINED", "")  # disabled
     cached.unlink()
     assert find_fp32_checkpoint("espnet", "camvid", art) == quick
+
+
+def test_zoo_list_names_the_kept_weights_and_their_progress(tmp_path, monkeypatch):
+    from zoo.list import trained_summary
+
+    folder = tmp_path / "espnet_p2q8" / "camvid" / "espnet_cw"
+    folder.mkdir(parents=True)
+    (folder / "best.json").write_text(json.dumps({"epoch": 30, "metrics": {"miou": 0.4567},
+                                                  "recipe": {"epochs": 180}}))
+    (folder / "last.json").write_text(json.dumps({"epoch": 42, "recipe": {"epochs": 180}}))
+    monkeypatch.setenv("EDGEZOO_TRAINED", str(tmp_path))
+    assert trained_summary("espnet_p2q8") == "camvid/espnet_cw: mIoU 45.67 (epoch 30 of 180; training at 42/180)"
+    assert trained_summary("pidnet_s") == "-"
+    monkeypatch.setenv("EDGEZOO_TRAINED", "")
+    assert trained_summary("espnet_p2q8") == "-"

@@ -35,8 +35,39 @@ def zoo_table(num_classes: int = 19) -> list[dict]:
             "published accuracy": _published_accuracy(pub),
             "known deviation": "; ".join(d for d in (pub.params_deviation, pub.gmacs_deviation) if d) or "-",
             "source": pub.source,
+            "trained weights (val)": trained_summary(name),
         })
     return rows
+
+
+def trained_summary(model: str) -> str:
+    """The repository's kept weights of `model` (trained/<model>/<dataset>/<recipe>/): per
+    dataset and recipe, the selected epoch's val score, and the training's progress when it is
+    not finished, e.g. "camvid/ddrnet: mIoU 66.63 (epoch 190 of 220)"."""
+    import json
+
+    from zoo.checkpoints import trained_dir
+
+    root = trained_dir()
+    if root is None or not (root / model).is_dir():
+        return "-"
+    parts = []
+    for best in sorted((root / model).glob("*/*/best.json")):
+        try:
+            info = json.loads(best.read_text())
+            last = json.loads(best.with_name("last.json").read_text()) if best.with_name("last.json").is_file() else {}
+        except ValueError:
+            continue
+        metrics = info.get("metrics") or {}
+        score = (f"mIoU {100 * metrics['miou']:.2f}" if metrics.get("miou") is not None
+                 else f"mAP50-95 {100 * metrics['map']:.2f}" if metrics.get("map") is not None else "no score")
+        planned = (last.get("recipe") or info.get("recipe") or {}).get("epochs")
+        done = last.get("epoch", info.get("epoch"))
+        progress = f"epoch {info.get('epoch')}" + (f" of {planned}" if planned else "")
+        if planned and done is not None and done < planned:
+            progress += f"; training at {done}/{planned}"
+        parts.append(f"{best.parent.parent.name}/{best.parent.name}: {score} ({progress})")
+    return "; ".join(parts) or "-"
 
 
 def _published_accuracy(pub) -> str:
