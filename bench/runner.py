@@ -804,8 +804,9 @@ def _meta_summary(meta: dict, path: str | Path | None = None) -> dict:
     if isinstance(meta.get("recipe"), dict):
         out["recipe"] = meta["recipe"].get("name")
         out["recipe_epochs"] = meta["recipe"].get("epochs")
-    if meta.get("train_seconds") is not None:  # best.pt: training time up to the selected epoch
-        out["train_seconds"] = meta["train_seconds"]
+    for key in ("train_seconds", "train_active_seconds"):  # best.pt: training time up to the selected epoch
+        if meta.get(key) is not None:
+            out[key] = meta[key]
     if path is not None and (split := selected_on_split(path, meta)):
         out["selected_on_split"] = split
     if isinstance(meta.get("metrics"), dict):

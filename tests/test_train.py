@@ -155,3 +155,12 @@ def test_class_balanced_loss_records_its_weights(tiny_camvid, tmp_path):
     assert weighting["method"] == "effective" and len(weighting["weights"]) == 11
     assert sum(weighting["weights"]) == pytest.approx(11, rel=1e-4)
     assert meta["recipe"]["loss"] == "cb_ce"
+
+
+def test_active_seconds_leaves_out_paused_time():
+    from zoo.train import active_seconds
+
+    # epochs of 60 s, one validation epoch of 80 s, one epoch that stood paused for an hour
+    elapsed = [60, 120, 200, 260, 260 + 3660, 3980]
+    assert active_seconds(elapsed) == 60 + 60 + 80 + 60 + 180 + 60
+    assert active_seconds([]) is None

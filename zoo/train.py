@@ -277,7 +277,8 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
             inference_state = _contiguous_state(model)
             save_checkpoint(best_path, {"model": inference_state, "meta": {
                 **meta_base, "epoch": epoch, "metrics": scores.as_dict(),
-                "split": cfg.val_split, "train_seconds": elapsed_s}})
+                "split": cfg.val_split, "train_seconds": elapsed_s,
+                "train_active_seconds": active_seconds([*(h["elapsed_s"] for h in history), elapsed_s])}})
         return scores
 
     t_start, last_save = time.time(), time.time()
@@ -353,6 +354,21 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     finish_run(out_dir, history, is_main=is_main, distributed=distributed)
     return {"best": best_path, "last": last_path, "best_miou": best_miou, "history": history,
             "seconds": prior_s + time.time() - t_start}
+
+
+def active_seconds(elapsed: list[float]) -> float | None:
+    """Training time without the time the run stood still (SIGSTOP, a suspended machine): the sum
+    of the per-epoch durations (from cumulative `elapsed_s` values), each capped at 3x their
+    median. A validation epoch (~1.3x) keeps its time; a paused one counts as 3 median epochs at
+    most."""
+    import statistics
+
+    values = [float(e) for e in elapsed if e is not None]
+    durations = [b - a for a, b in zip([0.0, *values], values)]
+    if not durations:
+        return None
+    cap = 3 * statistics.median(durations)
+    return float(sum(min(d, cap) for d in durations))
 
 
 def _use_channels_last(cfg: TrainConfig, hooks: TrainHooks, device: torch.device) -> bool:
