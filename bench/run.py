@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synthetic", help="dataset card (default: synthetic, generated locally)")
     p.add_argument("--data-root", help="dataset folder (default: the card's)")
     p.add_argument("--split", default="val")
-    p.add_argument("--weights", help="checkpoint path, or 'random' for seeded untrained weights (speed and size only)")
+    p.add_argument("--weights", help="checkpoint path, or 'random' for seeded untrained weights (speed and size only); "
+                   "default: the best-scoring cached or trained/ FP32 weights, else a quick model trained first")
     p.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
     p.add_argument("--input-size", nargs="+", metavar="HxW",
                    help="one or more sizes as 'H W' pairs or HxW (default: the dataset card's; detection: "

@@ -53,7 +53,7 @@ class QATConfig:
     model: str
     data: str = "synthetic"
     data_root: str | Path | None = None
-    weights: str | Path | None = None      # FP32 parent; default: the cached FP32 checkpoint
+    weights: str | Path | None = None      # FP32 parent; default: zoo.api.find_fp32_checkpoint (cache or trained/)
     epochs: int | None = None              # default: a tenth of the parent recipe's (at least 2)
     lr: float | None = None                # default: a tenth of the parent recipe's
     batch_size: int | None = None
@@ -367,20 +367,25 @@ def find_qat_checkpoint(model: str, dataset: str, artifacts: str | Path | None =
 
     entry = get_entry(model)
     recipes = (entry.default_recipe, "quick")
+    folder = checkpoint_dir(entry.name, dataset, "x", artifacts).parent
     if parent_sha256:
         names = [qat_run_name(r, parent_sha256) for r in recipes] + [qat_run_name(r) for r in recipes]
         for name in names:
-            path = checkpoint_dir(entry.name, dataset, name, artifacts) / "best.pt"
+            path = folder / name / "best.pt"
             if path.is_file():
                 return path
-        return None
+        # A parent trained with another recipe (e.g. the campaign's espnet_cw) names its QAT run
+        # after that recipe: the parent's hash is what identifies it.
+        found = sorted(folder.glob(f"qat-*-{parent_sha256[:12]}/best.pt"))
+        return found[0] if found else None
     for recipe in recipes:
-        base = checkpoint_dir(entry.name, dataset, qat_run_name(recipe), artifacts)
+        base = folder / qat_run_name(recipe)
         own = re.compile(re.escape(base.name) + r"(-[0-9a-f]{12})?")
-        found = [p for p in base.parent.glob(f"{base.name}*/best.pt") if own.fullmatch(p.parent.name)]
+        found = [p for p in folder.glob(f"{base.name}*/best.pt") if own.fullmatch(p.parent.name)]
         if found:
             return max(found, key=lambda p: p.stat().st_mtime_ns)
-    return None
+    found = list(folder.glob("qat-*/best.pt"))
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def load_qat(model: str, path: str | Path, *, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -422,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-root")
-    p.add_argument("--weights", help="FP32 parent checkpoint (default: the cached one for --model/--data)")
+    p.add_argument("--weights", help="FP32 parent checkpoint (default: the best-scoring cached or trained/ FP32 "
+                                     "weights for --model/--data)")
     p.add_argument("--epochs", type=int, help="default: a tenth of the FP32 recipe's epochs (at least 2)")
     p.add_argument("--lr", type=float, help="default: a tenth of the FP32 recipe's learning rate")
     p.add_argument("--batch-size", type=int)

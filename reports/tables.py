@@ -467,9 +467,10 @@ def weights_text(rec: dict[str, Any]) -> str:
         text = f"{meta['recipe']}, epoch {meta.get('epoch', '?')}"
         if meta.get("recipe_epochs"):
             text += f" of {meta['recipe_epochs']}"
-        seconds = meta.get("train_active_seconds", meta.get("train_seconds"))
-        if seconds is not None:
-            text += f" ({float(seconds) / 3600:.1f} h)"
+        if meta.get("train_active_seconds") is not None:
+            text += f" ({float(meta['train_active_seconds']) / 3600:.1f} h)"
+        elif meta.get("train_seconds") is not None:  # older checkpoints: wall time, pauses included
+            text += f" ({float(meta['train_seconds']) / 3600:.1f} h wall)"
         return text
     return f"file {str(meta.get('path', '?')).rsplit('/', 1)[-1]}"
 
@@ -528,8 +529,8 @@ def zoo_table(records: list[dict[str, Any]], dataset: str) -> Table:
     foot = footer(used, dataset) + _selection_footer(used)
     foot.append(f"{acc_title.split(' ')[0]} of the torch cell (the reference), else of the first backend with an ok "
                 f"cell" + (f"; the backends of a network differ by at most {max(spread):.2f} points" if spread else ""))
-    foot.append("weights: recipe, selected epoch of the recipe's epochs (hours of training up to it where the "
-                "checkpoint records them: without paused time when it records that, else wall time), or the file an "
+    foot.append("weights: recipe, selected epoch of the recipe's epochs (hours of training up to it without "
+                "paused time; 'wall': the checkpoint only records wall time, pauses included), or the file an "
                 "official release was imported from")
     return Table("table0_fp32_zoo", f"Table 0: the FP32 zoo ({dataset})", header, md, csv_header, cs, foot)
 

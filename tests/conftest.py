@@ -18,7 +18,7 @@ SHARED = REPO.parent / "shared"
 
 # Tests train and cache their own tiny checkpoints: the repository's kept CamVid weights
 # (trained/, found by zoo.api.find_fp32_checkpoint) must not stand in for them, here or in the
-# subprocesses tests start. tests/test_api.py checks the lookup with a trained/ of its own.
+# subprocesses tests start. tests/test_campaign.py checks the lookup with a trained/ of its own.
 os.environ["EDGEZOO_TRAINED"] = ""
 
 

@@ -98,7 +98,7 @@ def test_kept_copies_during_training_and_on_an_exception(tiny_camvid, tmp_path, 
         train_campaign([run], data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a", threads=1,
                        export_every=1, progress=False, log=logs.append)
     assert read_checkpoint(run.kept / "last.pt")["epoch"] == 2  # exported on the way out
-    assert any("epoch 1/3" in line and "h left for it" in line for line in logs)
+    assert any("epoch 2/3" in line and "h left for it" in line for line in logs)  # clock from epoch 1
 
 
 def test_a_stale_cache_never_overwrites_a_kept_copy_that_is_further_along(tiny_camvid, tmp_path):
@@ -204,16 +204,16 @@ def test_every_recipe_is_usable_and_every_segmentation_network_has_one():
 
 
 def test_kept_weights_are_found_when_no_checkpoint_is_given(tmp_path, monkeypatch):
-    """zoo.api.find_fp32_checkpoint (bench.run, quant.qat, zoo.load without --weights): the cache's
-    family-recipe run, then trained/ (family recipe, then the best-scoring other recipe), then
-    the cache's quick run."""
+    """zoo.api.find_fp32_checkpoint (bench.run, quant.qat, zoo.load without --weights): the
+    best-scoring of the cache's family-recipe run and the kept trained/ runs of registered recipes
+    for this model and dataset; else the cache's quick run."""
     from zoo.api import find_fp32_checkpoint
     from zoo.checkpoints import checkpoint_dir
 
-    def put(path, miou):
+    def put(path, miou, **meta):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-        path.with_suffix(".json").write_text(json.dumps({"metrics": {"miou": miou}}))
+        path.with_suffix(".json").write_text(json.dumps({"metrics": {"miou": miou}, **meta}))
         return path
 
     art, kept = tmp_path / "art", tmp_path / "trained"
@@ -221,13 +221,20 @@ def test_kept_weights_are_found_when_no_checkpoint_is_given(tmp_path, monkeypatc
     assert find_fp32_checkpoint("espnet", "camvid", art) is None
     quick = put(checkpoint_dir("espnet_p2q8", "camvid", "quick", art) / "best.pt", 0.1)
     assert find_fp32_checkpoint("espnet", "camvid", art) == quick
-    put(kept / "espnet_p2q8/camvid/other/best.pt", 0.3)
-    best_other = put(kept / "espnet_p2q8/camvid/espnet_cw/best.pt", 0.5)
-    assert find_fp32_checkpoint("espnet", "camvid", art) == best_other
-    family_kept = put(kept / "espnet_p2q8/camvid/espnet/best.pt", 0.4)
+    family_kept = put(kept / "espnet_p2q8/camvid/espnet/best.pt", 0.4, model="espnet_p2q8", dataset="camvid")
     assert find_fp32_checkpoint("espnet", "camvid", art) == family_kept
-    cached = put(checkpoint_dir("espnet_p2q8", "camvid", "espnet", art) / "best.pt", 0.2)
-    assert find_fp32_checkpoint("espnet", "camvid", art) == cached
+    better = put(kept / "espnet_p2q8/camvid/espnet_cw/best.pt", 0.5)
+    assert find_fp32_checkpoint("espnet", "camvid", art) == better
+    # not FP32 weights of this network and dataset: never picked, whatever they score
+    put(kept / "espnet_p2q8/camvid/qat-espnet-0123456789ab/best.pt", 0.9)
+    put(kept / "espnet_p2q8/camvid/ddrnet/best.pt", 0.9, dataset="cityscapes")
+    put(kept / "espnet_p2q8/camvid/quick/best.pt", 0.9, qat={"scheme": "symmetric"})
+    assert find_fp32_checkpoint("espnet", "camvid", art) == better
+    # a cached run of the family recipe counts by its score too (a 2-epoch trial does not win)
+    put(checkpoint_dir("espnet_p2q8", "camvid", "espnet", art) / "best.pt", 0.2)
+    assert find_fp32_checkpoint("espnet", "camvid", art) == better
+    cached = put(checkpoint_dir("espnet_p2q8", "camvid", "espnet", art) / "best.pt", 0.5)
+    assert find_fp32_checkpoint("espnet", "camvid", art) == cached  # the cache first on a tie
     monkeypatch.setenv("EDGEZOO_TRAINED", "")  # disabled
     cached.unlink()
     assert find_fp32_checkpoint("espnet", "camvid", art) == quick

@@ -525,3 +525,16 @@ def test_calibrate_qat_starts_ranges_at_the_mean_of_per_image_ranges():
     obs = fq.activation_post_process
     assert float(obs.max_val) == pytest.approx(2.0) and float(obs.min_val) == pytest.approx(2.0)
     assert obs.averaging_constant == pytest.approx(0.01)  # restored for training
+
+
+def test_qat_checkpoint_of_a_parent_trained_with_another_recipe_is_found(tmp_path):
+    # The campaign trains ESPNet with `espnet_cw`; its QAT run is named after that recipe.
+    from zoo.checkpoints import checkpoint_dir
+
+    sha = "ab12" * 16
+    run = checkpoint_dir("espnet_p2q8", "camvid", f"qat-espnet_cw-{sha[:12]}", tmp_path) / "best.pt"
+    run.parent.mkdir(parents=True)
+    run.write_bytes(b"x")
+    assert find_qat_checkpoint("espnet", "camvid", tmp_path, parent_sha256=sha) == run
+    assert find_qat_checkpoint("espnet", "camvid", tmp_path, parent_sha256="cd34" * 16) is None
+    assert find_qat_checkpoint("espnet", "camvid", tmp_path) == run

@@ -316,7 +316,7 @@ def test_zoo_table_puts_every_backend_of_a_network_in_one_row(tmp_path):
     # size of the ONNX file (ORT cell), FPS per backend, the torch cell's mIoU, weights provenance
     assert cells[2] == "22.76" and cells[3] == "25.0" and cells[5] == "12.5*"
     assert cells[6] == f"{100 * torch_rec['metrics']['miou']:.2f}"
-    assert cells[1] == "ddrnet, epoch 190 of 220 (7.0 h)"
+    assert cells[1] == "ddrnet, epoch 190 of 220 (7.0 h wall)"
     assert "differ by at most 0.40 points" in text
     espnet = [line for line in text.splitlines() if line.startswith("| espnet |")][0]
     assert "not run" in espnet  # no torch cell for it

@@ -13,35 +13,45 @@ VARIANTS = ("fp32", "qat", "static", "dynamic")
 
 
 def find_fp32_checkpoint(model: str, dataset: str, artifacts: str | Path | None = None) -> Path | None:
-    """The FP32 checkpoint to use for (model, dataset) when none is given, in this order: the
-    artifact cache's run of the family recipe; the repository's kept weights (`trained/`, see
-    `zoo.checkpoints.trained_dir`) of that recipe, then of any other recipe (the highest recorded
-    validation mIoU / mAP first); the cache's `quick` run."""
-    import json
+    """The FP32 checkpoint to use for (model, dataset) when none is given: of the artifact cache's
+    run of the family recipe and the repository's kept weights (`trained/<model>/<dataset>/<recipe>/`,
+    see `zoo.checkpoints.trained_dir`; runs of registered recipes made for this model and
+    dataset), the one with the highest recorded validation score (the cache first on a tie);
+    without any, the cache's `quick` run."""
+    from zoo.recipes import RECIPES
 
     entry = get_entry(model)
-    path = checkpoint_dir(entry.name, dataset, entry.default_recipe, artifacts) / "best.pt"
-    if path.is_file():
-        return path
+    candidates = [checkpoint_dir(entry.name, dataset, entry.default_recipe, artifacts) / "best.pt"]
     kept_root = trained_dir()
     if kept_root is not None:
-        folder = kept_root / entry.name / dataset
-        if (folder / entry.default_recipe / "best.pt").is_file():
-            return folder / entry.default_recipe / "best.pt"
-
-        def score(best: Path) -> float:
-            try:
-                metrics = json.loads(best.with_suffix(".json").read_text()).get("metrics") or {}
-            except (OSError, ValueError):
-                return -1.0
-            value = metrics.get("miou", metrics.get("map"))
-            return -1.0 if value is None else float(value)
-
-        others = sorted(folder.glob("*/best.pt"), key=lambda p: (-score(p), p.parent.name))
-        if others:
-            return others[0]
+        candidates += sorted((kept_root / entry.name / dataset).glob("*/best.pt"))
+    scored = []
+    for order, path in enumerate(candidates):
+        info = _best_info(path)
+        if info is None or path.parent.name not in RECIPES:
+            continue  # a QAT, ablation or moved-aside run is not the network's FP32 weights
+        if info.get("model") not in (None, entry.name) or info.get("dataset") not in (None, dataset) \
+                or "qat" in info:
+            continue
+        metrics = info.get("metrics") or {}
+        score = metrics.get("miou", metrics.get("map"))
+        scored.append((-(float(score) if score is not None else -1.0), order, path))
+    if scored:
+        return min(scored)[2]
     path = checkpoint_dir(entry.name, dataset, "quick", artifacts) / "best.pt"
     return path if path.is_file() else None
+
+
+def _best_info(path: Path) -> dict[str, Any] | None:
+    """The sidecar metadata of an existing best.pt ({} when it has none), else None."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def load_fp32(
@@ -59,7 +69,8 @@ def load_fp32(
     """Load FP32 weights for `model` trained on `dataset`.
 
     `weights` may be a checkpoint path, "random" (untrained, for speed and size only), or None:
-    the cached checkpoint, trained with the quick recipe first if missing and `train_if_missing`
+    `find_fp32_checkpoint`'s choice (cache or the repository's trained/), else one trained with
+    the quick recipe first if `train_if_missing`
     (for `train_epochs` epochs when given, else the recipe's).
     """
     from zoo.data import load_card
@@ -72,10 +83,9 @@ def load_fp32(
                              preprocess=None, sha256="", path=Path("random"))
     if weights is None:
         path = find_fp32_checkpoint(entry.name, dataset, artifacts)
-        kept_root = trained_dir()
-        if path is not None and kept_root is not None and kept_root in path.parents:
-            print(f"[edgezoo] {entry.name} on {dataset}: using the zoo's trained weights {path} "
-                  "(pass --weights to use others)", file=sys.stderr, flush=True)
+        if path is not None:
+            print(f"[edgezoo] {entry.name} on {dataset}: FP32 weights {path} (pass --weights to use others)",
+                  file=sys.stderr, flush=True)
         if path is None:
             if not train_if_missing:
                 raise CheckpointError(

@@ -190,7 +190,7 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
         log(f"[campaign] {run.model}: recipe {run.recipe.name}, epoch {state['epoch']}/{run.recipe.epochs}")
         t0 = time.time()
 
-        clock = {"epoch": None, "t": time.time()}
+        clock: dict[str, Any] = {"epoch": None, "t": 0.0, "calls": 0}
 
         def on_epoch_start(model, epoch, epochs, run=run):
             # A kept copy every `export_every` epochs (the cache's last.pt then holds exactly
@@ -205,7 +205,9 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
                     per_epoch = (time.time() - clock["t"]) / (epoch - clock["epoch"])
                     log(f"[campaign] {run.model}: epoch {epoch}/{epochs}, {per_epoch / 60:.2f} min per epoch here, "
                         f"~{(epochs - epoch) * per_epoch / 3600:.1f} h left for it")
-            if clock["epoch"] is None:
+            # The clock starts at the second epoch this process begins: the first may resume mid-epoch.
+            clock["calls"] += 1
+            if clock["calls"] == 2:
                 clock.update(epoch=epoch, t=time.time())
 
         r = run.recipe

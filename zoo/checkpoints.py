@@ -158,9 +158,17 @@ def _infer_num_classes(entry: ModelEntry, path: Path, ckpt: dict[str, Any], defa
 def load_weights(entry: ModelEntry, path: str | Path, *, num_classes: int, **build_kwargs: Any) -> LoadedWeights:
     """Build `entry` with the class count the checkpoint was trained for and load it strictly."""
     path = Path(path)
-    ckpt = entry.checkpoint_reader(path) if entry.checkpoint_reader else None
-    if ckpt is None:
-        ckpt = read_checkpoint(path)
+    # The recorded sha256 must be that of the bytes loaded: kept weights (trained/) can be
+    # replaced (atomically) by a running zoo.campaign while another process reads them.
+    for _ in range(3):
+        digest = sha256_file(path) if path.is_file() else None
+        ckpt = entry.checkpoint_reader(path) if entry.checkpoint_reader else None
+        if ckpt is None:
+            ckpt = read_checkpoint(path)
+        if digest == sha256_file(path):
+            break
+    else:
+        raise CheckpointError(f"checkpoint {path} kept changing while it was read; retry when its writer is done")
     n = _infer_num_classes(entry, path, ckpt, num_classes)
     meta = dict(ckpt.get("meta", {}))
     if meta.get("model") and meta["model"] != entry.name:
@@ -188,7 +196,7 @@ def load_weights(entry: ModelEntry, path: str | Path, *, num_classes: int, **bui
     load_state(model, state, source=str(path))
     official = official_weights_for(entry, path)
     preprocess = meta.get("preprocess") or (official.preprocess if official else None)
-    return LoadedWeights(model=model, num_classes=n, meta=meta, preprocess=preprocess, sha256=sha256_file(path), path=path)
+    return LoadedWeights(model=model, num_classes=n, meta=meta, preprocess=preprocess, sha256=digest, path=path)
 
 
 def portable_copy(src: str | Path, dst: str | Path) -> str:

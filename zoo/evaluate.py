@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-root")
     p.add_argument("--split", default="val")
-    p.add_argument("--weights", help="checkpoint path (default: the cached FP32 checkpoint for model+data)")
+    p.add_argument("--weights", help="checkpoint path (default: the best-scoring cached or trained/ FP32 weights "
+                                     "for model+data)")
     p.add_argument("--artifacts", help="artifact cache folder (default ./artifacts or $EDGEZOO_ARTIFACTS)")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
