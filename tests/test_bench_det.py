@@ -154,12 +154,19 @@ def test_detection_sweep_failure_reuse_and_report(det_data, det_weights, tmp_pat
 def test_static_int8_keeps_decode_float_and_torch_int8_and_qat_cells_run(det_data, det_weights, tmp_path):
     import onnx
 
+    from quant.qat import QATConfig, qat_finetune
+
     artifacts = tmp_path / "artifacts"
+    # The QAT checkpoint is made here at the cells' 128x128 (bench.run would fine-tune at the
+    # recipe's 640: ~4x this test's time); the sweep must find and reuse it by its parent's hash.
+    qat_finetune(QATConfig(model="yolov5n", data="coco", data_root=str(det_data), weights=str(det_weights), epochs=1,
+                           crop=(128, 128), calib_images=16, artifacts=artifacts, threads=1, progress=False))
     res = _bench(["--model", "yolov5n", "--data", "coco", "--data-root", str(det_data), "--weights", str(det_weights),
                   "--input-size", "128x128", "--quant", "static", "qat", "--backend", "torch", "onnxruntime",
                   "--calib-images", "16", "--max-images", "2", "--qat-epochs", "1", *FAST],
                  tmp_path, artifacts)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "fine-tuning" not in res.stderr, res.stderr[-3000:]
     recs = {(r["variant"], r["backend"]): r for r in _records(tmp_path)}
     # --calib-method unset: each backend's calibrator gets the method measured best for detection.
     assert recs[("static", "torch")]["calib_method"] == "entropy" and "fx-entropy" in recs[("static", "torch")]["quant_config"]
