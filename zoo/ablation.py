@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zoo.errors import UsageError
+from zoo.io import read_json_dict
 
 # Defaults sized for 2 CPU cores: see "Budget" in the module docstring.
 DEFAULT_EPOCHS = 40
@@ -249,23 +250,15 @@ def plan(cfg: AblationConfig) -> list[RunSpec]:
 RESULT_FILE = "ablation_run.json"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def run_result(run: RunSpec) -> dict[str, Any] | None:
     """The run's record: the one in its checkpoint folder, else the copy kept next to the report.
 
     A 40-epoch CamVid run takes ~20 min on 2 CPU cores and the artifact cache does not survive a
     change of machine; the copy under ``<out>/runs/`` (a few kB, meant to be committed with the
     report) keeps a finished run finished, so the ablation goes on across machines."""
-    rec = _read_json(run.run_dir / RESULT_FILE)
+    rec = read_json_dict(run.run_dir / RESULT_FILE)
     if rec is None and run.kept is not None:
-        rec = _read_json(run.kept)
+        rec = read_json_dict(run.kept)
     return rec
 
 
@@ -274,7 +267,7 @@ def run_state(run: RunSpec, epochs: int) -> tuple[str, int]:
     rec = run_result(run)
     if rec and rec.get("fingerprint") == run.fingerprint and rec.get("status") == "ok":
         return "done", epochs
-    last = _read_json(run.run_dir / "last.json")
+    last = read_json_dict(run.run_dir / "last.json")
     done = int(last.get("epoch", 0)) if last else 0
     if rec and rec.get("status") == "failed":
         return "failed", done
@@ -355,7 +348,7 @@ def _active_seconds(run: RunSpec, rec: dict[str, Any], epochs: int) -> float | N
 
 def _record_from_checkpoint(cfg: AblationConfig, run: RunSpec) -> dict[str, Any]:
     """The run's result from best.json (the final epoch's metrics: validation only ran then)."""
-    meta = _read_json(run.run_dir / "best.json")
+    meta = read_json_dict(run.run_dir / "best.json")
     if not meta or "metrics" not in meta:
         raise RuntimeError(f"{run.run_dir / 'best.json'} holds no metrics")
     if int(meta.get("epoch", -1)) != cfg.epochs:

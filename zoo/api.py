@@ -44,14 +44,9 @@ def find_fp32_checkpoint(model: str, dataset: str, artifacts: str | Path | None 
 
 def _best_info(path: Path) -> dict[str, Any] | None:
     """The sidecar metadata of an existing best.pt ({} when it has none), else None."""
-    import json
+    from zoo.io import read_json_dict
 
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return (read_json_dict(path.with_suffix(".json")) or {}) if path.is_file() else None
 
 
 def load_fp32(

@@ -30,7 +30,6 @@ with a note, never resumed under the new one (that would be a warm restart of th
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.checkpoints import checkpoint_dir, portable_copy
-from zoo.io import atomic_path
+from zoo.io import atomic_path, read_json_dict
 from zoo.recipes import Recipe, get_recipe
 from zoo.registry import get_entry
 
@@ -67,7 +66,7 @@ class Run:
     def state(self) -> dict[str, Any]:
         """Progress as recorded by the cached and kept `last.json` (the newer one counts) and the
         better of their `best.json`."""
-        cache, kept = _read_json(self.cache / "last.json"), _read_json(self.kept / "last.json")
+        cache, kept = read_json_dict(self.cache / "last.json"), read_json_dict(self.kept / "last.json")
         newest = max((i for i in (cache, kept) if i), key=_progress, default=None)
         epoch = int(newest.get("epoch", 0)) if newest else 0
         started_with = ((newest or {}).get("recipe") or {}).get("epochs")
@@ -77,19 +76,12 @@ class Run:
         mismatch = None
         if newest is not None and started_with != self.recipe.epochs:
             mismatch = started_with if started_with is not None else "unknown"
-        bests = [b for b in (_read_json(self.cache / "best.json"), _read_json(self.kept / "best.json")) if b]
+        bests = [b for b in (read_json_dict(self.cache / "best.json"), read_json_dict(self.kept / "best.json")) if b]
         best = max(bests, key=_best_miou, default={})
         return {"epoch": epoch, "done": mismatch is None and epoch >= self.recipe.epochs,
                 "best_miou": (best.get("metrics") or {}).get("miou"), "best_epoch": best.get("epoch"),
                 "schedule_mismatch": mismatch,
                 "cache_ahead": _progress(cache) > _progress(kept), "kept_ahead": _progress(kept) > _progress(cache)}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _progress(info: dict[str, Any] | None) -> tuple[int, int]:
@@ -126,7 +118,7 @@ def export(run: Run) -> list[Path]:
     atomically, never replacing a kept state that is further along or kept weights that score
     higher (a stale cache must not overwrite the work of another machine)."""
     written = []
-    cache_best, kept_best = _read_json(run.cache / "best.json"), _read_json(run.kept / "best.json")
+    cache_best, kept_best = read_json_dict(run.cache / "best.json"), read_json_dict(run.kept / "best.json")
     if (run.cache / "best.pt").is_file() and cache_best and _best_miou(cache_best) >= _best_miou(kept_best):
         # The weights first, then their sidecar: a kill in between leaves a kept pair whose
         # json describes weights at most as new as the file.
@@ -134,7 +126,7 @@ def export(run: Run) -> list[Path]:
             with atomic_path(run.kept / name) as tmp:
                 shutil.copyfile(run.cache / name, tmp)
             written.append(run.kept / name)
-    cache_last, kept_last = _read_json(run.cache / "last.json"), _read_json(run.kept / "last.json")
+    cache_last, kept_last = read_json_dict(run.cache / "last.json"), read_json_dict(run.kept / "last.json")
     if (run.cache / "last.pt").is_file() and _progress(cache_last) > _progress(kept_last):
         portable_copy(run.cache / "last.pt", run.kept / "last.pt")
         written.append(run.kept / "last.pt")

@@ -71,6 +71,16 @@ def write_bytes(target: str | Path, data: bytes, *, _fault_half: bool = False) -
             fh.write(data)
 
 
+def read_json_dict(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when the file is missing, unreadable or not an object
+    (sidecars and run records that may not exist yet)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def write_json(target: str | Path, data: Any, **kw: Any) -> None:
     write_bytes(target, (json.dumps(data, indent=1, default=str) + "\n").encode(), **kw)
 
