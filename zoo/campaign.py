@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -182,9 +183,10 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
         log(f"[campaign] {run.model}: recipe {run.recipe.name}, epoch {state['epoch']}/{run.recipe.epochs}")
         t0 = time.time()
 
-        clock: dict[str, Any] = {"epoch": None, "t": 0.0, "calls": 0}
+        starts: list[float] = []  # when each epoch of this process began
 
         def on_epoch_start(model, epoch, epochs, run=run):
+            starts.append(time.time())
             # A kept copy every `export_every` epochs (the cache's last.pt then holds exactly
             # `epoch` finished epochs). A failed copy must not stop the training.
             if export_every and epoch and epoch % export_every == 0:
@@ -192,15 +194,13 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
                     export(run)
                 except Exception as exc:  # noqa: BLE001 - logged, retried at the next export
                     log(f"[campaign] {run.model}: keeping a copy in {run.kept} failed ({exc}); training goes on")
-                # ETA from the epochs run in this process (validation included)
-                if clock["epoch"] is not None and epoch > clock["epoch"]:
-                    per_epoch = (time.time() - clock["t"]) / (epoch - clock["epoch"])
+                # ETA from the median epoch of this process (the first may have resumed mid-epoch;
+                # the median leaves out epochs that stood paused, validation epochs barely count)
+                durations = [b - a for a, b in zip(starts[1:], starts[2:])]
+                if durations:
+                    per_epoch = statistics.median(durations)
                     log(f"[campaign] {run.model}: epoch {epoch}/{epochs}, {per_epoch / 60:.2f} min per epoch here, "
                         f"~{(epochs - epoch) * per_epoch / 3600:.1f} h left for it")
-            # The clock starts at the second epoch this process begins: the first may resume mid-epoch.
-            clock["calls"] += 1
-            if clock["calls"] == 2:
-                clock.update(epoch=epoch, t=time.time())
 
         r = run.recipe
         try:
