@@ -32,7 +32,9 @@ def bench_artifacts(tmp_path_factory):
 
 
 def _bench(args, tmp_path, timeout=600, artifacts=None, env=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEZOO_ARTIFACTS": str(artifacts or tmp_path / "artifacts"),
+    # REPO first, the caller's PYTHONPATH kept (a machine may bring packages on it)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "EDGEZOO_ARTIFACTS": str(artifacts or tmp_path / "artifacts"),
            **(env or {})}
     return subprocess.run([sys.executable, "-m", "bench.run", *args, "--out", str(tmp_path / "results")],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
@@ -45,7 +47,8 @@ def _records(tmp_path):
 def test_random_weights_all_backends(tiny_camvid, tmp_path, bench_artifacts):
     res = _bench(["--model", "ddrnet", "--weights", "random", "--data", "camvid", "--data-root", str(tiny_camvid),
                   "--threads", "1", *FAST], tmp_path, artifacts=bench_artifacts)
-    assert res.returncode == 0, res.stderr[-3000:]
+    failed = {r["backend"]: r["error"] for r in _records(tmp_path) if r["status"] == "failed"}
+    assert res.returncode == 0, (failed, res.stderr[-2000:])
     recs = {r["backend"]: r for r in _records(tmp_path)}
     assert set(recs) == {"torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "openvino",
                          "tensorrt"}
@@ -56,15 +59,22 @@ def test_random_weights_all_backends(tiny_camvid, tmp_path, bench_artifacts):
         for b in gpu_backends:
             assert recs[b]["status"] == "skipped" and recs[b]["error"], b
         assert recs["tensorrt"]["error"].startswith(("tensorrt not installed", "no CUDA GPU"))
+    else:  # a GPU machine: PyTorch CUDA must run, record the GPU and agree with the CPU reference
+        r = recs["torch-cuda"]
+        assert r["status"] == "ok", r["error"]
+        assert r["device"] == "cuda" and r["env"]["gpu"], r["env"].get("gpu")
+        assert r["gpu_memory"]["max_allocated_mb"] > 0  # agreement with the CPU reference: the loop below
+        assert r["runtime"]["tf32"] is False  # FP32 means FP32: cuDNN's TF32 default is switched off
     from bench.backends import get_backend
 
     cpu_backends = ["torch", "onnxruntime"] + (["openvino"] if get_backend("openvino").available()[0] else [])
-    for name in cpu_backends:
+    for name in cpu_backends + (["torch-cuda"] if torch.cuda.is_available() else []):
         r = recs[name]
         assert r["status"] == "ok", r["error"]
         for key in REQUIRED:
             assert key in r, key
-        assert r["schema"] == 2 and r["precision"] == "fp32" and r["device"] == "cpu" and r["batch"] == 1
+        device = "cuda" if name == "torch-cuda" else "cpu"
+        assert r["schema"] == 2 and r["precision"] == "fp32" and r["device"] == device and r["batch"] == 1
         for lat in ("latency_ms", "e2e_latency_ms"):
             assert all(isinstance(r[lat][k], (int, float)) for k in STATS), lat
             assert r[lat]["p90"] >= r[lat]["median"] >= r[lat]["min"] > 0 and r[lat]["n"] >= 3

@@ -159,4 +159,14 @@ class TorchCudaBackend(TorchBackend):
         ok, reason = self.available()
         if not ok:
             raise BackendUnavailable(reason)
+        import torch
+
+        # cuDNN runs FP32 convolutions in TF32 by default on Ampere and newer GPUs (10-bit mantissa):
+        # a cell labelled fp32 must compute in FP32, so TF32 is switched off for convolutions and matmuls.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
         super().load(artifact, threads=threads, options=options)
+
+    def info(self) -> dict:
+        torch = self._torch
+        return {**super().info(), "tf32": bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)}
