@@ -33,9 +33,9 @@ def test_campaign_trains_in_turn_keeps_copies_and_skips_finished_runs(tiny_camvi
     train_campaign(runs, data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a", threads=1,
                    progress=False, log=logs.append)
     for run in runs:
-        assert {p.name for p in run.kept.iterdir()} >= {"best.pt", "best.json", "last.pt", "last.json"}
-        kept_last = read_checkpoint(run.kept / "last.pt")
-        assert "optimizer" not in kept_last and kept_last["epoch"] == 1
+        # finished: the weights that count and the record of the finished schedule, no final-epoch copy
+        assert {p.name for p in run.kept.iterdir()} == {"best.pt", "best.json", "last.json"}
+        assert json.loads((run.kept / "last.json").read_text())["epoch"] == 1
         assert run.state()["done"]
     # A second call trains nothing.
     logs.clear()
@@ -60,7 +60,7 @@ def test_a_new_machine_continues_from_the_kept_copy(tiny_camvid, tmp_path):
     out = train_campaign(runs_b, data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "b", threads=1,
                          progress=False, log=logs.append)
     assert any("continuing from the kept copy" in line for line in logs)
-    assert out[0]["epoch"] == 2 and read_checkpoint(keep / "espnet_p2q8/camvid/espnet/last.pt")["epoch"] == 2
+    assert out[0]["epoch"] == 2 and json.loads((keep / "espnet_p2q8/camvid/espnet/last.json").read_text())["epoch"] == 2
     history = json.loads(read_checkpoint(runs_b[0].cache / "last.pt")["history"])
     assert [h["epoch"] for h in history] == [1, 2]
 
@@ -115,7 +115,7 @@ def test_a_stale_cache_never_overwrites_a_kept_copy_that_is_further_along(tiny_c
         train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "b",
                           threads=1, workers=0, progress=False, **two), TrainHooks(on_epoch_start=stop))
     stale = plan(["espnet"], "camvid", artifacts=tmp_path / "b", keep=keep, **two)[0]
-    assert export(stale) == [] and read_checkpoint(keep / "espnet_p2q8/camvid/espnet/last.pt")["epoch"] == 2
+    assert export(stale) == [] and json.loads((keep / "espnet_p2q8/camvid/espnet/last.json").read_text())["epoch"] == 2
     state = stale.state()
     assert state["done"] and state["kept_ahead"] and state["epoch"] == 2
     # An unfinished recipe (3 epochs, a new trial folder) continues from the kept copy and moves
@@ -149,7 +149,8 @@ def test_a_finished_run_that_was_never_kept_is_kept_on_the_next_call(tiny_camvid
     assert not run.kept.exists()
     train_campaign([run], data="camvid", data_root=tiny_camvid, artifacts=tmp_path, threads=1, progress=False,
                    log=lambda m: None)
-    assert (run.kept / "best.pt").is_file() and read_checkpoint(run.kept / "last.pt")["epoch"] == 1
+    assert (run.kept / "best.pt").is_file() and json.loads((run.kept / "last.json").read_text())["epoch"] == 1
+    assert not (run.kept / "last.pt").exists()
 
 
 def test_a_run_started_with_another_schedule_is_not_warm_restarted(tiny_camvid, tmp_path):
@@ -253,3 +254,19 @@ def test_zoo_list_names_the_kept_weights_and_their_progress(tmp_path, monkeypatc
     assert trained_summary("pidnet_s") == "-"
     monkeypatch.setenv("EDGEZOO_TRAINED", "")
     assert trained_summary("espnet_p2q8") == "-"
+
+
+def test_export_drops_the_final_epoch_weights_of_a_finished_kept_run(tmp_path):
+    run = plan(["espnet"], "camvid", artifacts=tmp_path / "a", keep=tmp_path / "trained", **SMALL)[0]
+    run.kept.mkdir(parents=True)
+    (run.kept / "last.pt").write_bytes(b"weights of the final epoch")
+    epochs = run.recipe.epochs
+    (run.kept / "last.json").write_text(json.dumps({"epoch": epochs, "recipe": {"epochs": epochs}, "file": "last.pt"}))
+    assert export(run) == [run.kept / "last.json"] and not (run.kept / "last.pt").exists()
+    kept = json.loads((run.kept / "last.json").read_text())
+    assert kept["epoch"] == epochs and kept["file"] is None and "best.pt" in kept["weights_not_kept"]
+    assert run.state()["done"]
+    # an unfinished kept run keeps its resumable weights
+    (run.kept / "last.pt").write_bytes(b"weights")
+    (run.kept / "last.json").write_text(json.dumps({"epoch": 0, "recipe": {"epochs": epochs}}))
+    assert export(run) == [] and (run.kept / "last.pt").is_file()

@@ -15,8 +15,9 @@ which does not survive a machine change, so the campaign keeps a copy under ``--
 
 - ``best.pt`` / ``best.json``: the weights with the best validation mIoU, as `zoo.train` wrote them;
 - ``last.pt`` / ``last.json``: a portable copy of the training state (no optimizer moments,
-  `zoo.checkpoints.portable_copy`), written every ``--export-every`` epochs, when a network
-  finishes or its training stops with an exception (Ctrl-C included), and by ``--export``.
+  `zoo.checkpoints.portable_copy`), written every ``--export-every`` epochs, when its training
+  stops with an exception (Ctrl-C included), and by ``--export``. Once a network has finished,
+  only ``last.json`` is kept (its record of the finished schedule): ``best.pt`` holds the weights.
 
 A copy never replaces a kept state that is further along, nor kept weights that score higher.
 A network whose recipe is finished is skipped. One whose kept state is ahead of the cache (a new
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.checkpoints import checkpoint_dir, portable_copy
-from zoo.io import atomic_path, read_json_dict
+from zoo.io import atomic_path, read_json_dict, write_json
 from zoo.recipes import Recipe, get_recipe
 from zoo.registry import get_entry
 
@@ -129,9 +130,29 @@ def export(run: Run) -> list[Path]:
             written.append(run.kept / name)
     cache_last, kept_last = read_json_dict(run.cache / "last.json"), read_json_dict(run.kept / "last.json")
     if (run.cache / "last.pt").is_file() and _progress(cache_last) > _progress(kept_last):
-        portable_copy(run.cache / "last.pt", run.kept / "last.pt")
-        written.append(run.kept / "last.pt")
+        if _finished(cache_last, run.recipe):
+            # A finished run is never resumed: its kept state is the sidecar alone, and best.pt holds
+            # the weights that count. The final epoch's weights would double what a finished
+            # network costs the repository (DDRNet-39: 2 x 130 MB).
+            write_json(run.kept / "last.json", {**cache_last, "file": None,
+                                                  "weights_not_kept": "finished; best.pt holds the weights"})
+            written.append(run.kept / "last.json")
+        else:
+            portable_copy(run.cache / "last.pt", run.kept / "last.pt")
+            written.append(run.kept / "last.pt")
+    kept_last = read_json_dict(run.kept / "last.json")
+    if _finished(kept_last, run.recipe) and (run.kept / "last.pt").is_file():  # kept by an earlier version
+        write_json(run.kept / "last.json", {**kept_last, "file": None,
+                                            "weights_not_kept": "finished; best.pt holds the weights"})
+        (run.kept / "last.pt").unlink()
+        written.append(run.kept / "last.json")
     return written
+
+
+def _finished(last: dict[str, Any] | None, recipe: Recipe) -> bool:
+    """Whether a `last.json` records the whole of `recipe`'s schedule."""
+    started_with = ((last or {}).get("recipe") or {}).get("epochs")
+    return bool(last) and started_with == recipe.epochs and _progress(last)[0] >= recipe.epochs
 
 
 def _seed_cache_from_kept(run: Run) -> bool:
