@@ -319,7 +319,24 @@ def footer(records: list[dict[str, Any]], dataset: str, *, timings: bool = True)
     if timings:
         thresholds = _join(r.get("cv_threshold") for r in recs)
         lines.append(f"FPS{UNSTABLE_MARK}: unstable timing (model-only latency CV above {thresholds})")
+        lines += _machines_footer(recs)
     return lines
+
+
+def _machines_footer(records: list[dict[str, Any]]) -> list[str]:
+    """A warning when a table's timings come from more than one CPU model: speed is comparable only
+    between rows measured on the same machine (the sessions of this project run on whichever
+    machine they are given)."""
+    by_cpu: dict[str, list[str]] = {}
+    for r in records:
+        cpu = ((r.get("env") or {}).get("cpu") or {}).get("model")
+        if cpu and r.get("model") not in by_cpu.setdefault(str(cpu), []):
+            by_cpu[str(cpu)].append(r.get("model"))
+    if len(by_cpu) < 2:
+        return []
+    parts = "; ".join(f"{cpu}: {', '.join(map(str, models))}" for cpu, models in by_cpu.items())
+    return [f"Timings come from {len(by_cpu)} machines ({parts}): compare speed only between rows of one "
+            "machine, or re-measure every row on one machine with bench.run --force"]
 
 
 def table1(rows: list[Row], backend: str, dataset: str) -> Table:

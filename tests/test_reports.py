@@ -471,3 +471,19 @@ def test_float_mark_covers_runtime_without_int8_layers():
 
     (line,) = _float_footer([ov_dynamic, None])
     assert "OpenVINO compiles" in line and "Linear/LSTM" not in line
+
+
+def test_footer_warns_when_timings_come_from_several_machines():
+    from reports.tables import footer
+
+    def rec(model, cpu):
+        return {"model": model, "split": "val", "input_hw": [360, 480], "batch": 1, "threads": 2, "device": "cpu",
+                "timestamp": "2026-11-30T00:00:00", "env": {"cpu": {"model": cpu}}}
+
+    one = footer([rec("a", "Xeon"), rec("b", "Xeon")], "camvid")
+    assert not any("machines" in line for line in one)
+    lines = footer([rec("a", "Xeon"), rec("b", "EPYC"), rec("c", "Xeon")], "camvid")
+    (warning,) = [line for line in lines if "machines" in line]
+    assert "2 machines" in warning and "Xeon: a, c" in warning and "EPYC: b" in warning
+    assert not any("machines" in line for line in footer([rec("a", "Xeon"), rec("b", "EPYC")], "camvid",
+                                                         timings=False))
