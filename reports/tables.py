@@ -291,7 +291,7 @@ def footer(records: list[dict[str, Any]], dataset: str, *, timings: bool = True)
     recs = [r for r in records if r is not None]
     env = [r.get("env") or {} for r in recs]
     sizes = _join(f"{r['input_hw'][0]}x{r['input_hw'][1]}" for r in recs if r.get("input_hw"))
-    cpus = _join((e.get("cpu") or {}).get("model") for e in env)
+    cpus = _join(cpu_label(e.get("cpu")) for e in env)
     gpus = [e.get("gpu") for e in env if e.get("gpu")]
     gpu = _join((g.get("name") if isinstance(g, dict) else g) for g in gpus) if gpus else "none"
     versions = []
@@ -323,15 +323,29 @@ def footer(records: list[dict[str, Any]], dataset: str, *, timings: bool = True)
     return lines
 
 
+# The widest vector extension a record's CPU has, to tell apart machines that share a model name
+# ("AMD EPYC" has been both an AVX2 and an AVX-512 VNNI machine here).
+_ISA_ORDER = ("avx512_vnni", "avx512f", "avx_vnni", "avx2", "avx")
+
+
+def cpu_label(cpu: dict[str, Any] | None) -> str | None:
+    """'<model> (<widest ISA>)' of an env record's cpu entry, or None."""
+    if not cpu or not cpu.get("model"):
+        return None
+    flags = set(cpu.get("flags") or [])
+    isa = next((f for f in _ISA_ORDER if f in flags), None)
+    return f"{cpu['model']} ({isa})" if isa else str(cpu["model"])
+
+
 def _machines_footer(records: list[dict[str, Any]]) -> list[str]:
     """A warning when a table's timings come from more than one CPU model: speed is comparable only
     between rows measured on the same machine (the sessions of this project run on whichever
     machine they are given)."""
     by_cpu: dict[str, list[str]] = {}
     for r in records:
-        cpu = ((r.get("env") or {}).get("cpu") or {}).get("model")
-        if cpu and r.get("model") not in by_cpu.setdefault(str(cpu), []):
-            by_cpu[str(cpu)].append(r.get("model"))
+        cpu = cpu_label((r.get("env") or {}).get("cpu"))
+        if cpu and r.get("model") not in by_cpu.setdefault(cpu, []):
+            by_cpu[cpu].append(r.get("model"))
     if len(by_cpu) < 2:
         return []
     parts = "; ".join(f"{cpu}: {', '.join(map(str, models))}" for cpu, models in by_cpu.items())

@@ -20,7 +20,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 FOOTER = """\
 - Dataset: camvid, split val; input 360x480; batch 1; threads 2; device cpu
-- CPU: Test CPU 8-core; GPU: none
+- CPU: Test CPU 8-core (avx2); GPU: none
 - Versions: python 3.11.7, torch 2.4.0, onnxruntime 1.18.0, onnx 1.16.1, numpy 1.26.4
 - Commit: 0123456789ab; date: 2026-11-21; profile: release
 """
@@ -476,14 +476,18 @@ def test_float_mark_covers_runtime_without_int8_layers():
 def test_footer_warns_when_timings_come_from_several_machines():
     from reports.tables import footer
 
-    def rec(model, cpu):
+    def rec(model, cpu, flags=()):
         return {"model": model, "split": "val", "input_hw": [360, 480], "batch": 1, "threads": 2, "device": "cpu",
-                "timestamp": "2026-11-30T00:00:00", "env": {"cpu": {"model": cpu}}}
+                "timestamp": "2026-11-30T00:00:00", "env": {"cpu": {"model": cpu, "flags": list(flags)}}}
 
     one = footer([rec("a", "Xeon"), rec("b", "Xeon")], "camvid")
     assert not any("machines" in line for line in one)
     lines = footer([rec("a", "Xeon"), rec("b", "EPYC"), rec("c", "Xeon")], "camvid")
     (warning,) = [line for line in lines if "machines" in line]
     assert "2 machines" in warning and "Xeon: a, c" in warning and "EPYC: b" in warning
+    # one model name, two machines: told apart by their widest vector extension
+    lines = footer([rec("a", "EPYC", ["avx2", "avx"]), rec("b", "EPYC", ["avx2", "avx512f", "avx512_vnni"])], "camvid")
+    (warning,) = [line for line in lines if "machines" in line]
+    assert "EPYC (avx2): a" in warning and "EPYC (avx512_vnni): b" in warning
     assert not any("machines" in line for line in footer([rec("a", "Xeon"), rec("b", "EPYC")], "camvid",
                                                          timings=False))
