@@ -270,3 +270,36 @@ def test_export_drops_the_final_epoch_weights_of_a_finished_kept_run(tmp_path):
     (run.kept / "last.pt").write_bytes(b"weights")
     (run.kept / "last.json").write_text(json.dumps({"epoch": 0, "recipe": {"epochs": epochs}}))
     assert export(run) == [] and (run.kept / "last.pt").is_file()
+
+
+def test_large_kept_copies_go_in_parts_and_a_new_machine_continues_from_them(tiny_camvid, tmp_path, monkeypatch):
+    import zoo.checkpoints as ck
+    from zoo.api import find_fp32_checkpoint, load_fp32
+    from zoo.train import TrainConfig, TrainHooks, train
+
+    monkeypatch.setattr(ck, "KEPT_PART_BYTES", 400_000)  # ESPNet's ~1.5 MB weights: 4 parts
+    monkeypatch.setenv(ck.ARTIFACTS_ENV, str(tmp_path / "joined-cache"))
+    keep, two = tmp_path / "trained", {**SMALL, "epochs": 2}
+    run = plan(["espnet"], "camvid", artifacts=tmp_path / "a", keep=keep, **two)[0]
+    with pytest.raises(Stop):
+        train(TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a",
+                          threads=1, workers=0, progress=False, **two), TrainHooks(on_epoch_start=_stop_at(1)))
+    export(run)
+    assert len(ck.kept_parts(run.kept / "last.pt")) == 4 and not (run.kept / "last.pt").exists()
+    assert len(ck.kept_parts(run.kept / "best.pt")) == 4 and not (run.kept / "best.pt").exists()
+    assert not (run.cache / "portable").exists()
+    runs_b, logs = plan(["espnet"], "camvid", artifacts=tmp_path / "b", keep=keep, **two), []
+    out = train_campaign(runs_b, data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "b", threads=1,
+                         progress=False, log=logs.append)
+    assert any("continuing from the kept copy" in line for line in logs) and out[0]["epoch"] == 2
+    history = json.loads(read_checkpoint(runs_b[0].cache / "last.pt")["history"])
+    assert [h["epoch"] for h in history] == [1, 2]
+    # finished: best.pt in parts, no last.pt parts left; found and loaded without --weights
+    assert ck.kept_parts(run.kept / "best.pt") and not ck.weights_exist(run.kept / "last.pt")
+    monkeypatch.setenv("EDGEZOO_TRAINED", str(keep))
+    found = find_fp32_checkpoint("espnet", "camvid", tmp_path / "empty")
+    assert found == run.kept / "best.pt"
+    loaded = load_fp32("espnet", dataset="camvid", weights=found, train_if_missing=False)
+    from zoo.io import sha256_file
+
+    assert loaded.path == found and loaded.sha256 == sha256_file(ck.resolve_weights(found))

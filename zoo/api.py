@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.checkpoints import CheckpointError, LoadedWeights, checkpoint_dir, load_weights, trained_dir
+from zoo.checkpoints import CheckpointError, LoadedWeights, checkpoint_dir, load_weights, trained_dir, weights_exist
 from zoo.registry import get_entry
 
 VARIANTS = ("fp32", "qat", "static", "dynamic")
@@ -24,7 +24,8 @@ def find_fp32_checkpoint(model: str, dataset: str, artifacts: str | Path | None 
     candidates = [checkpoint_dir(entry.name, dataset, entry.default_recipe, artifacts) / "best.pt"]
     kept_root = trained_dir()
     if kept_root is not None:
-        candidates += sorted((kept_root / entry.name / dataset).glob("*/best.pt"))
+        # by their sidecars: large kept weights are stored in parts (zoo.checkpoints.write_kept)
+        candidates += sorted(p.with_suffix(".pt") for p in (kept_root / entry.name / dataset).glob("*/best.json"))
     scored = []
     for order, path in enumerate(candidates):
         info = _best_info(path)
@@ -43,10 +44,10 @@ def find_fp32_checkpoint(model: str, dataset: str, artifacts: str | Path | None 
 
 
 def _best_info(path: Path) -> dict[str, Any] | None:
-    """The sidecar metadata of an existing best.pt ({} when it has none), else None."""
+    """The sidecar metadata of an existing best.pt, whole or in parts ({} when it has none), else None."""
     from zoo.io import read_json_dict
 
-    return (read_json_dict(path.with_suffix(".json")) or {}) if path.is_file() else None
+    return (read_json_dict(path.with_suffix(".json")) or {}) if weights_exist(path) else None
 
 
 def load_fp32(

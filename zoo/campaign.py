@@ -19,6 +19,9 @@ which does not survive a machine change, so the campaign keeps a copy under ``--
   stops with an exception (Ctrl-C included), and by ``--export``. Once a network has finished,
   only ``last.json`` is kept (its record of the finished schedule): ``best.pt`` holds the weights.
 
+Kept weights above `zoo.checkpoints.KEPT_PART_BYTES` (90 MB; git hosts refuse 100 MB files) are
+stored in parts (``best.pt.part000``, ...) that every loader joins and checks against the sidecar.
+
 A copy never replaces a kept state that is further along, nor kept weights that score higher.
 A network whose recipe is finished is skipped. One whose kept state is ahead of the cache (a new
 machine, or another machine's progress pulled with git) continues from the kept copy (Adam's
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.checkpoints import checkpoint_dir, portable_copy
+from zoo.checkpoints import checkpoint_dir, portable_copy, remove_kept, resolve_weights, weights_exist, write_kept
 from zoo.io import atomic_path, read_json_dict, write_json
 from zoo.recipes import Recipe, get_recipe
 from zoo.registry import get_entry
@@ -122,12 +125,12 @@ def export(run: Run) -> list[Path]:
     written = []
     cache_best, kept_best = read_json_dict(run.cache / "best.json"), read_json_dict(run.kept / "best.json")
     if (run.cache / "best.pt").is_file() and cache_best and _best_miou(cache_best) >= _best_miou(kept_best):
-        # The weights first, then their sidecar: a kill in between leaves a kept pair whose
-        # json describes weights at most as new as the file.
-        for name in ("best.pt", "best.json"):
-            with atomic_path(run.kept / name) as tmp:
-                shutil.copyfile(run.cache / name, tmp)
-            written.append(run.kept / name)
+        # The weights first (in parts when large: `write_kept`), then their sidecar: a kill in
+        # between leaves a kept pair whose json describes weights at most as new as the file.
+        write_kept(run.cache / "best.pt", run.kept / "best.pt")
+        with atomic_path(run.kept / "best.json") as tmp:
+            shutil.copyfile(run.cache / "best.json", tmp)
+        written += [run.kept / "best.pt", run.kept / "best.json"]
     cache_last, kept_last = read_json_dict(run.cache / "last.json"), read_json_dict(run.kept / "last.json")
     if (run.cache / "last.pt").is_file() and _progress(cache_last) > _progress(kept_last):
         if _finished(cache_last, run.recipe):
@@ -138,13 +141,18 @@ def export(run: Run) -> list[Path]:
                                                   "weights_not_kept": "finished; best.pt holds the weights"})
             written.append(run.kept / "last.json")
         else:
-            portable_copy(run.cache / "last.pt", run.kept / "last.pt")
+            staging = run.cache / "portable" / "last.pt"  # with its sidecar, then kept (in parts when large)
+            portable_copy(run.cache / "last.pt", staging)
+            write_kept(staging, run.kept / "last.pt")
+            with atomic_path(run.kept / "last.json") as tmp:
+                shutil.copyfile(staging.with_suffix(".json"), tmp)
+            shutil.rmtree(staging.parent)
             written.append(run.kept / "last.pt")
     kept_last = read_json_dict(run.kept / "last.json")
-    if _finished(kept_last, run.recipe) and (run.kept / "last.pt").is_file():  # kept by an earlier version
+    if _finished(kept_last, run.recipe) and weights_exist(run.kept / "last.pt"):  # kept by an earlier version
         write_json(run.kept / "last.json", {**kept_last, "file": None,
                                             "weights_not_kept": "finished; best.pt holds the weights"})
-        (run.kept / "last.pt").unlink()
+        remove_kept(run.kept / "last.pt")
         written.append(run.kept / "last.json")
     return written
 
@@ -158,14 +166,14 @@ def _finished(last: dict[str, Any] | None, recipe: Recipe) -> bool:
 def _seed_cache_from_kept(run: Run) -> bool:
     """When the kept state is further along than the cache (a new machine, or another machine's
     training pulled with git): continue from it. A stale cache folder is moved aside, not deleted."""
-    if not run.state()["kept_ahead"] or not (run.kept / "last.pt").is_file():
+    if not run.state()["kept_ahead"] or not weights_exist(run.kept / "last.pt"):
         return False
     if run.cache.exists():
         run.cache.rename(run.cache.with_name(f"{run.cache.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}"))
     run.cache.mkdir(parents=True)
     for name in ("last.pt", "last.json", "best.pt", "best.json"):
-        if (run.kept / name).is_file():
-            shutil.copyfile(run.kept / name, run.cache / name)
+        if weights_exist(run.kept / name):  # kept weights in parts: their joined (sha-checked) copy
+            shutil.copyfile(resolve_weights(run.kept / name), run.cache / name)
     return True
 
 

@@ -51,6 +51,88 @@ def checkpoint_dir(model: str, dataset: str, recipe: str, artifacts: str | Path 
     return artifacts_dir(artifacts) / "checkpoints" / model / dataset / recipe
 
 
+# Kept weights live in git, and git hosts refuse large files (GitHub: 100 MB per file): a kept
+# file above this size is stored as `<name>.part000`, `<name>.part001`, ... and joined on use.
+KEPT_PART_BYTES = 90 * 2**20
+
+
+def kept_parts(path: str | Path) -> list[Path]:
+    """The parts of kept weights stored in pieces (`best.pt.part000`, ...), in order; [] for none."""
+    path = Path(path)
+    parts = []
+    while (part := path.with_name(f"{path.name}.part{len(parts):03d}")).is_file():
+        parts.append(part)
+    return parts
+
+
+def weights_exist(path: str | Path) -> bool:
+    """Whether `path` is a file or kept weights stored in parts."""
+    return Path(path).is_file() or bool(kept_parts(path))
+
+
+def remove_kept(path: str | Path) -> None:
+    """Remove kept weights, whole or in parts."""
+    path = Path(path)
+    for part in kept_parts(path):
+        part.unlink()
+    path.unlink(missing_ok=True)
+
+
+def write_kept(src: str | Path, dst: str | Path, *, part_bytes: int | None = None) -> list[Path]:
+    """Copy the file `src` to `dst` for keeping in git: whole when at most `part_bytes`, else in
+    parts. Each file is written atomically; the stale form (whole file or surplus parts) is removed
+    afterwards. Which parts belong together is checked on use, against the sidecar's sha256."""
+    src, dst = Path(src), Path(dst)
+    part_bytes = part_bytes or KEPT_PART_BYTES
+    if src.stat().st_size <= part_bytes:
+        with atomic_path(dst) as tmp:
+            tmp.write_bytes(src.read_bytes())
+        stale = kept_parts(dst)
+        for part in stale:
+            part.unlink()
+        return [dst]
+    written = []
+    with open(src, "rb") as fh:
+        while chunk := fh.read(part_bytes):
+            part = dst.with_name(f"{dst.name}.part{len(written):03d}")
+            with atomic_path(part) as tmp:
+                tmp.write_bytes(chunk)
+            written.append(part)
+    surplus = kept_parts(dst)[len(written):]
+    for part in surplus:
+        part.unlink()
+    dst.unlink(missing_ok=True)
+    return written
+
+
+def resolve_weights(path: str | Path, artifacts: str | Path | None = None) -> Path:
+    """The file to read for `path`: `path` itself, or for kept weights stored in parts, their
+    joined copy in the artifact cache (`<artifacts>/joined/<sha256>.pt`), checked against the
+    sha256 recorded in the sidecar (`best.json` next to `best.pt`)."""
+    path = Path(path)
+    parts = [] if path.is_file() else kept_parts(path)
+    if not parts:
+        return path
+    from zoo.io import read_json_dict
+
+    sidecar = path.with_suffix(".json")
+    expected = (read_json_dict(sidecar) or {}).get("sha256")
+    if not expected:
+        raise CheckpointError(f"{path} is stored in {len(parts)} parts but {sidecar} records no sha256 to check "
+                              "them against; restore the sidecar from git")
+    joined = artifacts_dir(artifacts) / "joined" / f"{expected}{path.suffix}"
+    if joined.is_file() and sha256_file(joined) == expected:
+        return joined
+    with atomic_path(joined) as tmp:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                out.write(part.read_bytes())
+        if sha256_file(tmp) != expected:
+            raise CheckpointError(f"the {len(parts)} parts of {path} do not join into the weights {sidecar} "
+                                  "records (sha256 differs): a part is missing or stale; restore them from git")
+    return joined
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
     """Atomically write `state` (which must hold "model" and "meta"); returns the file's sha256.
 
@@ -72,7 +154,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`; returns {"model": state_dict, "meta": {...}, ...}."""
-    path = Path(path)
+    path = resolve_weights(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass an existing file with --weights")
     try:
@@ -158,14 +240,15 @@ def _infer_num_classes(entry: ModelEntry, path: Path, ckpt: dict[str, Any], defa
 def load_weights(entry: ModelEntry, path: str | Path, *, num_classes: int, **build_kwargs: Any) -> LoadedWeights:
     """Build `entry` with the class count the checkpoint was trained for and load it strictly."""
     path = Path(path)
+    src = resolve_weights(path)  # kept weights stored in parts: their joined copy (`path` stays the name)
     # The recorded sha256 must be that of the bytes loaded: kept weights (trained/) can be
     # replaced (atomically) by a running zoo.campaign while another process reads them.
     for _ in range(3):
-        digest = sha256_file(path) if path.is_file() else None
-        ckpt = entry.checkpoint_reader(path) if entry.checkpoint_reader else None
+        digest = sha256_file(src) if src.is_file() else None
+        ckpt = entry.checkpoint_reader(src) if entry.checkpoint_reader else None
         if ckpt is None:
-            ckpt = read_checkpoint(path)
-        if digest == sha256_file(path):
+            ckpt = read_checkpoint(src)
+        if digest == sha256_file(src):
             break
     else:
         raise CheckpointError(f"checkpoint {path} kept changing while it was read; retry when its writer is done")
