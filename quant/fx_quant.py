@@ -889,10 +889,13 @@ def count_quantizers(model: nn.Module) -> dict[str, int]:
 
 
 def count_int8_modules(int8_model: nn.Module) -> dict[str, int]:
-    """What a converted model (`convert_int8`) really runs: modules with INT8 kernels
-    (torch.ao.nn.quantized, e.g. QuantizedConv2d / ConvReLU2d) and convolutions left in float."""
-    int8 = sum(1 for m in int8_model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")
-               and not isinstance(m, (nn.ModuleList, nn.Sequential)))
+    """What a converted model (`convert_int8`) really runs: modules with INT8 weights and kernels
+    (torch.ao.nn.quantized Conv2d / Linear, and the fused torch.ao.nn.intrinsic.quantized ones such
+    as ConvReLU2d, which every conv + ReLU pair becomes) and convolutions left in float. Quantized
+    modules without weights (Dropout, Quantize) are not compute and do not count."""
+    int8 = sum(1 for m in int8_model.modules()
+               if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+               and callable(getattr(m, "weight", None)))
     float_convs = sum(1 for m in int8_model.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d))
     return {"int8_modules": int8, "float_convs": float_convs}
 

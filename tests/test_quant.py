@@ -777,3 +777,23 @@ def test_mixed_precision_rejects_bad_target(tiny_onnx, tiny_calib, tmp_path):
     with pytest.raises(QuantError, match="target-retention"):
         search_mixed_precision(tiny_onnx, tmp_path / "x.onnx", tiny_calib, lambda p: 1.0, fp32_score=1.0,
                                target_retention=1.5)
+
+
+def test_int8_module_count_includes_fused_conv_relu_and_skips_weightless_modules(tmp_path):
+    """Every conv + ReLU pair becomes a fused quantized ConvReLU2d: the count of what runs in INT8
+    must include those (it once counted only plain quantized convs, and a Dropout)."""
+    from quant import fx_quant
+    from quant.calibrate import CalibrationData
+    from quant.torch_ptq import load_static_torch, quantize_static_torch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.1), nn.Conv2d(8, 4, 1)).eval()
+    rng = np.random.default_rng(0)
+    calib = CalibrationData(arrays=[rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(2)],
+                            names=["0", "1"], sha256="x", dataset="random", split="train", seed=0, input_hw=(32, 32))
+    meta = quantize_static_torch(model, calib, tmp_path / "static.pt")
+    int8 = load_static_torch(model, tmp_path / "static.pt", reduce_range=meta["reduce_range"])
+    kinds = {type(m).__name__ for m in int8.modules()}
+    assert "ConvReLU2d" in kinds and "Dropout" in kinds
+    assert fx_quant.count_int8_modules(int8) == {"int8_modules": 3, "float_convs": 0}
