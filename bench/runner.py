@@ -435,12 +435,16 @@ class Prepared:
 
             # Detection: the calibration images are letterboxed like the cells' (`det_calibration`).
             log(f"static PTQ (PyTorch FX, x86 kernels, {method} calibration on {calib.size} images) -> {path}")
+            # Segmentation: the classifier conv stays float, so the logits do (as ORT's float_head).
             quantize_static_torch(self.net, calib, path, method=method, parent_sha256=self.weights_sha256,
-                                  build_kwargs=build_kwargs)
+                                  build_kwargs=build_kwargs, float_head=self.task == "segmentation")
         meta = json.loads(path.with_suffix(".json").read_text())
         quant = _quant_summary(meta)
         quant.update(quantizers=meta["quantizers"], code_sha256=code, observer=meta.get("observer"))
-        if float_ops := meta.get("float_ops"):
+        if "head" in (meta.get("float_ops") or []):
+            # float logits, as the ONNX Runtime artifact's `float_head`: not a mixed-precision cell
+            quant["float_head"] = True
+        if float_ops := [k for k in meta.get("float_ops") or [] if k != "head"]:
             # A network's own float ops (`quant.fx_quant.float_op_kinds`) make this a mixed-precision
             # cell; the report shows it beside the all-INT8 ones, naming the float nodes.
             from quant.fx_quant import float_op_nodes

@@ -297,13 +297,29 @@ class FloatBatchNorm2d(nn.BatchNorm2d):
     fx_leaf = True
 
 
+class FloatConv2d(nn.Conv2d):
+    """A segmentation network's classifier convolution (the "head" float op), left in float by FX
+    quantization (`keep_float`) so that the logits stay float through the final upsampling and
+    arg-max, as ONNX Runtime's `float_head` does (`quant.ptq_static.output_head_nodes`): 8-bit
+    logits create arg-max ties and flips (FastDepthSeg: 98.6 % pixel agreement from quantizing the
+    1/8-resolution logits alone) for almost no speed (a 1x1 convolution to a handful of classes)."""
+
+    fx_leaf = True
+
+
+class FloatConvTranspose2d(nn.ConvTranspose2d):
+    """`FloatConv2d` for a network whose classifier is a transposed convolution."""
+
+    fx_leaf = True
+
+
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 # Op kinds a network (or a caller) may keep in float in FX INT8 graphs, besides the PReLUs that
 # always are. "add" and "cat" are functions (a None qconfig in the mapping); "batchnorm" marks
 # every standalone BatchNorm2d (one that follows no convolution, so nothing folds it away).
-FLOAT_OPS = ("add", "cat", "batchnorm")
+FLOAT_OPS = ("add", "cat", "batchnorm", "head")
 _FLOAT_FUNCTIONS: dict[str, tuple[Callable[..., Any], ...]] = {
     "add": (operator.add, operator.iadd, torch.add), "cat": (torch.cat, torch.concat)}
 
@@ -350,7 +366,26 @@ def float_module_names(model: nn.Module, float_ops: Sequence[str] | None = None)
             feeds_prelu_only = bool(node.users) and all(isinstance(module_of(u), nn.PReLU) for u in node.users)
             if (all_bn or feeds_prelu_only) and not isinstance(module_of(src), _CONV_TYPES):
                 names.append(node.target)
+    if "head" in resolve_float_ops(model, float_ops):
+        names += _head_convs(graph, module_of)
     return list(dict.fromkeys(names))
+
+
+def _head_convs(graph, module_of) -> list[str]:
+    """The convolutions nearest to the graph's outputs: walking back from each output through
+    anything that is not a convolution (upsampling, activations, reshapes) up to the first one."""
+    found, seen = [], set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(module_of(node), (nn.Conv2d, nn.ConvTranspose2d)):
+            found.append(node.target)
+            continue
+        stack.extend(a for a in node.all_input_nodes)
+    return found
 
 
 def float_op_nodes(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:
@@ -364,6 +399,9 @@ def float_op_nodes(model: nn.Module, float_ops: Sequence[str] | None = None) -> 
         modules = dict(model.named_modules())
         names += [n for n in float_module_names(model, kinds) if type(modules[n]) is nn.BatchNorm2d
                   or isinstance(modules[n], FloatBatchNorm2d)]
+    if "head" in kinds:
+        modules = dict(model.named_modules())
+        names += [n for n in float_module_names(model, kinds) if isinstance(modules[n], _CONV_TYPES)]
     return names
 
 
@@ -375,7 +413,8 @@ def keep_float(model: nn.Module, float_ops: Sequence[str] | None = None) -> list
     before it and the next quantized op quantizes after it, in QAT, PTQ, the INT8 kernels and the
     exported QDQ graph alike."""
     names = float_module_names(model, float_ops)
-    twins = {nn.PReLU: FloatPReLU, nn.BatchNorm2d: FloatBatchNorm2d}
+    twins = {nn.PReLU: FloatPReLU, nn.BatchNorm2d: FloatBatchNorm2d, nn.Conv2d: FloatConv2d,
+             nn.ConvTranspose2d: FloatConvTranspose2d}
     for name in names:
         mod = model.get_submodule(name)
         mod.__class__ = twins.get(type(mod), type(mod))
@@ -896,7 +935,7 @@ def count_int8_modules(int8_model: nn.Module) -> dict[str, int]:
     int8 = sum(1 for m in int8_model.modules()
                if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
                and callable(getattr(m, "weight", None)))
-    float_convs = sum(1 for m in int8_model.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d))
+    float_convs = sum(1 for m in int8_model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))  # twins too
     return {"int8_modules": int8, "float_convs": float_convs}
 
 

@@ -38,16 +38,19 @@ LEGACY_METHOD = "entropy"
 
 
 def quantize_static_torch(model: nn.Module, calib: CalibrationData, out: str | Path, *, method: str = "entropy",
-                          parent_sha256: str = "", build_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                          parent_sha256: str = "", build_kwargs: dict[str, Any] | None = None,
+                          float_head: bool = False) -> dict[str, Any]:
     """Calibrate FX observers (`method`: minmax, percentile, entropy) on `calib` and save their
-    state to `out` (+ a JSON sidecar); returns the metadata."""
+    state to `out` (+ a JSON sidecar); returns the metadata. `float_head` keeps the classifier
+    convolution in float (the "head" float op) so a segmentation network's logits stay float,
+    as in the ONNX Runtime artifact."""
     if calib.size == 0:
         raise QuantError("calibration data is empty; build it with quant.calibrate.build_calibration")
     out = Path(out)
     method = resolve_calib_method(method, task="")  # a named method: validated and lower-cased
     reduce_range = fx_quant.int8_pairs_saturate()
     started = time.perf_counter()
-    float_ops = list(fx_quant.float_op_kinds(model))
+    float_ops = list(fx_quant.check_float_ops([*fx_quant.float_op_kinds(model), *(["head"] if float_head else [])]))
     prepared = fx_quant.prepare(model, qat=False, input_hw=PREPARE_HW, scheme="affine", reduce_range=reduce_range,
                                 calib_method=method, float_ops=float_ops)
     n = fx_quant.calibrate(prepared, calib.arrays)

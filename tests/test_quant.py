@@ -797,3 +797,43 @@ def test_int8_module_count_includes_fused_conv_relu_and_skips_weightless_modules
     kinds = {type(m).__name__ for m in int8.modules()}
     assert "ConvReLU2d" in kinds and "Dropout" in kinds
     assert fx_quant.count_int8_modules(int8) == {"int8_modules": 3, "float_convs": 0}
+
+
+def test_float_head_keeps_a_segmentation_classifier_and_its_logits_float(tmp_path):
+    """`quantize_static_torch(..., float_head=True)`: the convolution nearest the output runs in
+    float (so do the logits and the upsampling after it), every other convolution in INT8; the
+    choice is recorded and restored on load."""
+    import torch.nn.functional as F
+
+    from quant import fx_quant
+    from quant.calibrate import CalibrationData
+    from quant.torch_ptq import load_static_torch, quantize_static_torch
+
+    class Seg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.cls = nn.Conv2d(8, 5, 1)
+
+        def forward(self, x):
+            return F.interpolate(self.cls(self.body(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    torch.manual_seed(0)
+    model = Seg().eval()
+    assert fx_quant.float_module_names(model, ("head",)) == ["cls"]
+    rng = np.random.default_rng(0)
+    calib = CalibrationData(arrays=[rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(2)],
+                            names=["0", "1"], sha256="x", dataset="random", split="train", seed=0, input_hw=(32, 32))
+    meta = quantize_static_torch(model, calib, tmp_path / "static.pt", float_head=True)
+    assert meta["float_ops"] == ["head"] and meta["float_modules"] == ["cls"]
+    int8 = load_static_torch(model, tmp_path / "static.pt", reduce_range=meta["reduce_range"])
+    assert fx_quant.count_int8_modules(int8) == {"int8_modules": 2, "float_convs": 1}
+    x = torch.from_numpy(calib.arrays[0])
+    with torch.no_grad():
+        out = int8(x)
+    assert not out.is_quantized and out.shape == (1, 5, 32, 32)
+    # without it, the classifier is INT8 too (the network's own default)
+    meta = quantize_static_torch(model, calib, tmp_path / "all.pt")
+    int8 = load_static_torch(model, tmp_path / "all.pt", reduce_range=meta["reduce_range"])
+    assert meta["float_ops"] == [] and fx_quant.count_int8_modules(int8) == {"int8_modules": 3, "float_convs": 0}
