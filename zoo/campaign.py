@@ -137,8 +137,7 @@ def export(run: Run) -> list[Path]:
             # A finished run is never resumed: its kept state is the sidecar alone, and best.pt holds
             # the weights that count. The final epoch's weights would double what a finished
             # network costs the repository (DDRNet-39: 2 x 130 MB).
-            write_json(run.kept / "last.json", {**cache_last, "file": None,
-                                                  "weights_not_kept": "finished; best.pt holds the weights"})
+            _keep_finished_record(run, cache_last)
             written.append(run.kept / "last.json")
         else:
             staging = run.cache / "portable" / "last.pt"  # with its sidecar, then kept (in parts when large)
@@ -150,11 +149,15 @@ def export(run: Run) -> list[Path]:
             written.append(run.kept / "last.pt")
     kept_last = read_json_dict(run.kept / "last.json")
     if _finished(kept_last, run.recipe) and weights_exist(run.kept / "last.pt"):  # kept by an earlier version
-        write_json(run.kept / "last.json", {**kept_last, "file": None,
-                                            "weights_not_kept": "finished; best.pt holds the weights"})
+        _keep_finished_record(run, kept_last)
         remove_kept(run.kept / "last.pt")
         written.append(run.kept / "last.json")
     return written
+
+
+def _keep_finished_record(run: Run, last: dict[str, Any]) -> None:
+    """The kept `last.json` of a finished run, which keeps no final-epoch weights."""
+    write_json(run.kept / "last.json", {**last, "file": None, "weights_not_kept": "finished; best.pt holds the weights"})
 
 
 def _finished(last: dict[str, Any] | None, recipe: Recipe) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from zoo.io import atomic_path, sha256_file, write_json
+from zoo.io import atomic_path, read_json_dict, sha256_file, write_json
 from zoo.registry import ModelEntry, OfficialWeights
 
 ARTIFACTS_ENV = "EDGEZOO_ARTIFACTS"
@@ -113,8 +113,6 @@ def resolve_weights(path: str | Path, artifacts: str | Path | None = None) -> Pa
     parts = [] if path.is_file() else kept_parts(path)
     if not parts:
         return path
-    from zoo.io import read_json_dict
-
     sidecar = path.with_suffix(".json")
     expected = (read_json_dict(sidecar) or {}).get("sha256")
     if not expected:
