@@ -68,7 +68,7 @@ def int8_pairs_saturate(flags: set[str] | None = None, machine: str | None = Non
     """
     import platform
 
-    from quant.ptq_static import cpu_flags
+    from zoo.hardware import cpu_flags
 
     machine = (machine if machine is not None else platform.machine()).lower()
     if machine not in _X86_MACHINES:

@@ -30,6 +30,7 @@ import onnx
 from quant.calibrate import PERCENTILE, CalibrationData, CalibrationReader, QuantError, calibration_method
 from quant.onnx_inspect import inspect_onnx
 from quant.qdq_onnx import compact_int8_model
+from zoo.hardware import cpu_flags
 from zoo.io import atomic_path, sha256_file, write_json
 
 TARGETS = ("ort", "trt")
@@ -68,20 +69,6 @@ def ort_op_types() -> list[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - ORT_SKIP_OP_TYPES)
-
-
-def cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (Linux; x86 'flags' or ARM 'Features'); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return flags
 
 
 def cpu_has_vnni(flags: set[str] | None = None) -> bool:

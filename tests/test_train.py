@@ -164,3 +164,30 @@ def test_active_seconds_leaves_out_paused_time():
     elapsed = [60, 120, 200, 260, 260 + 3660, 3980]
     assert active_seconds(elapsed) == 60 + 60 + 80 + 60 + 180 + 60
     assert active_seconds([]) is None
+
+
+def test_amp_auto_follows_the_hardware():
+    import torch
+
+    from zoo.hardware import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu, flags={"avx2", "avx512_bf16"}) == "bf16"
+    assert resolve_amp("auto", cpu, flags={"amx_bf16"}) == "bf16"
+    assert resolve_amp("auto", cpu, flags={"asimd", "bf16"}) == "bf16"      # ARM's BF16 extension
+    assert resolve_amp("auto", cpu, flags={"avx2", "avx512f", "avx512_vnni"}) == "none"  # emulated bf16 is slower
+    assert resolve_amp("bf16", cpu, flags=set()) == "bf16" and resolve_amp("none", cpu, flags={"amx_bf16"}) == "none"
+    with pytest.raises(ValueError, match="valid: none, bf16, auto"):
+        resolve_amp("fp16", cpu)
+
+
+def test_resume_under_another_precision_records_it_per_epoch(tiny_camvid, tmp_path, capsys):
+    """A run that moves to a machine with bf16 (or away from one) continues, says so, and every
+    epoch's history entry names the precision that trained it."""
+    common = dict(model="espnet", data="camvid", data_root=tiny_camvid, batch_size=2, crop=(64, 96), eval_every=1,
+                  workers=0, artifacts=tmp_path, progress=False, threads=1)
+    train(TrainConfig(**common, epochs=1, amp="none"))  # a session that ended after epoch 1 of 2
+    res = train(TrainConfig(**common, epochs=2, amp="bf16", resume=True))
+    assert [h["amp"] for h in res["history"]] == ["none", "bf16"]
+    assert "epochs up to 1 trained with amp none; continuing with amp bf16" in capsys.readouterr().err
+    assert read_checkpoint(res["last"])["meta"]["amp"] == "bf16"

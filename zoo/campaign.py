@@ -22,6 +22,14 @@ which does not survive a machine change, so the campaign keeps a copy under ``--
 Kept weights above `zoo.checkpoints.KEPT_PART_BYTES` (90 MB; git hosts refuse 100 MB files) are
 stored in parts (``best.pt.part000``, ...) that every loader joins and checks against the sidecar.
 
+Training runs under bf16 autocast where the hardware computes bf16 natively (``--amp auto``, the
+default; weights, optimizer state and losses stay float32): on the 2-core AVX512-BF16 EPYC a
+training step (batch 8 at 288x384, channels-last) took 0.64 s instead of 1.04-1.34 s for PIDNet-S,
+1.28 instead of 2.80 s for DDRNet-23, 0.59 instead of 0.85 s for LiteSeg and 1.00 instead of
+1.12 s for PP-LiteSeg-T. Mixed-precision bf16 training matches float32 accuracy for convolutional
+networks (Kalamkar et al., "A Study of BFLOAT16 for Deep Learning Training", 2019). A run may move
+between machines with and without bf16; every epoch's history entry records its precision.
+
 A copy never replaces a kept state that is further along, nor kept weights that score higher.
 A network whose recipe is finished is skipped. One whose kept state is ahead of the cache (a new
 machine, or another machine's progress pulled with git) continues from the kept copy (Adam's
@@ -187,7 +195,7 @@ def _resume_command(run: Run, data: str, data_root: str | Path | None, epochs: A
 
 
 def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, artifacts: str | Path | None = None,
-                   threads: int | None = None, workers: int = 0, export_every: int = 10,
+                   threads: int | None = None, workers: int = 0, export_every: int = 10, amp: str = "auto",
                    progress: bool = True, log=print) -> list[dict[str, Any]]:
     """Train every unfinished run in order; returns one summary per run."""
     from zoo.train import TrainConfig, TrainHooks, train
@@ -239,7 +247,7 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
             result = train(TrainConfig(model=run.model, data=data, data_root=data_root, recipe=r.name,
                                        epochs=r.epochs, batch_size=r.batch_size, crop=r.crop,
                                        eval_every=r.eval_every, resume=True, artifacts=artifacts, threads=threads,
-                                       workers=workers, progress=progress),
+                                       workers=workers, amp=amp, progress=progress),
                            TrainHooks(on_epoch_start=on_epoch_start))
         finally:  # also on Ctrl-C or an error: keep what the cache has
             export(run)
@@ -276,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", help="artifact cache (default ./artifacts or $EDGEZOO_ARTIFACTS)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0: as fast on 2 cores)")
+    p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
+                   help="bf16 autocast (default auto: where the CPU or GPU has native bf16; each epoch's record "
+                        "says which precision trained it)")
     p.add_argument("--export-every", type=int, default=10, help="epochs between kept copies (0: only at the end)")
     p.add_argument("--plan", action="store_true", help="list the networks, recipes and progress; train nothing")
     p.add_argument("--export", action="store_true", help="write the kept copies of every started run now; train nothing")
@@ -302,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(path)
             return 0
         train_campaign(runs, data=args.data, data_root=args.data_root, artifacts=args.artifacts,
-                       threads=args.threads, workers=args.workers, export_every=args.export_every,
+                       threads=args.threads, workers=args.workers, export_every=args.export_every, amp=args.amp,
                        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from zoo.checkpoints import checkpoint_dir, read_checkpoint, save_checkpoint
 from zoo.evaluate import evaluate_model
+from zoo.hardware import resolve_amp
 from zoo.io import write_json
 from zoo.losses import build_loss
 from zoo.recipes import Recipe, get_recipe
@@ -61,7 +62,7 @@ class TrainConfig:
     workers: int = 1
     threads: int | None = None
     save_every: float = 120.0            # seconds between mid-epoch `last.pt` saves
-    amp: str = "none"                    # "bf16": autocast to bfloat16 (1.6x faster on CPUs with AVX512-BF16/AMX)
+    amp: str = "none"                    # "bf16": bf16 autocast; "auto": bf16 where the hardware has it (zoo.hardware)
     channels_last: bool | None = None    # None: on for CPU training of a plain network (see _use_channels_last)
     progress: bool = True
     val_split: str = "val"
@@ -217,6 +218,9 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         model = hooks.prepare_model(model)
     model = model.to(device)
     channels_last = _use_channels_last(cfg, hooks, device)
+    amp = resolve_amp(cfg.amp, device)
+    if cfg.amp == "auto" and is_main:
+        print(f"[train] --amp auto: {amp} on this {device.type}", file=sys.stderr)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     weight, weighting = _class_weights(cfg, recipe, card, is_main=is_main, distributed=distributed)
@@ -246,6 +250,12 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         _set_rng_state(state["rng"])
         if is_main:
             print(f"[train] resuming {last_path} at epoch {start_epoch + 1}, step {start_step}/{n_steps}", file=sys.stderr)
+            before = history[-1].get("amp") if history else None
+            if before is not None and before != amp:
+                # Allowed (the weights and optimizer state stay float32 either way) but never silent:
+                # each epoch's record in the history says which precision trained it.
+                print(f"[train] epochs up to {history[-1]['epoch']} trained with amp {before}; "
+                      f"continuing with amp {amp}", file=sys.stderr)
     elif cfg.resume and is_main:
         print(f"[train] --resume: no {last_path} yet, starting from scratch", file=sys.stderr)
 
@@ -253,7 +263,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     meta_base = {
         "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
         "num_classes": out_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
-        "amp": cfg.amp, "channels_last": channels_last, "class_weighting": weighting,
+        "amp": amp, "channels_last": channels_last, "class_weighting": weighting,
         "preprocess": pre.to_dict(), **hooks.meta,
     }
 
@@ -288,7 +298,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         if is_main:
             scores = validate(0, 0.0)
             history.append({"epoch": 0, "loss": None, "lr": 0.0, "elapsed_s": time.time() - t_start,
-                            "amp": cfg.amp, "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy})
+                            "amp": amp, "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy})
             print(f"[train] epoch 0 (before training): val mIoU {100 * scores.miou:.2f}", file=sys.stderr, flush=True)
         if distributed:
             dist.barrier()
@@ -312,7 +322,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
                 outputs = net(images)
             # Losses in float32 whatever the autocast precision: softmax over bf16 logits is coarse.
             outputs = [o.float() for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
@@ -335,7 +345,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         bar.close()
         done_epochs = epoch + 1
         record: dict[str, Any] = {"epoch": done_epochs, "loss": running, "lr": lr,
-                                  "elapsed_s": prior_s + time.time() - t_start, "amp": cfg.amp}
+                                  "elapsed_s": prior_s + time.time() - t_start, "amp": amp}
         if done_epochs % recipe.eval_every == 0 or done_epochs == recipe.epochs:
             if is_main:
                 scores = validate(done_epochs, record["elapsed_s"])
@@ -467,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--save-every", type=float, default=120.0, help="seconds between mid-epoch saves")
-    p.add_argument("--amp", choices=("none", "bf16"), default="none",
-                   help="mixed precision: bf16 autocast (weights and losses stay float32)")
+    p.add_argument("--amp", choices=("none", "bf16", "auto"), default="none",
+                   help="mixed precision: bf16 autocast (weights and losses stay float32); auto: bf16 on CPUs "
+                        "with AVX512-BF16/AMX/ARM BF16 and on GPUs that support it, none elsewhere")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: on for CPU training, 1.2-1.4x faster steps there)")
     p.add_argument("--no-progress", action="store_true")
