@@ -121,6 +121,8 @@ def environment() -> dict:
     """Machine, libraries and commit; computed once per sweep (the parent already has torch)."""
     import torch
 
+    from zoo.hardware import allocator_in_use
+
     gpu = None
     if torch.cuda.is_available():
         smi = _nvidia_smi()
@@ -134,6 +136,9 @@ def environment() -> dict:
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        # A preloaded allocator changes timings (cells inherit the sweep's environment).
+        "allocator": allocator_in_use(),
+        "ld_preload": os.environ.get("LD_PRELOAD") or None,
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -31,6 +31,11 @@ into a QDQ ONNX file or real PyTorch INT8 kernels.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # TCMalloc before torch loads (zoo.hardware: 1.3x faster training steps)
+    from zoo.hardware import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc()
+
 import argparse
 import re
 import sys

@@ -191,3 +191,36 @@ def test_resume_under_another_precision_records_it_per_epoch(tiny_camvid, tmp_pa
     assert [h["amp"] for h in res["history"]] == ["none", "bf16"]
     assert "epochs up to 1 trained with amp none; continuing with amp bf16" in capsys.readouterr().err
     assert read_checkpoint(res["last"])["meta"]["amp"] == "bf16"
+
+
+def test_find_tcmalloc(tmp_path):
+    from zoo.hardware import find_tcmalloc
+
+    assert find_tcmalloc((str(tmp_path),)) is None
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    assert find_tcmalloc((str(tmp_path / "nope"), str(tmp_path))) == str(tmp_path / "libtcmalloc_minimal.so.4")
+
+
+def test_training_commands_restart_under_tcmalloc(tmp_path):
+    """The training commands re-exec themselves with TCMalloc preloaded (same PID) unless told not to."""
+    from zoo.hardware import find_tcmalloc
+
+    script = tmp_path / "probe.py"
+    script.write_text("import os\nprint(os.getpid())\nfrom zoo.hardware import allocator_in_use, reexec_with_tcmalloc\n"
+                      "reexec_with_tcmalloc()\nprint(allocator_in_use())\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "EDGEZOO_ALLOCATOR_TRIED")}
+
+    def probe(**env):
+        return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=REPO,
+                              env={**clean, "PYTHONPATH": str(REPO), **env})
+
+    res = probe(EDGEZOO_ALLOCATOR="system")
+    assert res.returncode == 0 and res.stdout.split()[-1] == "system", res.stderr
+    bad = probe(EDGEZOO_ALLOCATOR="mimalloc")
+    assert bad.returncode != 0 and "EDGEZOO_ALLOCATOR='mimalloc' is not valid" in bad.stderr
+    if find_tcmalloc() is None:
+        pytest.skip("TCMalloc is not installed (scripts/install-system-packages installs libtcmalloc-minimal4)")
+    res = probe()
+    lines = res.stdout.split()
+    assert res.returncode == 0 and lines[-1] == "tcmalloc", res.stderr
+    assert len(lines) == 3 and lines[0] == lines[1], "the restart must keep the PID (exec, not a child)"

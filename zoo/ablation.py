@@ -59,6 +59,11 @@ threads then mostly spin (measured: 241 instead of 54 CPU-s for the same epoch).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # TCMalloc before torch loads (zoo.hardware: 1.3x faster training steps)
+    from zoo.hardware import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc()
+
 import argparse
 import csv
 import gc

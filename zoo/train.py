@@ -11,6 +11,11 @@ mid-epoch with --resume) and `best.pt` (weights + metadata of the best validatio
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # TCMalloc before torch loads (zoo.hardware: 1.3x faster training steps)
+    from zoo.hardware import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc()
+
 import argparse
 import json
 import math
@@ -32,7 +37,7 @@ from tqdm import tqdm
 
 from zoo.checkpoints import checkpoint_dir, read_checkpoint, save_checkpoint
 from zoo.evaluate import evaluate_model
-from zoo.hardware import resolve_amp
+from zoo.hardware import allocator_in_use, resolve_amp
 from zoo.io import write_json
 from zoo.losses import build_loss
 from zoo.recipes import Recipe, get_recipe
@@ -263,7 +268,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     meta_base = {
         "model": entry.name, "family": entry.family, "dataset": cfg.data, "classes": list(card.classes),
         "num_classes": out_classes, "recipe": recipe.as_dict(), "seed": cfg.seed, "world_size": world,
-        "amp": amp, "channels_last": channels_last, "class_weighting": weighting,
+        "amp": amp, "channels_last": channels_last, "allocator": allocator_in_use(), "class_weighting": weighting,
         "preprocess": pre.to_dict(), **hooks.meta,
     }
 

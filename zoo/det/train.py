@@ -36,6 +36,11 @@ has the same name (case-insensitive, e.g. COCO "car" -> "Car") and otherwise sta
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # TCMalloc before torch loads (zoo.hardware: 1.3x faster training steps)
+    from zoo.hardware import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc()
+
 import argparse
 import json
 import math
