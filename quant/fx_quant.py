@@ -271,8 +271,54 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     keep_float(model, float_ops)
     custom = _prepare_custom_config(model)
     if qat:
-        return prepare_qat_fx(model.train(), mapping, example_inputs=example, prepare_custom_config=custom)
-    return prepare_fx(model.eval(), mapping, example_inputs=example, prepare_custom_config=custom)
+        prepared = prepare_qat_fx(model.train(), mapping, example_inputs=example, prepare_custom_config=custom)
+    else:
+        prepared = prepare_fx(model.eval(), mapping, example_inputs=example, prepare_custom_config=custom)
+    if "head" in float_ops:
+        float_tail(prepared)
+    return prepared
+
+
+def float_tail(prepared: torch.fx.GraphModule) -> list[str]:
+    """Remove every observer / fake quantizer downstream of the float head convolutions (the "head"
+    float op), in place, and return their names: the logits then stay float up to the output.
+
+    Keeping the classifier conv a float leaf is not enough: FX still observes its output for the
+    final bilinear upsampling (an op the x86 backend runs on quantized tensors) and the upsampled
+    logits, so the INT8 model rounded the logits to 8 bits twice. On FastDepthSeg (CamVid) that
+    alone cost 1.7 % pixel agreement with FP32 (98.3 %), where ONNX Runtime's float head kept
+    99.4 %."""
+    def module_of(node) -> nn.Module | None:
+        # by name: an op that shares its input's qparams (the upsampling) has one observer module
+        # under two names, and `named_modules()` lists a shared module once
+        return prepared.get_submodule(node.target) if node.op == "call_module" else None
+
+    heads = [n for n in prepared.graph.nodes if isinstance(module_of(n), (FloatConv2d, FloatConvTranspose2d))]
+    downstream, stack = set(), list(heads)
+    while stack:
+        node = stack.pop()
+        for user in node.users:
+            if user not in downstream:
+                downstream.add(user)
+                stack.append(user)
+    removed = []
+    for node in [n for n in prepared.graph.nodes if n in downstream]:
+        if _is_quantizer(module_of(node)):
+            node.replace_all_uses_with(node.args[0])
+            prepared.graph.erase_node(node)
+            removed.append(node.target)
+    for name in removed:
+        if name not in (n.target for n in prepared.graph.nodes if n.op == "call_module"):
+            prepared.delete_submodule(name)
+    prepared.recompile()
+    return removed
+
+
+def _is_quantizer(module: nn.Module | None) -> bool:
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    from torch.ao.quantization.observer import ObserverBase
+
+    return isinstance(module, (ObserverBase, FakeQuantizeBase))
 
 
 class FloatPReLU(nn.PReLU):
