@@ -545,11 +545,13 @@ class Prepared:
         from zoo.checkpoints import read_checkpoint
 
         path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts, parent_sha256=self.weights_sha256)
+        # what quant.qat would train now (segmentation: float logits, the "head" float op)
+        float_ops = fx_quant.int8_float_ops(self.net, float_head=self.task == "segmentation")
         # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
         why = ("none cached" if path is None else
                qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256,
-                                    float_modules=fx_quant.float_module_names(self.net),
-                                    float_ops=fx_quant.float_op_kinds(self.net)))
+                                    float_modules=fx_quant.float_module_names(self.net, float_ops),
+                                    float_ops=float_ops))
         if why:
             log(f"QAT: {why}; fine-tuning {self.model} from {self.weights_path} (announced: this trains)")
             try:
@@ -581,8 +583,10 @@ class Prepared:
                    # None: ranges started from the first training batches (runs before session 8).
                    # With a calibrated start, "epochs" 0 means no fine-tuning epoch beat it.
                    "calibration_images": (qat_meta.get("calibration") or {}).get("size")}
-        if qat_meta.get("float_ops"):
-            summary["float_ops"] = list(qat_meta["float_ops"])
+        if "head" in (qat_meta.get("float_ops") or []):
+            summary["float_head"] = True  # float logits, as static PTQ's: not a mixed-precision cell
+        if float_ops := [k for k in qat_meta.get("float_ops") or [] if k != "head"]:
+            summary["float_ops"] = float_ops
         if split := selected_on_split(ckpt, meta):
             summary["selected_on_split"] = split
         metrics = meta.get("metrics") or {}

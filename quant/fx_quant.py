@@ -385,6 +385,13 @@ def float_op_kinds(model: nn.Module) -> tuple[str, ...]:
     return check_float_ops(getattr(model, "fx_float_ops", ()))
 
 
+def int8_float_ops(model: nn.Module, *, float_head: bool) -> tuple[str, ...]:
+    """The float ops of `model`'s FX INT8 graphs (static PTQ and QAT alike): its own
+    (`float_op_kinds`), plus "head" for a segmentation network (`float_head`), whose logits stay
+    float through the final upsampling and arg-max as in the ONNX Runtime artifacts."""
+    return check_float_ops([*float_op_kinds(model), *(["head"] if float_head else [])])
+
+
 def resolve_float_ops(model: nn.Module, float_ops: Sequence[str] | None) -> tuple[str, ...]:
     """`float_ops` validated, or the network's own (`float_op_kinds`) when it is None."""
     return float_op_kinds(model) if float_ops is None else check_float_ops(float_ops)

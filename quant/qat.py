@@ -134,7 +134,8 @@ def qat_finetune(cfg: QATConfig) -> dict[str, Any]:
         return model
 
     calibration = _qat_calibration(cfg, entry, parent, recipe.name)
-    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, load_parent, calibration)
+    # float_head: the classifier conv and the logits stay float, as in static PTQ (`int8_float_ops`)
+    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, load_parent, calibration, float_head=True)
     # The parent's outputs and pre-processing, not the card's: an official checkpoint may have a
     # void channel and its own normalisation, and fine-tuning on other inputs would undo it.
     hooks.num_classes, hooks.preprocess = parent.num_classes, parent.preprocess
@@ -175,7 +176,8 @@ def _finetune_detector(cfg: QATConfig, entry, parent) -> dict[str, Any]:
     build_kwargs = {**(parent.meta.get("build_kwargs") or {}), **getattr(parent.model, "build_kwargs", {})}
     img_size = cfg.crop[0] if cfg.crop else recipe.img_size
     calibration = _det_qat_calibration(cfg, entry, parent, recipe.name, img_size)
-    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, lambda model: model, calibration)
+    hooks = _hooks(cfg, parent, epochs, recipe.name, build_kwargs, lambda model: model, calibration,
+                   float_head=False)
     # As for segmentation: the calibrated graph is validated as "epoch 0" and stays best.pt unless
     # fine-tuning beats it.
     hooks.evaluate_first = calibration is not None
@@ -257,7 +259,7 @@ def _recipe_name(meta: dict[str, Any]) -> str | None:
 
 
 def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: dict[str, Any],
-           init: Callable[[nn.Module], nn.Module], calibration=None):
+           init: Callable[[nn.Module], nn.Module], calibration=None, *, float_head: bool):
     """The TrainHooks of a QAT run: `init` (the parent's weights, where the trainer does not load
     them itself), then fake quantization; the freeze schedule; provenance in every checkpoint."""
     from zoo.train import TrainHooks
@@ -269,8 +271,8 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
     def prepare_model(model: nn.Module) -> nn.Module:
         model = init(model)
         # Recorded so that a checkpoint trained with other float islands counts as stale.
-        qat_meta["float_modules"] = fx_quant.float_module_names(model)
-        qat_meta["float_ops"] = list(fx_quant.float_op_kinds(model))
+        qat_meta["float_ops"] = list(fx_quant.int8_float_ops(model, float_head=float_head))
+        qat_meta["float_modules"] = fx_quant.float_module_names(model, qat_meta["float_ops"])
         prepared = fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
                                     weight_qrange=weight_qrange, float_ops=qat_meta["float_ops"])
         if calibration is not None:
@@ -336,12 +338,12 @@ def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags:
     one from here would waste a bit of precision where nothing saturates. With `float_modules`
     (`fx_quant.float_module_names` of the network now), also stale when it trained with other
     modules kept in float (checkpoints from before the field was recorded kept none): its
-    quantizers sit elsewhere in the graph. The same for `float_ops` (`fx_quant.float_op_kinds`)."""
+    quantizers sit elsewhere in the graph. The same for `float_ops` (`fx_quant.int8_float_ops`)."""
     if (qat_meta.get("parent") or {}).get("sha256") != parent_sha256:
         return "the cached one was fine-tuned from other FP32 weights"
     if float_ops is not None and list(qat_meta.get("float_ops") or []) != list(float_ops):
         return (f"the cached one was trained with float ops {list(qat_meta.get('float_ops') or []) or 'none'}, the "
-                f"network now keeps {list(float_ops) or 'none'} in float (quant.fx_quant.float_op_kinds)")
+                f"network now keeps {list(float_ops) or 'none'} in float (quant.fx_quant.int8_float_ops)")
     if float_modules is not None and sorted(qat_meta.get("float_modules") or []) != sorted(float_modules):
         return (f"the cached one was trained with {len(qat_meta.get('float_modules') or [])} modules in float, "
                 f"the FX graph now keeps {len(float_modules)} (quant.fx_quant.keep_float)")

@@ -50,7 +50,7 @@ def quantize_static_torch(model: nn.Module, calib: CalibrationData, out: str | P
     method = resolve_calib_method(method, task="")  # a named method: validated and lower-cased
     reduce_range = fx_quant.int8_pairs_saturate()
     started = time.perf_counter()
-    float_ops = list(fx_quant.check_float_ops([*fx_quant.float_op_kinds(model), *(["head"] if float_head else [])]))
+    float_ops = list(fx_quant.int8_float_ops(model, float_head=float_head))
     prepared = fx_quant.prepare(model, qat=False, input_hw=PREPARE_HW, scheme="affine", reduce_range=reduce_range,
                                 calib_method=method, float_ops=float_ops)
     n = fx_quant.calibrate(prepared, calib.arrays)

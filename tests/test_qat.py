@@ -111,17 +111,22 @@ def test_qat_checkpoint_has_provenance_and_rebuilds(fp32_and_qat, tiny_camvid):
     assert zps == {128}
 
 
-def _conv_weights_are_int8(proto: onnx.ModelProto, qmax: int = 127) -> None:
+def _conv_weights_are_int8(proto: onnx.ModelProto, qmax: int = 127, float_convs: int = 0) -> None:
+    """Every Conv has INT8 weights in range, except `float_convs` of them (a float head)."""
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     producer = {o: n for n in proto.graph.node for o in n.output}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert convs
+    floats = []
     for conv in convs:
         dq = producer.get(conv.input[1])
-        assert dq is not None and dq.op_type == "DequantizeLinear", f"{conv.name}: float weight"
+        if dq is None or dq.op_type != "DequantizeLinear":
+            floats.append(conv.name)
+            continue
         w = inits[dq.input[0]]
         assert w.dtype == np.int8
         assert np.abs(w.astype(np.int32)).max() <= qmax, f"{conv.name}: weight levels beyond the trained range"
+    assert len(floats) == float_convs, f"float weights on {floats}"
 
 
 @pytest.mark.parametrize("target", ["ort", "trt"])
@@ -132,9 +137,11 @@ def test_export_qdq_runs_in_onnxruntime_and_matches_fake_quant(qat_reduced, tmp_
     out = tmp_path / f"qat_{target}.onnx"
     info = fx_quant.export_qdq_onnx(model, out, input_hw=(64, 96), target=target)
     proto = onnx.load(str(out))
-    _conv_weights_are_int8(proto, qmax=meta["qat"]["weight_qrange"][1])
-    assert info["folded_weights"] + len(info["bn_as_int8_depthwise_conv"]) == sum(
-        1 for n in proto.graph.node if n.op_type == "Conv")
+    # segmentation QAT keeps its classifier conv (and so the logits) float: the "head" float op
+    assert meta["qat"]["float_ops"] == ["head"] and meta["qat"]["float_modules"] == ["final_layer.conv2"]
+    _conv_weights_are_int8(proto, qmax=meta["qat"]["weight_qrange"][1], float_convs=1)
+    assert info["folded_weights"] + len(info["bn_as_int8_depthwise_conv"]) + 1 == sum(
+        1 for n in proto.graph.node if n.op_type == "Conv")  # + the float head
     values = _constant_values(proto)
     act_zps = [values[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert act_zps
@@ -160,8 +167,10 @@ def test_export_qdq_runs_in_onnxruntime_and_matches_fake_quant(qat_reduced, tmp_
     agree, agree_confident = _agreement(ref, got)
     sqnr = fx_quant.sqnr_db(ref, got)
     # All pixels: 0.946 on the calibrated tiny model (many near-tie pixels), 0.90 with int16
-    # saturation; the confident-pixel floor is the sharp test.
-    assert agree > 0.93 and agree_confident > 0.995 and sqnr > ORT_QDQ_MIN_SQNR_DB, (agree, agree_confident, sqnr)
+    # saturation; the confident-pixel floor is the sharp test. With float logits (the "head"
+    # float op) no final 8-bit rounding hides upstream rounding ties any more: 0.967 / 0.994 /
+    # 16.1 dB on the AVX512-VNNI EPYC, against 0.95 confident with saturation.
+    assert agree > 0.93 and agree_confident > 0.99 and sqnr > ORT_QDQ_MIN_SQNR_DB, (agree, agree_confident, sqnr)
 
 
 def test_pytorch_int8_kernels_agree_with_fake_quant(fp32_and_qat):
@@ -296,6 +305,8 @@ def test_qat_checkpoint_is_stale_on_another_weight_range():
     assert "float ops none" in qat_checkpoint_stale(reduced, "abc", float_ops=("add", "cat"), **on_avx2)
     assert qat_checkpoint_stale({**reduced, "float_ops": ["add", "cat"]}, "abc", float_ops=("add", "cat"),
                                 **on_avx2) is None
+    # Segmentation checkpoints from before QAT kept the head float are stale (their logits were 8-bit)
+    assert "float ops none" in qat_checkpoint_stale(reduced, "abc", float_ops=("head",), **on_avx2)
 
 
 @pytest.mark.parametrize("recorded", [[-64, 64], [-127, 127]])
@@ -307,7 +318,8 @@ def test_bench_fine_tunes_again_when_the_cached_qat_range_differs(recorded, tmp_
     from bench.runner import BenchConfig, Prepared
 
     cached, fresh = tmp_path / "cached.pt", tmp_path / "fresh.pt"
-    meta = {"meta": {"qat": {"parent": {"sha256": "abc"}, "weight_qrange": recorded}}}
+    # a segmentation network's QAT keeps the float head (`fx_quant.int8_float_ops`)
+    meta = {"meta": {"qat": {"parent": {"sha256": "abc"}, "weight_qrange": recorded, "float_ops": ["head"]}}}
     trained = []
     monkeypatch.setattr(fx_quant, "int8_pairs_saturate", lambda flags=None, machine=None: True)  # reduced here
     monkeypatch.setattr(qat_mod, "find_qat_checkpoint", lambda *a, **k: cached)
