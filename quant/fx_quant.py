@@ -265,6 +265,8 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     for kind in float_ops:
         for fn in _FLOAT_FUNCTIONS.get(kind, ()):
             mapping.set_object_type(fn, None)
+    for name in float_scopes(model):  # every op traced inside these modules runs in float
+        mapping.set_module_name(name, None)
     example = (example_input(2, input_hw),)
     if qat:
         fold_transposed_conv_bn(model)
@@ -370,6 +372,18 @@ _FLOAT_FUNCTIONS: dict[str, tuple[Callable[..., Any], ...]] = {
     "add": (operator.add, operator.iadd, torch.add), "cat": (torch.cat, torch.concat)}
 
 
+def float_scopes(model: nn.Module) -> tuple[str, ...]:
+    """The submodules that `model` asks to run wholly in float in its FX INT8 graphs (its class's
+    `fx_float_modules`: a measured, per-network choice, e.g. PIDNet's attention fusions): every
+    convolution and function traced inside them stays float, static PTQ and QAT alike."""
+    names = tuple(getattr(model, "fx_float_modules", ()))
+    present = dict(model.named_modules())
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise ValueError(f"{type(model).__name__}.fx_float_modules names {missing}, which the network does not have")
+    return names
+
+
 def check_float_ops(kinds: Iterable[str]) -> tuple[str, ...]:
     """`kinds` validated against `FLOAT_OPS`, deduplicated in `FLOAT_OPS` order."""
     kinds = list(kinds)
@@ -400,7 +414,8 @@ def resolve_float_ops(model: nn.Module, float_ops: Sequence[str] | None) -> tupl
 def float_module_names(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:
     """The modules `keep_float` runs in float in FX INT8 graphs: every `nn.PReLU`, and every
     standalone `nn.BatchNorm2d` (its input is not a convolution's output) that feeds only PReLUs,
-    or every standalone one when `float_ops` (default: `float_op_kinds(model)`) has "batchnorm".
+    or every standalone one when `float_ops` (default: `float_op_kinds(model)`) has "batchnorm";
+    the head convolutions with the "head" float op; and the network's own `float_scopes`.
     Empty for networks without PReLU (DDRNet, YOLOv5, ...), whose graphs it leaves unchanged."""
     all_bn = "batchnorm" in resolve_float_ops(model, float_ops)
     graph = _LeafTracer(fx_leaf_classes(model)).trace(model)
@@ -421,6 +436,7 @@ def float_module_names(model: nn.Module, float_ops: Sequence[str] | None = None)
                 names.append(node.target)
     if "head" in resolve_float_ops(model, float_ops):
         names += _head_convs(graph, module_of)
+    names += float_scopes(model)
     return list(dict.fromkeys(names))
 
 

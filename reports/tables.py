@@ -407,8 +407,14 @@ def _mixed_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
                 notes.append(text)
     notes = [f"{VARIANT_TITLES[MIXED]}: {n}" for n in notes]
     for rec in records:  # QAT trained with float ops: its column is mixed precision too, say so
-        ops = quant_summary(rec).get("float_ops") if rec is not None and rec.get("variant") == "qat" else None
-        text = f"{VARIANT_TITLES['qat']}: {rec.get('model')} keeps its {' and '.join(ops)} ops in float" if ops else None
+        q = quant_summary(rec) if rec is not None and rec.get("variant") == "qat" else {}
+        ops, scopes = q.get("float_ops"), q.get("float_modules")
+        what = []
+        if ops:
+            what.append(f"its {' and '.join(ops)} ops")
+        if scopes:
+            what.append(f"its {', '.join(scopes)} modules")
+        text = f"{VARIANT_TITLES['qat']}: {rec.get('model')} keeps {' and '.join(what)} in float" if what else None
         if text and text not in notes:
             notes.append(text)
     return notes

@@ -844,3 +844,33 @@ def test_float_head_keeps_a_segmentation_classifier_and_its_logits_float(tmp_pat
     meta = quantize_static_torch(model, calib, tmp_path / "all.pt")
     int8 = load_static_torch(model, tmp_path / "all.pt", reduce_range=meta["reduce_range"])
     assert meta["float_ops"] == [] and fx_quant.count_int8_modules(int8) == {"int8_modules": 3, "float_convs": 0}
+
+
+def test_network_float_scopes_run_wholly_in_float():
+    """A network's `fx_float_modules` (PIDNet: its attention fusions) run every op inside them in
+    float in FX INT8 graphs; everything else stays INT8; a wrong name is an error, not a no-op."""
+    from quant import fx_quant
+
+    class Net(nn.Module):
+        fx_float_modules = ("gate",)
+
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.gate = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Sigmoid())
+            self.out = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.body(x)
+            return self.out(y * self.gate(y))
+
+    net = Net().eval()
+    assert fx_quant.float_scopes(net) == ("gate",) and "gate" in fx_quant.float_module_names(net, ())
+    prepared = fx_quant.prepare(net, qat=False, input_hw=(16, 16), scheme="affine", float_ops=())
+    prepared(torch.randn(2, 3, 16, 16))
+    int8 = fx_quant.convert_int8(prepared, warn=False)
+    kinds = {n: type(m).__module__ for n, m in int8.named_modules() if n in ("body.0", "gate.0", "out")}
+    assert kinds["gate.0"] == "torch.nn.modules.conv" and "quantized" in kinds["body.0"] and "quantized" in kinds["out"]
+    Net.fx_float_modules = ("nope",)
+    with pytest.raises(ValueError, match="fx_float_modules names \\['nope'\\]"):
+        fx_quant.float_scopes(Net())

@@ -113,6 +113,13 @@ class PIDNet(nn.Module):
     """PIDNet with m BasicBlocks in the early / P stages and n in I stages 3 and 4 (S and M: m=2,
     n=3, with PAPPM and Light-Bag). Only the m=2 design (S / M) is implemented."""
 
+    # PyTorch FX INT8 graphs run the two pixel-attention fusions wholly in float
+    # (`quant.fx_quant.float_scopes`): with them in INT8, per-tensor 8-bit features feed the
+    # channel dot product whose sigmoid gates the P and I branches, and the masks agreed with FP32
+    # on 94.8 % of CamVid val pixels (static PTQ, any calibration method; 96.5 / 97.7 % with one
+    # of them float, 99.6 % with both). Every convolution outside them stays INT8.
+    fx_float_modules = ("pag3", "pag4")
+
     def __init__(self, *, num_classes: int = 19, m: int = 2, n: int = 3, planes: int = 32,
                  ppm_planes: int = 96, head_planes: int = 128, aux: bool = True,
                  align_corners: bool = False) -> None:
