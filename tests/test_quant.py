@@ -874,3 +874,26 @@ def test_network_float_scopes_run_wholly_in_float():
     Net.fx_float_modules = ("nope",)
     with pytest.raises(ValueError, match="fx_float_modules names \\['nope'\\]"):
         fx_quant.float_scopes(Net())
+
+
+def test_reduce_sum_inputs_stay_float_in_the_ort_artifact():
+    """The product a ReduceSum sums (PIDNet's attention dot product) is left unquantized, so the
+    sum gets float input: OpenVINO computes a ReduceSum of dequantized u8 wrongly."""
+    from onnx import TensorProto, helper
+
+    from quant.ptq_static import reduce_sum_producers
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph([
+        helper.make_node("Relu", ["x"], ["a"], name="relu"),
+        helper.make_node("Mul", ["a", "x"], ["prod"], name="dot_mul"),
+        helper.make_node("Mul", ["a", "a"], ["sq"], name="other_mul"),
+        helper.make_node("ReduceSum", ["prod", "axes"], ["s"], name="dot_sum", keepdims=1),
+        helper.make_node("ReduceSum", ["sq", "axes"], ["s2"], name="sum2", keepdims=1),
+        helper.make_node("Add", ["s", "s2"], ["y"], name="add"),
+    ], "g", [x], [y], initializer=[axes])
+    assert reduce_sum_producers(helper.make_model(graph)) == ["dot_mul", "other_mul"]
+    graph.node[3].input[0] = "a"  # a ReduceSum fed by anything else than a product or sum: nothing to keep
+    assert reduce_sum_producers(helper.make_model(graph)) == ["other_mul"]
