@@ -282,12 +282,6 @@ def code_sha256(files: Sequence[Path], extra: Sequence[str] = ()) -> str:
     return h.hexdigest()
 
 
-def fx_quant_scopes(net: torch.nn.Module) -> tuple[str, ...]:
-    from quant.fx_quant import float_scopes
-
-    return float_scopes(net)
-
-
 def fx_int8_code_sha256(net: torch.nn.Module, model: str) -> str:
     """The code identity of a PyTorch FX INT8 artifact (observer state, converted TorchScript): the
     network's source files, the quantization code and the torch version. Without it a changed
@@ -457,7 +451,10 @@ class Prepared:
 
             quant["kept_float"] = {"from": f"{type(self.net).__name__}.fx_float_ops ({', '.join(float_ops)})",
                                    "ops": list(float_ops), "nodes": float_op_nodes(self.net, float_ops)}
-        if scopes := [m for m in meta.get("float_modules") or [] if m in fx_quant_scopes(self.net)]:
+        from quant.fx_quant import float_scopes
+
+        own = float_scopes(self.net)
+        if scopes := [m for m in meta.get("float_modules") or [] if m in own]:
             # modules the network runs wholly in float (`quant.fx_quant.float_scopes`): mixed precision too
             kept = quant.setdefault("kept_float", {"from": f"{type(self.net).__name__}.fx_float_modules", "nodes": []})
             kept["nodes"] = [*kept["nodes"], *scopes]
@@ -598,7 +595,10 @@ class Prepared:
             summary["float_head"] = True  # float logits, as static PTQ's: not a mixed-precision cell
         if float_ops := [k for k in qat_meta.get("float_ops") or [] if k != "head"]:
             summary["float_ops"] = float_ops
-        if scopes := [m for m in qat_meta.get("float_modules") or [] if m in fx_quant_scopes(self.net)]:
+        from quant.fx_quant import float_scopes
+
+        own = float_scopes(self.net)
+        if scopes := [m for m in qat_meta.get("float_modules") or [] if m in own]:
             summary["float_modules"] = scopes
         if split := selected_on_split(ckpt, meta):
             summary["selected_on_split"] = split
