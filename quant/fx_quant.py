@@ -64,7 +64,9 @@ def int8_pairs_saturate(flags: set[str] | None = None, machine: str | None = Non
     so a CPU with AVX-VNNI alone, which `quant.ptq_static.cpu_has_vnni` counts (MLAS uses it),
     still saturates in PyTorch: `cpu_has_vnni` is the ORT test, not this one. The instruction is
     x86's, so other machines answer False; unknown flags on x86 (no /proc/cpuinfo) count as
-    saturating, the safe answer.
+    saturating, the safe answer. fbgemm's *depthwise* kernels use vpmaddubsw even with
+    AVX512-VNNI; `convert_int8` keeps their inputs below byte 128 instead
+    (`quant.unsigned_activations`).
     """
     import platform
 
@@ -661,15 +663,20 @@ def convert_int8(prepared: nn.Module, *, warn: bool = True) -> nn.Module:
 
     QAT weights get exactly the integers their fake quantizers used: `convert_fx` rounds them
     into the full int8 range, so a folded weight beyond the frozen range (the fake quantizer
-    clips it) is clamped back here. With `warn`, says so when the result can saturate on this CPU
-    (`saturation_hazard`)."""
+    clips it) is clamped back here. Non-negative symmetric activations reach the kernels as bytes
+    0..127 rather than 128..255 (`quant.unsigned_activations`: fbgemm's depthwise kernels
+    saturate on the latter, even with AVX512-VNNI). With `warn`, says so when the result can
+    saturate on this CPU (`saturation_hazard`)."""
     import warnings
 
     from torch.ao.quantization.quantize_fx import convert_fx
 
+    from quant.unsigned_activations import reencode_nonnegative
+
     if ENGINE in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = ENGINE
     model = copy.deepcopy(prepared).eval()
+    reencode_nonnegative(model)
     int8 = convert_fx(model)
     _clamp_int8_weights(int8, prepared)
     if warn and (hazard := saturation_hazard(prepared)):
