@@ -249,7 +249,7 @@ def state_digest(model: torch.nn.Module) -> str:
 # Code an FX INT8 artifact also depends on besides the network's own modules: the qconfig and the
 # preparation / conversion (quant.fx_quant), the calibration and loading (quant.torch_ptq), and
 # the shared blocks every family builds from.
-FX_INT8_CODE_MODULES = ("quant.fx_quant", "quant.torch_ptq", "zoo.layers")
+FX_INT8_CODE_MODULES = ("quant.fx_quant", "quant.unsigned_activations", "quant.torch_ptq", "zoo.layers")
 
 
 def network_source_files(net: torch.nn.Module, model: str) -> list[Path]:
