@@ -303,3 +303,27 @@ def test_large_kept_copies_go_in_parts_and_a_new_machine_continues_from_them(tin
     from zoo.io import sha256_file
 
     assert loaded.path == found and loaded.sha256 == sha256_file(ck.resolve_weights(found))
+
+
+def test_bench_measures_each_finished_network_under_the_system_allocator(tiny_camvid, tmp_path, monkeypatch):
+    import zoo.campaign as campaign
+
+    calls = []
+    monkeypatch.setattr(campaign.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 3)
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /opt/own.so")
+    monkeypatch.setenv("EDGEZOO_ALLOCATOR_TRIED", "1")
+    keep, logs = tmp_path / "trained", []
+    runs = plan(["fastdepthseg"], "camvid", artifacts=tmp_path / "a", keep=keep, **SMALL)
+    kwargs = dict(data="camvid", data_root=tiny_camvid, artifacts=tmp_path / "a", threads=1, progress=False,
+                  bench_out=tmp_path / "results", log=logs.append)
+    first = train_campaign(runs, **kwargs)
+    second = train_campaign(runs, **kwargs)  # finished: skipped, measured again (bench skips stored cells)
+    assert [s["bench_rc"] for s in first + second] == [3, 3]
+    assert any("exited with status 3" in m for m in logs)  # logged, and the campaign went on
+    cmd, env = calls[0]
+    assert cmd[1:3] == ["-m", "bench.run"]
+    assert cmd[cmd.index("--weights") + 1] == str(runs[0].kept / "best.pt")
+    assert (runs[0].kept / "best.pt").is_file()
+    assert cmd[cmd.index("--quant") + 1:cmd.index("--backend")] == ["fp32", "static", "dynamic", "qat"]
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "results") and "--threads" in cmd
+    assert env["LD_PRELOAD"] == "/opt/own.so" and "EDGEZOO_ALLOCATOR_TRIED" not in env

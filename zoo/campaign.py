@@ -5,6 +5,7 @@ machines, and keep their weights in the repository (the FP32 half of the zoo tab
     python -m zoo.campaign --data camvid --data-root ../shared/data/camvid
     python -m zoo.campaign --data camvid --data-root ../shared/data/camvid --models pidnet_s ppliteseg_t
     python -m zoo.campaign --data camvid --export        # before a session or machine goes away
+    python -m zoo.campaign --data camvid --data-root ../shared/data/camvid --bench results/camvid
 
 Each network trains with its family's recipe or the one named as ``MODEL:RECIPE`` (`zoo.recipes`;
 ``--plan`` lists them) through `zoo.train.train(..., resume=True)`, in the order given (default:
@@ -30,6 +31,14 @@ training step (batch 8 at 288x384, channels-last) took 0.64 s instead of 1.04-1.
 networks (Kalamkar et al., "A Study of BFLOAT16 for Deep Learning Training", 2019). A run may move
 between machines with and without bf16; every epoch's history entry records its precision.
 
+With ``--bench OUT`` every finished network is then measured, one after the other, by a
+`bench.run` sweep in a child process: ``--quant fp32 static dynamic qat --backend torch
+onnxruntime openvino --profile release`` on the kept ``best.pt`` (QAT fine-tunes about a tenth of
+the recipe's epochs first, in that process). The sweep skips cells already stored in OUT, so
+finished networks cost a check, and it runs under the system allocator: TCMalloc is for
+training, the benchmark measures what a user's process would use. A failed sweep is logged and
+the campaign goes on. Regenerate the report afterwards (``python -m reports.build``).
+
 A copy never replaces a kept state that is further along, nor kept weights that score higher.
 A network whose recipe is finished is skipped. One whose kept state is ahead of the cache (a new
 machine, or another machine's progress pulled with git) continues from the kept copy (Adam's
@@ -47,7 +56,9 @@ if __name__ == "__main__":  # TCMalloc before torch loads (zoo.hardware: 1.3x fa
     reexec_with_tcmalloc()
 
 import argparse
+import shlex
 import shutil
+import subprocess
 import statistics
 import sys
 import time
@@ -199,10 +210,41 @@ def _resume_command(run: Run, data: str, data_root: str | Path | None, epochs: A
             f"--epochs {epochs} --resume")
 
 
+BENCH_VARIANTS = ("fp32", "static", "dynamic", "qat")
+BENCH_BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def bench_command(run: Run, *, data: str, data_root: str | Path | None, out: str | Path,
+                  threads: int | None = None, profile: str = "release") -> list[str]:
+    """The `bench.run` sweep that measures a finished network's kept weights (``--bench``)."""
+    cmd = [sys.executable, "-m", "bench.run", "--model", run.model, "--weights", str(run.kept / "best.pt"),
+           "--data", data]
+    if data_root:
+        cmd += ["--data-root", str(data_root)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return cmd + ["--quant", *BENCH_VARIANTS, "--backend", *BENCH_BACKENDS, "--profile", profile, "--out", str(out)]
+
+
+def measure(run: Run, *, data: str, data_root: str | Path | None, out: str | Path, threads: int | None = None,
+            log=print) -> int:
+    """Run `bench_command` in a child process under the system allocator; returns its exit status."""
+    from zoo.hardware import environment_without_tcmalloc
+
+    cmd = bench_command(run, data=data, data_root=data_root, out=out, threads=threads)
+    log(f"[campaign] {run.model}: measuring: {shlex.join(cmd)}")
+    rc = subprocess.call(cmd, env=environment_without_tcmalloc())
+    if rc != 0:
+        log(f"[campaign] {run.model}: the benchmark sweep exited with status {rc}; the campaign goes on "
+            f"(re-run it with the command above: stored cells are kept)")
+    return rc
+
+
 def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, artifacts: str | Path | None = None,
                    threads: int | None = None, workers: int = 0, export_every: int = 10, amp: str = "auto",
-                   progress: bool = True, log=print) -> list[dict[str, Any]]:
-    """Train every unfinished run in order; returns one summary per run."""
+                   progress: bool = True, bench_out: str | Path | None = None, log=print) -> list[dict[str, Any]]:
+    """Train every unfinished run in order, and with `bench_out` measure each finished one
+    (`measure`); returns one summary per run."""
     from zoo.train import TrainConfig, TrainHooks, train
 
     summaries = []
@@ -221,7 +263,11 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
                 export(run)
             log(f"[campaign] {run.model}: finished ({run.recipe.epochs} epochs, best val mIoU "
                 f"{_pct(state['best_miou'])} at epoch {state['best_epoch']}); skipped")
-            summaries.append({"model": run.model, **state, "skipped": True})
+            summary = {"model": run.model, **state, "skipped": True}
+            if bench_out is not None:
+                summary["bench_rc"] = measure(run, data=data, data_root=data_root, out=bench_out, threads=threads,
+                                              log=log)
+            summaries.append(summary)
             continue
         if _seed_cache_from_kept(run):
             log(f"[campaign] {run.model}: continuing from the kept copy {run.kept / 'last.pt'}")
@@ -259,6 +305,8 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
         summary = {"model": run.model, **run.state(), "seconds": result["seconds"], "session_s": time.time() - t0}
         log(f"[campaign] {run.model}: done, best val mIoU {_pct(summary['best_miou'])} "
             f"(epoch {summary['best_epoch']}), {result['seconds'] / 3600:.2f} h of training; kept in {run.kept}")
+        if bench_out is not None and summary["done"]:
+            summary["bench_rc"] = measure(run, data=data, data_root=data_root, out=bench_out, threads=threads, log=log)
         summaries.append(summary)
     return summaries
 
@@ -295,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-every", type=int, default=10, help="epochs between kept copies (0: only at the end)")
     p.add_argument("--plan", action="store_true", help="list the networks, recipes and progress; train nothing")
     p.add_argument("--export", action="store_true", help="write the kept copies of every started run now; train nothing")
+    p.add_argument("--bench", metavar="OUT", help="measure every finished network with a bench.run sweep "
+                   f"(--quant {' '.join(BENCH_VARIANTS)} --backend {' '.join(BENCH_BACKENDS)} --profile release) "
+                   "into OUT, e.g. results/camvid")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -319,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         train_campaign(runs, data=args.data, data_root=args.data_root, artifacts=args.artifacts,
                        threads=args.threads, workers=args.workers, export_every=args.export_every, amp=args.amp,
-                       progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
+                       progress=not args.no_progress, bench_out=args.bench,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
 
 

@@ -102,3 +102,16 @@ def reexec_with_tcmalloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
+
+
+def environment_without_tcmalloc() -> dict[str, str]:
+    """This process's environment minus what `reexec_with_tcmalloc` added: for child processes
+    that must run under the system allocator (benchmarks measure what a user's process uses)."""
+    env = dict(os.environ)
+    preload = [p for p in env.get("LD_PRELOAD", "").split() if os.path.basename(p) not in TCMALLOC_FILES]
+    if preload:
+        env["LD_PRELOAD"] = " ".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
+    env.pop("EDGEZOO_ALLOCATOR_TRIED", None)
+    return env
