@@ -249,7 +249,7 @@ def state_digest(model: torch.nn.Module) -> str:
 # Code an FX INT8 artifact also depends on besides the network's own modules: the qconfig and the
 # preparation / conversion (quant.fx_quant), the calibration and loading (quant.torch_ptq), and
 # the shared blocks every family builds from.
-FX_INT8_CODE_MODULES = ("quant.fx_quant", "quant.unsigned_activations", "quant.torch_ptq", "zoo.layers")
+FX_INT8_CODE_MODULES = ("quant.fx_quant", "quant.x86_depthwise", "quant.torch_ptq", "zoo.layers")
 
 
 def network_source_files(net: torch.nn.Module, model: str) -> list[Path]:
@@ -541,6 +541,44 @@ class Prepared:
                          "fx_int8": {**fx_int8, "format": "fx-state", "torchscript_error": reason}, "quant": quant})
         return _int8_deploy_size(art, converted_bytes)
 
+    def qat_float_layout(self) -> tuple[list[str], list[str]]:
+        """What a QAT fine-tuning of this network keeps in float now: (`fx_quant.int8_float_ops`,
+        `fx_quant.float_module_names`). Segmentation keeps float logits (the "head" float op)."""
+        from quant import fx_quant
+
+        float_ops = fx_quant.int8_float_ops(self.net, float_head=self.task == "segmentation")
+        return list(float_ops), list(fx_quant.float_module_names(self.net, float_ops))
+
+    def cached_qat_checkpoint(self, cfg: "BenchConfig") -> tuple[Path | None, str | None]:
+        """(the cached QAT checkpoint for these FP32 weights, None) when one can serve this sweep,
+        else (None, why not): none cached, or stale (`quant.qat.qat_checkpoint_stale`)."""
+        from quant.qat import find_qat_checkpoint, qat_checkpoint_stale
+        from zoo.checkpoints import read_checkpoint
+
+        path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts, parent_sha256=self.weights_sha256)
+        if path is None:
+            return None, "none cached"
+        float_ops, float_modules = self.qat_float_layout()
+        # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
+        why = qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256,
+                                   float_modules=float_modules, float_ops=float_ops)
+        return (None, why) if why else (Path(path), None)
+
+    def stored_qat_fits(self, summary: dict) -> bool:
+        """Whether a stored QAT record (its `artifact.quant` summary) was fine-tuned with the float
+        layout a fine-tuning would use now: such a record stands for this cell when no QAT checkpoint
+        is cached here (a fresh machine), instead of fine-tuning again only to re-measure it."""
+        float_ops, float_modules = self.qat_float_layout()
+        stored_ops = (["head"] if summary.get("float_head") else []) + list(summary.get("float_ops") or [])
+        return (summary.get("parent_sha256") == self.weights_sha256 and sorted(stored_ops) == sorted(float_ops)
+                and sorted(summary.get("float_modules") or []) == sorted(m for m in float_modules
+                                                                           if m in self._own_float_scopes()))
+
+    def _own_float_scopes(self) -> list[str]:
+        from quant.fx_quant import float_scopes
+
+        return list(float_scopes(self.net))
+
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
         """The QAT checkpoint fine-tuned from exactly these FP32 weights on the weight range this CPU
         trains (made when missing or stale, `quant.qat.qat_checkpoint_stale`; announced)."""
@@ -548,18 +586,9 @@ class Prepared:
             return self._qat_path
         if getattr(self, "_qat_error", None) is not None:
             raise self._qat_error  # fine-tune once per sweep, even when it fails
-        from quant import fx_quant
-        from quant.qat import QATConfig, find_qat_checkpoint, qat_checkpoint_stale, qat_finetune
-        from zoo.checkpoints import read_checkpoint
+        from quant.qat import QATConfig, qat_finetune
 
-        path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts, parent_sha256=self.weights_sha256)
-        # what quant.qat would train now (segmentation: float logits, the "head" float op)
-        float_ops = fx_quant.int8_float_ops(self.net, float_head=self.task == "segmentation")
-        # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
-        why = ("none cached" if path is None else
-               qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256,
-                                    float_modules=fx_quant.float_module_names(self.net, float_ops),
-                                    float_ops=float_ops))
+        path, why = self.cached_qat_checkpoint(cfg)
         if why:
             log(f"QAT: {why}; fine-tuning {self.model} from {self.weights_path} (announced: this trains)")
             try:
@@ -1278,6 +1307,13 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                         ok, reason = sweep.availability(backend)
                         if ok:
                             ok, reason = variant_support(variant, bcls, cfg)
+                        if ok and variant == "qat" and not cfg.force:
+                            stored_qat = _stored_qat_record(prep, cfg, rec, stored)
+                            if stored_qat is not None:
+                                log(f"cell {short_id(rec)}: stored ({Path(stored_qat['_path']).name}; its QAT "
+                                    "checkpoint is not cached here); --force fine-tunes anew and reruns it")
+                                records.append({**stored_qat, "_reused": True})
+                                continue
                         if ok and variant == "qat":
                             # The fine-tuned checkpoint is part of the cell's identity.
                             try:
@@ -1294,6 +1330,19 @@ def run_sweep(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, 
                         records.append(_run_one(sweep, prep, rec, hw, batch, variant, backend, ok, reason,
                                                 options_base, env))
     return records
+
+
+def _stored_qat_record(prep: Prepared, cfg: BenchConfig, rec: dict, stored: list[dict]) -> dict | None:
+    """The newest ok record of this QAT cell made from any fine-tuning of these FP32 weights with
+    today's float layout, when no usable QAT checkpoint is cached (the artifact cache is per
+    machine; the results folder travels). None when a checkpoint is cached: its own key decides."""
+    candidates = [r for r in stored if r.get("status") == "ok" and r.get("variant") == "qat"
+                  and str(r.get("quant_config") or "").startswith(rec["quant_config"] + "-")
+                  and cell_key({**r, "quant_config": rec["quant_config"]}) == cell_key(rec)
+                  and prep.stored_qat_fits((r.get("artifact") or {}).get("quant") or {})]
+    if not candidates or prep.cached_qat_checkpoint(cfg)[0] is not None:
+        return None
+    return max(candidates, key=lambda r: str(r.get("timestamp") or ""))
 
 
 def _run_one(sweep: _Sweep, prep: Prepared, rec: dict, hw: tuple[int, int], batch: int, variant: str,

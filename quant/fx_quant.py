@@ -66,7 +66,7 @@ def int8_pairs_saturate(flags: set[str] | None = None, machine: str | None = Non
     x86's, so other machines answer False; unknown flags on x86 (no /proc/cpuinfo) count as
     saturating, the safe answer. fbgemm's *depthwise* kernels use vpmaddubsw even with
     AVX512-VNNI; `convert_int8` keeps their inputs below byte 128 instead
-    (`quant.unsigned_activations`).
+    (`quant.x86_depthwise`).
     """
     import platform
 
@@ -663,22 +663,23 @@ def convert_int8(prepared: nn.Module, *, warn: bool = True) -> nn.Module:
 
     QAT weights get exactly the integers their fake quantizers used: `convert_fx` rounds them
     into the full int8 range, so a folded weight beyond the frozen range (the fake quantizer
-    clips it) is clamped back here. Non-negative symmetric activations reach the kernels as bytes
-    0..127 rather than 128..255 (`quant.unsigned_activations`: fbgemm's depthwise kernels
-    saturate on the latter, even with AVX512-VNNI). With `warn`, says so when the result can
+    clips it) is clamped back here. fbgemm's depthwise kernels saturate in int16 even with
+    AVX512-VNNI (`quant.x86_depthwise`): their non-negative symmetric inputs reach them as bytes
+    0..127 rather than 128..255, and the other depthwise convolutions get 7-bit weights. With `warn`, says so when the result can
     saturate on this CPU (`saturation_hazard`)."""
     import warnings
 
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    from quant.unsigned_activations import reencode_nonnegative
+    from quant.x86_depthwise import narrow_depthwise_weights, reencode_nonnegative
 
     if ENGINE in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = ENGINE
     model = copy.deepcopy(prepared).eval()
-    reencode_nonnegative(model)
-    int8 = convert_fx(model)
+    reencoded = reencode_nonnegative(model)
+    int8 = convert_fx(model)  # rewrites `model`'s graph in place: read the float graph from `prepared`
     _clamp_int8_weights(int8, prepared)
+    narrow_depthwise_weights(int8, prepared, reencoded)
     if warn and (hazard := saturation_hazard(prepared)):
         warnings.warn(hazard, RuntimeWarning, stacklevel=2)
     return int8

@@ -208,6 +208,15 @@ def test_static_int8_keeps_decode_float_and_torch_int8_and_qat_cells_run(det_dat
             assert all(c.op_type != "QuantizeLinear" for c in consumers.get(o, [])), (node.name, o)
     assert producer[proto.graph.output[0].name].op_type != "DequantizeLinear"
 
+    # A fresh machine (no artifact cache, so no QAT checkpoint) with the results folder: the stored
+    # QAT cells stand, rather than a new fine-tuning made only to measure them again.
+    again = _bench(["--model", "yolov5n", "--data", "coco", "--data-root", str(det_data), "--weights", str(det_weights),
+                    "--input-size", "128x128", "--quant", "qat", "--backend", "torch", "onnxruntime",
+                    "--max-images", "2", "--qat-epochs", "1", *FAST], tmp_path, tmp_path / "fresh-artifacts")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "fine-tuning" not in again.stderr and again.stderr.count("is not cached here") == 2, again.stderr[-3000:]
+    assert len(_records(tmp_path)) == len(recs)
+
 
 def test_trains_quick_detector_when_missing_then_reuses_it(det_data, tmp_path):
     artifacts = tmp_path / "artifacts"

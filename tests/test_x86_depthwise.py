@@ -1,4 +1,4 @@
-"""quant.unsigned_activations: non-negative symmetric activations reach PyTorch's x86 INT8 kernels
+"""quant.x86_depthwise: non-negative symmetric activations reach PyTorch's x86 INT8 kernels
 as bytes 0..127, so that fbgemm's depthwise kernels (saturating int16 pair sums) compute what the
 fake-quantized graph trained."""
 import copy
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from quant import fx_quant
-from quant.unsigned_activations import nonnegative_nodes, reencode_nonnegative
+from quant.x86_depthwise import nonnegative_nodes, reencode_nonnegative
 
 pytestmark = pytest.mark.skipif("x86" not in torch.backends.quantized.supported_engines,
                                 reason="the x86 quantized engine is not available on this machine")
@@ -88,3 +88,39 @@ def test_reencoding_keeps_the_fake_quantized_values_and_fixes_depthwise_kernels(
     with torch.no_grad():
         out = int8(x)
     assert fx_quant.sqnr_db(before[0], out[0]) > 25.0
+
+
+class _LinearDepthwise(nn.Module):
+    """A depthwise convolution fed by a linear (signed) projection: nothing to re-encode."""
+
+    def __init__(self, c: int = 16, hidden: int = 384):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.BatchNorm2d(hidden))
+        self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.BatchNorm2d(hidden), nn.ReLU())
+        self.project = nn.Conv2d(hidden, c, 1)
+
+    def forward(self, x):
+        return self.project(self.dw(self.expand(self.stem(x))))
+
+
+def test_depthwise_weights_on_signed_inputs_are_narrowed_to_seven_bits():
+    torch.manual_seed(0)
+    net = _LinearDepthwise()
+    with torch.no_grad():  # weights at their channel maximum, inputs mostly far above zero
+        net.dw[0].weight.copy_(torch.sign(torch.randn_like(net.dw[0].weight)))
+        net.expand[1].bias.fill_(3.0)
+    prepared = fx_quant.prepare(net, qat=True, input_hw=(16, 16))
+    prepared.train()
+    fx_quant.freeze_bn_stats(prepared)
+    for _ in range(4):
+        prepared(torch.randn(2, 3, 16, 16) * 2)
+    prepared.eval()
+    fx_quant.freeze_observers(prepared)
+    int8 = fx_quant.convert_int8(prepared, warn=False)
+    levels = int8.get_submodule("dw.0").weight().int_repr()
+    assert int(levels.abs().max()) == 64  # +-1 weights: 127 levels become exactly 64
+    x = torch.randn(1, 3, 16, 16) * 2
+    with torch.no_grad():
+        # fbgemm's saturating pair sums made this 1 dB before the weights were narrowed
+        assert fx_quant.sqnr_db(prepared(x), int8(x)) > 40.0

@@ -1,34 +1,41 @@
-"""Give the PyTorch x86 INT8 kernels non-negative activations as uint8 0..127 instead of 128..255.
+"""Keep PyTorch's x86 depthwise INT8 kernels out of int16 saturation (`fx_quant.convert_int8`).
 
-QAT's symmetric activations (`quant.fx_quant`, ``scheme="symmetric"``) reach PyTorch's kernels as
-``quint8`` with zero point 128, so a ReLU output of level k arrives as the byte 128 + k. fbgemm's
-depthwise convolution multiplies with vpmaddubsw, which adds two u8*s8 products into a
-*saturating* int16, on every x86 CPU, AVX512-VNNI included (its VNNI kernels are the GEMM
-ones). Bytes above 128 times weight levels near 127 overflow that pair sum. Measured on the
-CamVid FastDepthSeg QAT checkpoint (AMD EPYC, AVX512-VNNI): its 14 depthwise convolutions
-computed their outputs at 12.5-18 dB SQNR against a float emulation of the same integers, the
-INT8 network agreed with its own fake-quantized graph on 96.4 % of the pixels and scored 59.55
-mIoU where the fake-quantized graph scored 60.52 (ONNX Runtime, from the same QDQ file: 60.41).
+fbgemm's depthwise convolution multiplies with vpmaddubsw, which adds two u8*s8 products into a
+*saturating* int16, on every x86 CPU, AVX512-VNNI included (its VNNI kernels are the GEMM ones).
+On VNNI CPUs PyTorch hands convolutions of at most 100 groups to oneDNN, which is exact (64
+channels were, 128 and 384 were not), so only wider depthwise convolutions are concerned.
+An activation byte b and weight levels w1, w2 overflow when b * (w1 + w2) > 32767, e.g. bytes
+above 128 with levels near 127. Two measures, in this order:
 
-A tensor that cannot be negative only uses the levels 0..127 of the symmetric grid. The same
-grid written as zero point 0 over 0..127 (same scale) holds exactly the same values, so the
-fake-quantized graph computes the same numbers to the last bit, and the kernels get bytes up to
-127: 127 * 127 * 2 = 32258 fits int16. The fix for that checkpoint: 98.95 % pixel agreement
-with the fake-quantized graph and 60.31 mIoU (the torch reference conversion, simulated
-quantization without these kernels, agrees on 98.9 %: the rest is FX's conversion, not them).
+1. **Non-negative inputs as bytes 0..127** (`reencode_nonnegative`). QAT's symmetric activations
+   (`quant.fx_quant`, ``scheme="symmetric"``) reach the kernels as ``quint8`` with zero point 128,
+   so a ReLU output of level k arrives as the byte 128 + k: the worst case. Measured on the CamVid
+   FastDepthSeg QAT checkpoint (AMD EPYC, AVX512-VNNI): its 14 depthwise convolutions ran at
+   12.5-18 dB SQNR against a float emulation of the same integers, the INT8 network agreed with
+   its fake-quantized graph on 96.4 % of the pixels and scored 59.55 mIoU where that graph scored
+   60.52 (ONNX Runtime, from the same QDQ file: 60.41). A tensor that cannot be negative only uses
+   the levels 0..127 of the symmetric grid; the same grid written as zero point 0 over 0..127
+   (same scale) holds exactly the same values, so the fake-quantized graph is bit-identical and
+   the kernels get bytes up to 127 (127 * 127 * 2 = 32258 fits int16). FastDepthSeg: 98.95 %
+   agreement with its fake-quantized graph, 60.31 mIoU (the torch reference conversion, simulated
+   quantization without these kernels, agrees on 98.9 %: the rest is FX's conversion).
+   Only tensors that feed a depthwise convolution are re-encoded: the kernels clamp at byte 255,
+   not at the quantizer's 127, so a re-encoded tensor is no longer clipped beyond the trained
+   range (re-encoding every non-negative tensor lowered the DDRNet QAT test's agreement to 97.7 %,
+   below its 98 % floor; for FastDepthSeg it gave 60.36). Requantizing right before each
+   depthwise convolution instead kept the clipping, gained nothing (60.33) and was 1.6x slower.
+2. **Weights within +-64 for every other depthwise convolution** (`narrow_depthwise_weights`):
+   255 * 64 * 2 = 32640 fits int16 for any input byte. That covers inputs that can be negative
+   (EfficientNet's SiLU, BiSeNetV2's linear depthwise pairs), ReLU6 outputs (MobileNetV2: FX
+   shares one quantizer between a convolution's signed output and its ReLU6, so it cannot be
+   re-encoded) and static PTQ's affine activations (ReLU outputs over the full 0..255). Each
+   channel's levels are rescaled to 7 bits, a rounding the fake-quantized graph does not make,
+   against errors of 10-15 dB otherwise (random-init QAT graphs of EfficientPS-B0 and LiteSeg).
+   FastDepthSeg static PTQ with 7-bit depthwise weights: 99.06 against 99.09 % agreement with
+   FP32, 59.98 against 59.93 mIoU.
 
-Only tensors that feed a depthwise convolution are re-encoded. The kernels clamp their outputs
-at byte 255, not at the quantizer's 127, so a re-encoded tensor is no longer clipped where its
-values exceed the trained range: on the QAT test network without depthwise convolutions,
-re-encoding every non-negative tensor lowered pixel agreement with the fake-quantized graph
-to 97.7 %, below the test's 98 % floor. Re-encoding all of them gave
-FastDepthSeg the same result as the depthwise inputs alone (60.36 mIoU); requantizing right
-before each depthwise convolution instead kept the clipping, gained nothing (60.33) and made
-the network 1.6x slower.
-
-Only the PyTorch INT8 conversion uses this (`fx_quant.convert_int8`); the QDQ ONNX files keep the
-symmetric encoding that TensorRT requires, and ONNX Runtime's kernels do not saturate here.
-Static PTQ uses affine activations, whose ReLU outputs already have zero point 0.
+Only the PyTorch INT8 conversion does this; the QDQ ONNX files keep what was trained (TensorRT
+needs the symmetric encoding) and ONNX Runtime's kernels do not saturate here.
 
 Which tensors are non-negative is read from the graph, not from observed ranges (a QAT range
 calibrated with entropy starts symmetric around zero and stays so): outputs of ReLU-fused
@@ -132,12 +139,22 @@ def _is_quantizer(module: nn.Module) -> bool:
     return isinstance(module, (ObserverBase, FakeQuantizeBase))
 
 
+# PyTorch's x86 engine runs a quantized convolution with oneDNN when the CPU has AVX512-VNNI, the
+# OS is Linux, the weights are symmetric and groups <= 100 (aten's `should_use_onednn_quant`), and
+# with fbgemm otherwise: a depthwise convolution of more than 100 channels always meets fbgemm's
+# depthwise kernel. (Without VNNI every convolution runs on fbgemm; there `fx_quant.weight_range`
+# and static PTQ's `reduce_range` already keep all pair sums within int16.)
+ONEDNN_MAX_GROUPS = 100
+
+
 def _is_depthwise(graph_module: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """A depthwise convolution that fbgemm's saturating depthwise kernel computes."""
     if node.op != "call_module":
         return False
     module = graph_module.get_submodule(node.target)
     groups = getattr(module, "groups", 1)
-    return isinstance(module, nn.modules.conv._ConvNd) and groups > 1 and groups == module.in_channels
+    return (isinstance(module, nn.modules.conv._ConvNd) and groups > ONEDNN_MAX_GROUPS
+            and groups == module.in_channels)
 
 
 def _is_symmetric_act_quantizer(module: nn.Module) -> bool:
@@ -169,6 +186,8 @@ def reencode_nonnegative(prepared: torch.fx.GraphModule) -> list[str]:
         if not all(nonneg_inputs) or not any(feeds_depthwise) or not _is_symmetric_act_quantizer(module):
             continue
         scale = module.scale.detach().clone()
+        if not bool(torch.isfinite(scale).all()) or float(scale.reshape(-1)[0]) <= 0:
+            continue  # a quantizer that never saw data (an unused branch): nothing to re-encode
         observer = module.activation_post_process
         # convert_fx takes its qparams from the observer: make it encode (scale, 0) over 0..127
         observer.qscheme, observer.quant_min, observer.quant_max = torch.per_tensor_affine, 0, 127
@@ -182,4 +201,48 @@ def reencode_nonnegative(prepared: torch.fx.GraphModule) -> list[str]:
         if int(got_zp.reshape(-1)[0]) != 0 or not torch.allclose(got_scale.reshape(-1), scale.reshape(-1), rtol=1e-6):
             raise RuntimeError(f"re-encoding {name} gave scale {got_scale}, zero point {got_zp} for scale {scale}")
         changed.append(name)
+    return changed
+
+
+# Weight levels whose u8*s8 pair sums cannot saturate int16 for any uint8 activation
+# (the same bound as `quant.fx_quant.REDUCED_WEIGHT_QMAX`).
+SAFE_WEIGHT_LEVEL = 64
+
+
+@torch.no_grad()
+def narrow_depthwise_weights(int8_model: nn.Module, prepared: torch.fx.GraphModule,
+                             reencoded: list[str]) -> list[str]:
+    """Rescale, in place, the INT8 weights of every depthwise convolution of `int8_model` whose input
+    quantizer in `prepared` is not among `reencoded` to levels within +-64 per channel (same
+    values, 7-bit rounding); returns the module names changed."""
+    safe_inputs = {id(prepared.get_submodule(n)) for n in reencoded}
+    changed = []
+    for node in prepared.graph.nodes:
+        if not _is_depthwise(prepared, node):
+            continue
+        src = node.args[0]
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and id(prepared.get_submodule(src.target)) in safe_inputs):
+            continue
+        try:
+            mod = int8_model.get_submodule(node.target)
+        except AttributeError:
+            continue  # kept in float
+        if not callable(getattr(mod, "weight", None)) or not hasattr(mod, "set_weight_bias"):
+            continue
+        w = mod.weight()
+        if w.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric):
+            continue
+        ints = w.int_repr().to(torch.int32)
+        peak = ints.abs().amax(dim=tuple(range(1, ints.dim()))).clamp(min=1)
+        if int(peak.max()) <= SAFE_WEIGHT_LEVEL:
+            continue
+        factor = torch.where(peak > SAFE_WEIGHT_LEVEL, peak.double() / SAFE_WEIGHT_LEVEL, torch.ones_like(peak.double()))
+        shape = (-1,) + (1,) * (ints.dim() - 1)
+        levels = torch.round(ints.double() / factor.reshape(shape)).clamp(-SAFE_WEIGHT_LEVEL, SAFE_WEIGHT_LEVEL)
+        scales = w.q_per_channel_scales() * factor
+        narrowed = torch._make_per_channel_quantized_tensor(levels.to(torch.int8), scales,
+                                                            w.q_per_channel_zero_points(), w.q_per_channel_axis())
+        mod.set_weight_bias(narrowed, mod.bias())
+        changed.append(node.target)
     return changed
