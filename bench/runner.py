@@ -549,20 +549,25 @@ class Prepared:
         float_ops = fx_quant.int8_float_ops(self.net, float_head=self.task == "segmentation")
         return list(float_ops), list(fx_quant.float_module_names(self.net, float_ops))
 
-    def cached_qat_checkpoint(self, cfg: "BenchConfig") -> tuple[Path | None, str | None]:
-        """(the cached QAT checkpoint for these FP32 weights, None) when one can serve this sweep,
-        else (None, why not): none cached, or stale (`quant.qat.qat_checkpoint_stale`)."""
-        from quant.qat import find_qat_checkpoint, qat_checkpoint_stale
+    def cached_qat_checkpoint(self, cfg: "BenchConfig") -> tuple[Path | None, str | None, bool]:
+        """(the cached QAT checkpoint for these FP32 weights, None, False) when one can serve this
+        sweep, else (None, why not, whether fine-tuning should resume the cached run): none cached,
+        stale (`quant.qat.qat_checkpoint_stale`), or a fine-tuning killed before its last epoch
+        (`quant.qat.qat_run_unfinished`: resumed)."""
+        from quant.qat import find_qat_checkpoint, qat_checkpoint_stale, qat_run_unfinished
         from zoo.checkpoints import read_checkpoint
 
         path = find_qat_checkpoint(self.model, cfg.data, cfg.artifacts, parent_sha256=self.weights_sha256)
         if path is None:
-            return None, "none cached"
+            return None, "none cached", False
         float_ops, float_modules = self.qat_float_layout()
         # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
         why = qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256,
                                    float_modules=float_modules, float_ops=float_ops)
-        return (None, why) if why else (Path(path), None)
+        if why:
+            return None, why, False
+        unfinished = qat_run_unfinished(path)
+        return (None, unfinished, True) if unfinished else (Path(path), None, False)
 
     def stored_qat_fits(self, summary: dict) -> bool:
         """Whether a stored QAT record (its `artifact.quant` summary) was fine-tuned with the float
@@ -588,12 +593,13 @@ class Prepared:
             raise self._qat_error  # fine-tune once per sweep, even when it fails
         from quant.qat import QATConfig, qat_finetune
 
-        path, why = self.cached_qat_checkpoint(cfg)
+        path, why, resume = self.cached_qat_checkpoint(cfg)
         if why:
-            log(f"QAT: {why}; fine-tuning {self.model} from {self.weights_path} (announced: this trains)")
+            log(f"QAT: {why}; {'resuming' if resume else 'fine-tuning'} {self.model} from {self.weights_path} "
+                "(announced: this trains)")
             try:
                 result = qat_finetune(QATConfig(model=self.model, data=cfg.data, data_root=cfg.data_root,
-                                                weights=self.weights_path, epochs=cfg.qat_epochs,
+                                                weights=self.weights_path, epochs=cfg.qat_epochs, resume=resume,
                                                 artifacts=cfg.artifacts, threads=cfg.threads, progress=cfg.progress))
             except Exception as exc:
                 self._qat_error = RuntimeError(f"QAT fine-tuning failed: {type(exc).__name__}: {exc}")

@@ -355,6 +355,29 @@ def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags:
     return None
 
 
+def qat_run_unfinished(best: str | Path) -> str | None:
+    """Why the fine-tuning that wrote `best` (a QAT run's best.pt) has not finished, or None.
+
+    A killed fine-tuning leaves a best.pt (the calibrated graph is validated as epoch 0 before any
+    training) but a `last.json` short of its schedule, or none; its checkpoint must not stand for
+    the finished fine-tuning (`QATConfig.resume` continues it). A checkpoint without sidecars
+    (placed by hand) counts as finished."""
+    from zoo.io import read_json_dict
+
+    best = Path(best)
+    planned = ((read_json_dict(best.with_suffix(".json")) or {}).get("recipe") or {}).get("epochs")
+    if planned is None:
+        return None
+    last = read_json_dict(best.with_name("last.json"))
+    if not last:
+        return f"the cached fine-tuning {best.parent.name} stopped before its first epoch ended"
+    done = int(last.get("epoch", 0))
+    planned = int(((last.get("recipe") or {}).get("epochs")) or planned)
+    if done < planned:
+        return f"the cached fine-tuning {best.parent.name} stopped after epoch {done} of {planned}"
+    return None
+
+
 def _announce(model: str, data: str, epochs: int, lr: float, parent_path, hooks) -> None:
     q = hooks.meta["qat"]
     lo, hi = q["weight_qrange"]

@@ -550,3 +550,23 @@ def test_qat_checkpoint_of_a_parent_trained_with_another_recipe_is_found(tmp_pat
     assert find_qat_checkpoint("espnet", "camvid", tmp_path, parent_sha256=sha) == run
     assert find_qat_checkpoint("espnet", "camvid", tmp_path, parent_sha256="cd34" * 16) is None
     assert find_qat_checkpoint("espnet", "camvid", tmp_path) == run
+
+
+def test_a_killed_fine_tuning_does_not_count_as_a_qat_checkpoint(tmp_path):
+    """A QAT run killed before its last epoch leaves best.pt (the calibrated epoch 0); bench must
+    resume it rather than measure that checkpoint as the fine-tuned one."""
+    import json
+
+    from quant.qat import qat_run_unfinished
+
+    run = tmp_path / "qat-ddrnet-abc"
+    run.mkdir()
+    best = run / "best.pt"
+    best.write_bytes(b"")
+    assert qat_run_unfinished(best) is None  # no sidecars: placed by hand, taken as it is
+    (run / "best.json").write_text(json.dumps({"epoch": 0, "recipe": {"epochs": 30}}))
+    assert "before its first epoch ended" in qat_run_unfinished(best)
+    (run / "last.json").write_text(json.dumps({"epoch": 7, "recipe": {"epochs": 30}}))
+    assert "after epoch 7 of 30" in qat_run_unfinished(best)
+    (run / "last.json").write_text(json.dumps({"epoch": 30, "recipe": {"epochs": 30}}))
+    assert qat_run_unfinished(best) is None
