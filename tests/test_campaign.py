@@ -326,4 +326,5 @@ def test_bench_measures_each_finished_network_under_the_system_allocator(tiny_ca
     assert (runs[0].kept / "best.pt").is_file()
     assert cmd[cmd.index("--quant") + 1:cmd.index("--backend")] == ["fp32", "static", "dynamic", "qat"]
     assert cmd[cmd.index("--out") + 1] == str(tmp_path / "results") and "--threads" in cmd
+    assert "--no-progress" in cmd  # the campaign ran without bars: so does its sweep
     assert env["LD_PRELOAD"] == "/opt/own.so" and "EDGEZOO_ALLOCATOR_TRIED" not in env

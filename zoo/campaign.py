@@ -215,7 +215,7 @@ BENCH_BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def bench_command(run: Run, *, data: str, data_root: str | Path | None, out: str | Path,
-                  threads: int | None = None, profile: str = "release") -> list[str]:
+                  threads: int | None = None, profile: str = "release", progress: bool = True) -> list[str]:
     """The `bench.run` sweep that measures a finished network's kept weights (``--bench``)."""
     cmd = [sys.executable, "-m", "bench.run", "--model", run.model, "--weights", str(run.kept / "best.pt"),
            "--data", data]
@@ -223,15 +223,17 @@ def bench_command(run: Run, *, data: str, data_root: str | Path | None, out: str
         cmd += ["--data-root", str(data_root)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if not progress:  # a QAT fine-tuning's bars would fill the campaign's log
+        cmd += ["--no-progress"]
     return cmd + ["--quant", *BENCH_VARIANTS, "--backend", *BENCH_BACKENDS, "--profile", profile, "--out", str(out)]
 
 
 def measure(run: Run, *, data: str, data_root: str | Path | None, out: str | Path, threads: int | None = None,
-            log=print) -> int:
+            progress: bool = True, log=print) -> int:
     """Run `bench_command` in a child process under the system allocator; returns its exit status."""
     from zoo.hardware import environment_without_tcmalloc
 
-    cmd = bench_command(run, data=data, data_root=data_root, out=out, threads=threads)
+    cmd = bench_command(run, data=data, data_root=data_root, out=out, threads=threads, progress=progress)
     log(f"[campaign] {run.model}: measuring: {shlex.join(cmd)}")
     rc = subprocess.call(cmd, env=environment_without_tcmalloc())
     if rc != 0:
@@ -266,7 +268,7 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
             summary = {"model": run.model, **state, "skipped": True}
             if bench_out is not None:
                 summary["bench_rc"] = measure(run, data=data, data_root=data_root, out=bench_out, threads=threads,
-                                              log=log)
+                                              progress=progress, log=log)
             summaries.append(summary)
             continue
         if _seed_cache_from_kept(run):
@@ -306,7 +308,8 @@ def train_campaign(runs: list[Run], *, data: str, data_root: str | Path | None, 
         log(f"[campaign] {run.model}: done, best val mIoU {_pct(summary['best_miou'])} "
             f"(epoch {summary['best_epoch']}), {result['seconds'] / 3600:.2f} h of training; kept in {run.kept}")
         if bench_out is not None and summary["done"]:
-            summary["bench_rc"] = measure(run, data=data, data_root=data_root, out=bench_out, threads=threads, log=log)
+            summary["bench_rc"] = measure(run, data=data, data_root=data_root, out=bench_out, threads=threads,
+                                          progress=progress, log=log)
         summaries.append(summary)
     return summaries
 
