@@ -261,6 +261,7 @@ def prepare(model: nn.Module, *, qat: bool, input_hw: tuple[int, int] = (64, 64)
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     model = copy.deepcopy(model)
+    split_relu6(model)
     float_ops = resolve_float_ops(model, float_ops)
     mapping = qconfig_mapping(qat=qat, scheme=scheme, reduce_range=reduce_range, weight_qrange=weight_qrange,
                               calib_method=calib_method)
@@ -474,6 +475,26 @@ def float_op_nodes(model: nn.Module, float_ops: Sequence[str] | None = None) -> 
         modules = dict(model.named_modules())
         names += [n for n in float_module_names(model, kinds) if isinstance(modules[n], _CONV_TYPES)]
     return names
+
+
+def split_relu6(model: nn.Module) -> list[str]:
+    """Replace, in place, every `nn.ReLU6` of `model` by ReLU then Hardtanh(0, 6) (the same function)
+    and return the names replaced.
+
+    Why: FX has no Conv-BN-ReLU6 fusion and makes ReLU6 share its input's quantizer, so the output
+    of MobileNetV2's conv + BN + ReLU6 was quantized on the range of the signed BN output: about
+    half of the 8-bit levels unused, and (symmetric QAT) bytes 128..255 into fbgemm's saturating
+    depthwise kernels (`quant.x86_depthwise`). Split, the ReLU fuses into the convolution, whose
+    output quantizer then spans only [0, max]; the clip at 6 shares it, as ReLU6 did. ReLU6 has no
+    parameters, so FP32 state dicts load unchanged; QAT and observer states follow the new graph."""
+    replaced = []
+    for parent_name, module in list(model.named_modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.ReLU6:
+                setattr(module, name, nn.Sequential(nn.ReLU(inplace=child.inplace),
+                                                    nn.Hardtanh(0.0, 6.0, inplace=child.inplace)))
+                replaced.append(f"{parent_name}.{name}" if parent_name else name)
+    return replaced
 
 
 def keep_float(model: nn.Module, float_ops: Sequence[str] | None = None) -> list[str]:

@@ -26,9 +26,9 @@ above 128 with levels near 127. Two measures, in this order:
    depthwise convolution instead kept the clipping, gained nothing (60.33) and was 1.6x slower.
 2. **Weights within +-64 for every other depthwise convolution** (`narrow_depthwise_weights`):
    255 * 64 * 2 = 32640 fits int16 for any input byte. That covers inputs that can be negative
-   (EfficientNet's SiLU, BiSeNetV2's linear depthwise pairs), ReLU6 outputs (MobileNetV2: FX
-   shares one quantizer between a convolution's signed output and its ReLU6, so it cannot be
-   re-encoded) and static PTQ's affine activations (ReLU outputs over the full 0..255). Each
+   (EfficientPS's LeakyReLU, BiSeNetV2's linear depthwise pairs) and static PTQ's affine
+   activations (ReLU outputs over the full 0..255). (MobileNetV2's ReLU6 outputs are re-encoded:
+   `fx_quant.split_relu6` gives them a quantizer of their own.) Each
    channel's levels are rescaled to 7 bits, a rounding the fake-quantized graph does not make,
    against errors of 10-15 dB otherwise (random-init QAT graphs of EfficientPS-B0 and LiteSeg).
    FastDepthSeg static PTQ with 7-bit depthwise weights: 99.06 against 99.09 % agreement with
@@ -94,10 +94,12 @@ def _is_shape(node: torch.fx.Node) -> bool:
 
 
 def _is_relu_module(module: nn.Module) -> bool:
-    # nn.ReLU / ReLU6 and the fused intrinsic modules (ConvReLU2d, ConvBnReLU2d, LinearReLU, BNReLU2d
-    # and their QAT forms) all end in a ReLU
-    return isinstance(module, (nn.ReLU, nn.ReLU6)) or type(module).__name__.endswith(("ReLU1d", "ReLU2d", "ReLU3d",
-                                                                                          "LinearReLU"))
+    # nn.ReLU, clips from zero up (ReLU6 and `fx_quant.split_relu6`'s Hardtanh(0, 6)) and the fused
+    # intrinsic modules (ConvReLU2d, ConvBnReLU2d, LinearReLU, BNReLU2d and their QAT forms) all
+    # end in a ReLU
+    if isinstance(module, nn.Hardtanh) and module.min_val >= 0:
+        return True
+    return isinstance(module, nn.ReLU) or type(module).__name__.endswith(("ReLU1d", "ReLU2d", "ReLU3d", "LinearReLU"))
 
 
 def _is_avg_pool_wrapper(target) -> bool:

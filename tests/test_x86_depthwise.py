@@ -124,3 +124,36 @@ def test_depthwise_weights_on_signed_inputs_are_narrowed_to_seven_bits():
     with torch.no_grad():
         # fbgemm's saturating pair sums made this 1 dB before the weights were narrowed
         assert fx_quant.sqnr_db(prepared(x), int8(x)) > 40.0
+
+
+def _mobilenet_block() -> nn.Module:
+    """MobileNetV2's pattern: conv + BN + ReLU6, then a wide depthwise conv + BN + ReLU6."""
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 128, 1), nn.BatchNorm2d(128), nn.ReLU6(inplace=True)),
+        nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, groups=128), nn.BatchNorm2d(128), nn.ReLU6(inplace=True)),
+        nn.Conv2d(128, 8, 1))
+
+
+def test_relu6_gets_a_quantizer_of_its_own_and_its_depthwise_input_is_reencoded():
+    torch.manual_seed(0)
+    net = _mobilenet_block().eval()
+    x = torch.randn(2, 3, 16, 16) * 3
+    split = copy.deepcopy(net)
+    assert fx_quant.split_relu6(split) == ["0.2", "1.2"]
+    with torch.no_grad():
+        assert torch.equal(split(x), net(x))  # the same function
+    prepared = fx_quant.prepare(net.train(), qat=True, input_hw=(16, 16))
+    for _ in range(3):
+        prepared(torch.randn(2, 3, 16, 16) * 3)
+    prepared.eval()
+    fused = [n for n, m in prepared.named_modules() if type(m).__name__ == "ConvBnReLU2d"]
+    assert len(fused) == 2  # the ReLU went into each convolution
+    # The quantizer after each fused convolution saw only its non-negative output (before the split
+    # it was the quantizer of the signed BN output, shared with ReLU6).
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and node.target in fused:
+            (quantizer,) = node.users
+            fq = prepared.get_submodule(quantizer.target)
+            assert float(fq.activation_post_process.min_val) == 0.0 and float(fq.activation_post_process.max_val) > 0
+    reencoded = reencode_nonnegative(copy.deepcopy(prepared))
+    assert len(reencoded) == 1  # the depthwise conv's input: bytes 0..127 for fbgemm
