@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8",
-             "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd", "asimdhp", "asimddp", "fphp", "sve", "i8mm", "bf16")
+             "amx_bf16", "amx_tile", "neon", "asimd", "asimdhp", "asimddp", "fphp", "sve", "i8mm", "bf16")
 
 
 def _cpu_info() -> dict:
