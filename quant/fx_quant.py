@@ -1049,8 +1049,8 @@ def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], bat
 
     from quant.export import export_onnx
     from quant.onnx_inspect import inspect_onnx
-    from quant.qdq_onnx import (compact_int8_model, fold_weight_quantizers, relu_outputs_to_zero_point_0,
-                                 standalone_batchnorms_as_int8_convs, to_trt_qdq)
+    from quant.qdq_onnx import (compact_int8_model, fold_weight_quantizers, padded_average_pools_as_int8_convs,
+                                 relu_outputs_to_zero_point_0, standalone_batchnorms_as_int8_convs, to_trt_qdq)
     from zoo.io import atomic_path
 
     if target not in ("ort", "trt"):
@@ -1067,9 +1067,12 @@ def export_qdq_onnx(prepared: nn.Module, path, *, input_hw: tuple[int, int], bat
     qmax = max((int(m.weight_fake_quant.quant_max) for m in prepared.modules() if hasattr(m, "weight_fake_quant")),
                default=127)
     bn_convs = standalone_batchnorms_as_int8_convs(proto, qmax=qmax) if target == "ort" else []
+    # OpenVINO runs the ORT file too, and pads counted-padding pools with byte 0 (quant.onnx_rewrites)
+    pool_convs = padded_average_pools_as_int8_convs(proto, qmax=qmax) if target == "ort" else []
     compacted = compact_int8_model(proto, keep_weight_zero_points=target == "trt")
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp_out:
         onnx.save(proto, str(tmp_out))
     return {"target": target, "folded_weights": folded, "recoded_zero_points": recoded,
-            "bn_as_int8_depthwise_conv": bn_convs, "compacted_names": compacted, "graph": inspect_onnx(path)}
+            "bn_as_int8_depthwise_conv": bn_convs, "avgpool_as_int8_depthwise_conv": pool_convs,
+            "compacted_names": compacted, "graph": inspect_onnx(path)}

@@ -168,12 +168,14 @@ def _calib_chunk(n: int) -> int:
     return max(d for d in range(1, min(CALIB_CHUNK, n) + 1) if n % d == 0)
 
 
-def ort_pre_process(src: Path, dst: Path, *, bn_as_conv: bool = False) -> list[str]:
+def ort_pre_process(src: Path, dst: Path, *, bn_as_conv: bool = False) -> dict[str, list[str]]:
     """ORT's quantization pre-processing (shape inference, Conv+BN folding) of ``src`` into ``dst``.
 
-    ``bn_as_conv`` then rewrites the BatchNormalizations no convolution precedes as 1x1 depthwise
-    convolutions (`quant.onnx_rewrites`), so ORT runs them in INT8 instead of as float islands;
-    returns the names of the rewritten nodes.
+    ``bn_as_conv`` (the ONNX Runtime target's graph rewrites, `quant.onnx_rewrites`) then rewrites
+    the BatchNormalizations no convolution precedes as 1x1 depthwise convolutions, so ORT runs them
+    in INT8 instead of as float islands, and the padded AveragePools as the depthwise convolutions
+    they are, which OpenVINO (running the same file) pads correctly; returns the names of the
+    rewritten nodes by rewrite (``bn_as_depthwise_conv``, ``avgpool_as_depthwise_conv``).
     """
     from onnxruntime.quantization import quant_pre_process
 
@@ -183,14 +185,16 @@ def ort_pre_process(src: Path, dst: Path, *, bn_as_conv: bool = False) -> list[s
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise QuantError(f"ONNX Runtime pre-processing of '{src}' failed: {type(exc).__name__}: {first}; "
                          "re-export the model with a static input shape (quant.export.export_onnx)") from None
+    rewritten: dict[str, list[str]] = {"bn_as_depthwise_conv": [], "avgpool_as_depthwise_conv": []}
     if not bn_as_conv:
-        return []
-    from quant.onnx_rewrites import batchnorm_as_depthwise_conv
+        return rewritten
+    from quant.onnx_rewrites import batchnorm_as_depthwise_conv, padded_average_pools_as_depthwise_conv
 
-    proto, replaced = batchnorm_as_depthwise_conv(onnx.load(str(dst)))
-    if replaced:
+    proto, rewritten["bn_as_depthwise_conv"] = batchnorm_as_depthwise_conv(onnx.load(str(dst)))
+    proto, rewritten["avgpool_as_depthwise_conv"] = padded_average_pools_as_depthwise_conv(proto)
+    if any(rewritten.values()):
         onnx.save(proto, str(dst))
-    return replaced
+    return rewritten
 
 
 def drop_unused_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -287,7 +291,7 @@ def quantize_static_onnx(
     options.update(extra_options or {})
     keep_head_float = (target == "ort") if float_head is None else bool(float_head)
     bn_as_conv = (target == "ort") if bn_as_conv is None else bool(bn_as_conv)
-    rewritten: list[str] = []
+    rewritten: dict[str, list[str]] = {}
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgezoo-ptq-") as tmp_dir:
@@ -355,7 +359,8 @@ def quantize_static_onnx(
         "symmetric_activations": target == "trt" or bool(options.get("ActivationSymmetric", False)),
         "op_types_to_quantize": op_types,
         "float_head": keep_head_float,
-        "bn_as_depthwise_conv": rewritten,
+        "bn_as_depthwise_conv": rewritten.get("bn_as_depthwise_conv", []),
+        "avgpool_as_depthwise_conv": rewritten.get("avgpool_as_depthwise_conv", []),
         "compacted_names": compacted,
         "nodes_to_exclude": excluded,
         "float_reduce_inputs": float_reduce,

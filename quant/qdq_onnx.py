@@ -174,9 +174,41 @@ def standalone_batchnorms_as_int8_convs(proto: onnx.ModelProto, *, qmax: int = 1
     if not eligible:
         return []
     _, replaced = batchnorm_as_depthwise_conv(proto, only=eligible)
-    inits = {t.name: t for t in graph.initializer}
+    _quantize_rewritten_conv_weights(proto, {f"{name}_as_dwconv" for name in replaced}, qmax)
+    return replaced
+
+
+def padded_average_pools_as_int8_convs(proto: onnx.ModelProto, *, qmax: int = 127) -> list[str]:
+    """ORT target of a QAT export: write every AveragePool that counts its zero padding and sits
+    between a DequantizeLinear and QuantizeLinear nodes as an INT8 depthwise conv with constant
+    weights (exact: one weight value per channel, +-qmax times its scale); returns their names.
+    ONNX Runtime computes the same; OpenVINO, which runs the same file, pads such pools with
+    byte 0 instead of the zero point (`quant.onnx_rewrites`)."""
+    from quant.onnx_rewrites import padded_average_pools_as_depthwise_conv
+
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        if node.op_type != "Conv" or not node.name.endswith("_as_dwconv") or node.input[1] not in inits:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    eligible = {n.name or n.output[0] for n in graph.node
+                if n.op_type == "AveragePool" and getattr(producer.get(n.input[0]), "op_type", None) == "DequantizeLinear"
+                and readers.get(n.output[0]) and all(r.op_type == "QuantizeLinear" for r in readers[n.output[0]])}
+    if not eligible:
+        return []
+    _, replaced = padded_average_pools_as_depthwise_conv(proto, only=eligible)
+    _quantize_rewritten_conv_weights(proto, {f"{name}_as_dwconv" for name in replaced}, qmax)
+    return replaced
+
+
+def _quantize_rewritten_conv_weights(proto: onnx.ModelProto, convs: set[str], qmax: int) -> None:
+    """Give the float weights of the Conv nodes named in `convs` per-channel symmetric INT8
+    storage behind a DequantizeLinear, so that ONNX Runtime fuses each into a QLinearConv."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    for node in list(graph.node):
+        if node.op_type != "Conv" or node.name not in convs or node.input[1] not in inits:
             continue
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         magnitude = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1)
@@ -191,7 +223,6 @@ def standalone_batchnorms_as_int8_convs(proto: onnx.ModelProto, *, qmax: int = 1
         graph.node.insert(list(graph.node).index(node), dq)
         node.input[1] = f"{base}_dequantized"
     _drop_unused(proto)
-    return replaced
 
 
 def compact_qdq_names(proto: onnx.ModelProto, *, network_tensors: bool = False) -> dict[str, int]:

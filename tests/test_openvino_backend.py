@@ -139,6 +139,49 @@ def test_openvino_static_qdq_runs_int8_convs_and_dynamic_file_does_not(tmp_path,
     np.testing.assert_allclose(dynamic.infer(x), _ort(tmp_path / "dynamic.onnx", x), rtol=0.05, atol=0.05)
 
 
+def _padded_pool_model(path):
+    """Conv -> AveragePool(5, stride 2, pad 2, counting the padding: PyTorch's default) -> Conv,
+    no ReLU: the pool's input is signed, so its uint8 zero point is far from 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2
+    w2 = rng.standard_normal((16, 16, 1, 1)).astype(np.float32) * 0.3
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["c1"], ["p"], kernel_shape=[5, 5], strides=[2, 2], pads=[2, 2, 2, 2],
+                              count_include_pad=1),
+             helper.make_node("Conv", ["p", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@in_child
+def test_static_file_with_a_padded_pool_computes_the_same_on_openvino(tmp_path, openvino_usable):
+    """OpenVINO pads a counted-padding AveragePool of uint8 data with byte 0 instead of the zero
+    point; the ONNX Runtime target's static file writes such pools as depthwise convolutions
+    (quant.onnx_rewrites), which both runtimes compute alike."""
+    from quant.calibrate import CalibrationData
+    from quant.ptq_static import quantize_static_onnx
+
+    _padded_pool_model(tmp_path / "fp32.onnx")
+    calib = CalibrationData(arrays=_inputs(8), names=[str(i) for i in range(8)], sha256="0" * 64, dataset="test",
+                            split="train", seed=0, input_hw=(32, 32))
+    meta = quantize_static_onnx(tmp_path / "fp32.onnx", tmp_path / "static.onnx", calib, target="ort",
+                                float_head=False)
+    assert len(meta["avgpool_as_depthwise_conv"]) == 1
+    backend = _loaded(tmp_path / "static.onnx")
+    assert backend.info()["int8_compute_layers"] == 3, backend.info()["executed"]
+    for x in _inputs(3):
+        ref = _ort(tmp_path / "static.onnx", x)
+        step = float(np.abs(ref).max()) / 127
+        # the pooled map is 16x16: with byte-0 padding its border rows and columns were off by
+        # tens of steps (SQNR below 10 dB)
+        assert np.abs(backend.infer(x) - ref).max() <= 3 * step
+
+
 @in_child
 def test_import_sends_no_telemetry(openvino_usable):
     """`import_openvino` leaves out openvino.tools.ovc, whose import starts a telemetry thread."""

@@ -140,8 +140,8 @@ def test_export_qdq_runs_in_onnxruntime_and_matches_fake_quant(qat_reduced, tmp_
     # segmentation QAT keeps its classifier conv (and so the logits) float: the "head" float op
     assert meta["qat"]["float_ops"] == ["head"] and meta["qat"]["float_modules"] == ["final_layer.conv2"]
     _conv_weights_are_int8(proto, qmax=meta["qat"]["weight_qrange"][1], float_convs=1)
-    assert info["folded_weights"] + len(info["bn_as_int8_depthwise_conv"]) + 1 == sum(
-        1 for n in proto.graph.node if n.op_type == "Conv")  # + the float head
+    assert info["folded_weights"] + len(info["bn_as_int8_depthwise_conv"]) + len(
+        info["avgpool_as_int8_depthwise_conv"]) + 1 == sum(1 for n in proto.graph.node if n.op_type == "Conv")  # + head
     values = _constant_values(proto)
     act_zps = [values[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert act_zps
@@ -154,10 +154,14 @@ def test_export_qdq_runs_in_onnxruntime_and_matches_fake_quant(qat_reduced, tmp_
     # DDRNet's stand-alone BNs (DAPPM, head) run as INT8 depthwise convs on ORT, in float nowhere;
     # TensorRT keeps them as BNs (it fuses them into scale layers itself).
     bns = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    # DAPPM's padded pools too on ORT's file, which OpenVINO also runs (it pads them with byte 0).
+    pools = [n for n in proto.graph.node if n.op_type == "AveragePool"]
     if target == "ort":
         assert len(info["bn_as_int8_depthwise_conv"]) >= 10 and not bns
+        assert len(info["avgpool_as_int8_depthwise_conv"]) == 3 and not pools
     else:
         assert not info["bn_as_int8_depthwise_conv"] and bns
+        assert not info["avgpool_as_int8_depthwise_conv"] and len(pools) == 3
     x = _images()
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = np.concatenate([sess.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])

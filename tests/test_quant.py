@@ -291,10 +291,11 @@ def test_static_ort_ddrnet(ddrnet_onnx, calib, tmp_path):
     g = inspect_onnx(out)
     head = output_head_nodes(onnx.load(str(ddrnet_onnx)))
     assert meta["float_head"] and len(head) == 2  # classifier conv + final resize stay float
-    # 55 convs of the network + its stand-alone BNs (DAPPM, head: 11 at 64x64) as INT8 depthwise convs
-    n_bn = len(meta["bn_as_depthwise_conv"])
-    assert n_bn == 11
-    assert g["convs"] == 55 + n_bn and g["quantized_convs"] == 54 + n_bn and g["float_convs"] == 1
+    # 55 convs of the network + its stand-alone BNs (DAPPM, head: 11 at 64x64) and DAPPM's 3 padded
+    # pools as INT8 depthwise convs
+    n_bn, n_pool = len(meta["bn_as_depthwise_conv"]), len(meta["avgpool_as_depthwise_conv"])
+    assert n_bn == 11 and n_pool == 3
+    assert g["convs"] == 55 + n_bn + n_pool and g["quantized_convs"] == 54 + n_bn + n_pool and g["float_convs"] == 1
     assert g["int8_weight_fraction"] > 0.95
     assert g["file_bytes"] < 0.30 * ddrnet_onnx.stat().st_size
     assert "uint8" in g["qdq_dtypes"] and g["weight_dtypes"] == ["int8"]
@@ -436,13 +437,15 @@ def test_compact_int8_model_shrinks_static_file_same_results_and_kernels(ddrnet_
     assert fused_ops(full) == fused_ops(small) and "QLinearConv" in fused_ops(small)
 
 
-def test_bn_as_depthwise_conv_is_exact_and_leaves_no_float_bn(ddrnet_onnx, calib, tmp_path):
+def test_bn_and_padded_pools_as_depthwise_conv_are_exact_and_leave_no_float_bn(ddrnet_onnx, calib, tmp_path):
     plain, rewritten = tmp_path / "plain.onnx", tmp_path / "bn.onnx"
-    assert ort_pre_process(ddrnet_onnx, plain) == []
+    assert ort_pre_process(ddrnet_onnx, plain) == {"bn_as_depthwise_conv": [], "avgpool_as_depthwise_conv": []}
     names = ort_pre_process(ddrnet_onnx, rewritten, bn_as_conv=True)
     ops = [n.op_type for n in onnx.load(str(rewritten)).graph.node]
-    assert len(names) == 11 and "BatchNormalization" not in ops
+    assert len(names["bn_as_depthwise_conv"]) == 11 and "BatchNormalization" not in ops
     assert [n.op_type for n in onnx.load(str(plain)).graph.node].count("BatchNormalization") == 11
+    # DAPPM's three padded pools (5/9/17 wide) became depthwise convs; its global pool stays
+    assert len(names["avgpool_as_depthwise_conv"]) == 3 and "AveragePool" not in ops and "GlobalAveragePool" in ops
     a, b = _runs(plain, calib.arrays[0]), _runs(rewritten, calib.arrays[0])
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
     # quantized with the rewrite, ORT's session graph keeps no float BatchNormalization island
@@ -453,7 +456,7 @@ def test_bn_as_depthwise_conv_is_exact_and_leaves_no_float_bn(ddrnet_onnx, calib
     opts.optimized_model_filepath = str(tmp_path / "session.onnx")
     ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
     session_ops = [n.op_type for n in onnx.load(str(tmp_path / "session.onnx")).graph.node]
-    assert "BatchNormalization" not in session_ops and session_ops.count("QLinearConv") == 54 + 11
+    assert "BatchNormalization" not in session_ops and session_ops.count("QLinearConv") == 54 + 11 + 3
 
 
 def test_static_trt_is_symmetric_int8(ddrnet_onnx, calib, tmp_path):
