@@ -573,16 +573,13 @@ class Prepared:
         """Whether a stored QAT record (its `artifact.quant` summary) was fine-tuned with the float
         layout a fine-tuning would use now: such a record stands for this cell when no QAT checkpoint
         is cached here (a fresh machine), instead of fine-tuning again only to re-measure it."""
-        float_ops, float_modules = self.qat_float_layout()
-        stored_ops = (["head"] if summary.get("float_head") else []) + list(summary.get("float_ops") or [])
-        return (summary.get("parent_sha256") == self.weights_sha256 and sorted(stored_ops) == sorted(float_ops)
-                and sorted(summary.get("float_modules") or []) == sorted(m for m in float_modules
-                                                                           if m in self._own_float_scopes()))
-
-    def _own_float_scopes(self) -> list[str]:
         from quant.fx_quant import float_scopes
 
-        return list(float_scopes(self.net))
+        float_ops, float_modules = self.qat_float_layout()
+        stored_ops = (["head"] if summary.get("float_head") else []) + list(summary.get("float_ops") or [])
+        own = set(float_scopes(self.net))  # what `qat_artifact` records of the float modules
+        return (summary.get("parent_sha256") == self.weights_sha256 and sorted(stored_ops) == sorted(float_ops)
+                and sorted(summary.get("float_modules") or []) == sorted(m for m in float_modules if m in own))
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
         """The QAT checkpoint fine-tuned from exactly these FP32 weights on the weight range this CPU
