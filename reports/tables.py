@@ -324,8 +324,9 @@ def footer(records: list[dict[str, Any]], dataset: str, *, timings: bool = True)
 
 
 # The widest vector extension a record's CPU has, to tell apart machines that share a model name
-# ("AMD EPYC" has been both an AVX2 and an AVX-512 VNNI machine here).
-_ISA_ORDER = ("avx512_vnni", "avx512f", "avx_vnni", "avx2", "avx")
+# ("AMD EPYC" has been both an AVX2 and an AVX-512 VNNI machine here, "Intel Xeon" one with and
+# one without AMX).
+_ISA_ORDER = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "avx")
 
 
 def cpu_label(cpu: dict[str, Any] | None) -> str | None:
