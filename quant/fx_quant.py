@@ -686,8 +686,8 @@ def convert_int8(prepared: nn.Module, *, warn: bool = True) -> nn.Module:
     into the full int8 range, so a folded weight beyond the frozen range (the fake quantizer
     clips it) is clamped back here. fbgemm's depthwise kernels saturate in int16 even with
     AVX512-VNNI (`quant.x86_depthwise`): their non-negative symmetric inputs reach them as bytes
-    0..127 rather than 128..255, and the other depthwise convolutions get 7-bit weights. With `warn`, says so when the result can
-    saturate on this CPU (`saturation_hazard`)."""
+    0..127 rather than 128..255, and the other depthwise convolutions get 7-bit weights. With
+    `warn`, says so when the result can saturate on this CPU (`saturation_hazard`)."""
     import warnings
 
     from torch.ao.quantization.quantize_fx import convert_fx

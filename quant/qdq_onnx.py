@@ -156,11 +156,7 @@ def standalone_batchnorms_as_int8_convs(proto: onnx.ModelProto, *, qmax: int = 1
     from quant.onnx_rewrites import batchnorm_as_depthwise_conv
 
     graph = proto.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = _producers_and_readers(graph)
 
     def feeds_only_quantizers(tensor: str) -> bool:
         nodes = readers.get(tensor, [])
@@ -187,11 +183,7 @@ def padded_average_pools_as_int8_convs(proto: onnx.ModelProto, *, qmax: int = 12
     from quant.onnx_rewrites import padded_average_pools_as_depthwise_conv
 
     graph = proto.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = _producers_and_readers(graph)
     eligible = {n.name or n.output[0] for n in graph.node
                 if n.op_type == "AveragePool" and getattr(producer.get(n.input[0]), "op_type", None) == "DequantizeLinear"
                 and readers.get(n.output[0]) and all(r.op_type == "QuantizeLinear" for r in readers[n.output[0]])}
@@ -200,6 +192,17 @@ def padded_average_pools_as_int8_convs(proto: onnx.ModelProto, *, qmax: int = 12
     _, replaced = padded_average_pools_as_depthwise_conv(proto, only=eligible)
     _quantize_rewritten_conv_weights(proto, {f"{name}_as_dwconv" for name in replaced}, qmax)
     return replaced
+
+
+def _producers_and_readers(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto],
+                                                              dict[str, list[onnx.NodeProto]]]:
+    """The node writing each tensor, and the nodes reading it."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return producer, readers
 
 
 def _quantize_rewritten_conv_weights(proto: onnx.ModelProto, convs: set[str], qmax: int) -> None:
