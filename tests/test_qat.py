@@ -316,28 +316,61 @@ def test_qat_checkpoint_is_stale_on_another_weight_range():
 @pytest.mark.parametrize("recorded", [[-64, 64], [-127, 127]])
 def test_bench_fine_tunes_again_when_the_cached_qat_range_differs(recorded, tmp_path, monkeypatch):
     """`bench.runner.Prepared.qat_checkpoint` reuses a cached QAT checkpoint only when it was trained on
-    the weight range this CPU would train; otherwise it says why and fine-tunes a new one."""
+    the weight range this CPU would train; otherwise it says why and fine-tunes a new one, in a
+    `python -m quant.qat` child process (TCMalloc), whose checkpoint it then finds."""
+    import bench.runner as runner
     import quant.qat as qat_mod
     import zoo.checkpoints as ckpts
     from bench.runner import BenchConfig, Prepared
 
     cached, fresh = tmp_path / "cached.pt", tmp_path / "fresh.pt"
     # a segmentation network's QAT keeps the float head (`fx_quant.int8_float_ops`)
-    meta = {"meta": {"qat": {"parent": {"sha256": "abc"}, "weight_qrange": recorded, "float_ops": ["head"]}}}
-    trained = []
+    def meta_of(qrange):
+        return {"meta": {"qat": {"parent": {"sha256": "abc"}, "weight_qrange": qrange, "float_ops": ["head"]}}}
+
+    on_disk = {cached: meta_of(recorded)}
+    commands = []
+
+    def fine_tune(cmd):  # what the child leaves: a checkpoint on the range this CPU trains
+        commands.append(cmd)
+        on_disk.clear()
+        on_disk[fresh] = meta_of([-64, 64])
+        return 0
+
     monkeypatch.setattr(fx_quant, "int8_pairs_saturate", lambda flags=None, machine=None: True)  # reduced here
-    monkeypatch.setattr(qat_mod, "find_qat_checkpoint", lambda *a, **k: cached)
-    monkeypatch.setattr(ckpts, "read_checkpoint", lambda path: meta)
-    monkeypatch.setattr(qat_mod, "qat_finetune", lambda cfg: trained.append(cfg) or {"best": fresh})
+    monkeypatch.setattr(qat_mod, "find_qat_checkpoint", lambda *a, **k: next(iter(on_disk)))
+    monkeypatch.setattr(ckpts, "read_checkpoint", lambda path: on_disk[Path(path)])
+    monkeypatch.setattr(qat_mod, "qat_run_unfinished", lambda path: None)
+    monkeypatch.setattr(runner.subprocess, "call", fine_tune)
     prep = Prepared(model="ddrnet", num_classes=11, preprocess={}, weights_path="fp32.pt", weights_sha256="abc",
                     weights_meta={}, net=torch.nn.Identity(), export_dir=tmp_path, torch_artifact={}, params=0)
     logged = []
-    path = prep.qat_checkpoint(BenchConfig(models=["ddrnet"], data="camvid", progress=False), logged.append)
+    cfg = BenchConfig(models=["ddrnet"], data="camvid", data_root="/data/camvid", threads=2, progress=False)
+    path = prep.qat_checkpoint(cfg, logged.append)
     if recorded == [-64, 64]:
-        assert path == cached and not trained and not logged
+        assert path == cached and not commands and not logged
     else:
-        assert path == fresh and len(trained) == 1 and trained[0].weight_range == "auto"
+        assert path == fresh and len(commands) == 1
+        assert commands[0][1:] == ["-m", "quant.qat", "--model", "ddrnet", "--data", "camvid", "--weights", "fp32.pt",
+                                   "--data-root", "/data/camvid", "--threads", "2", "--no-progress"]
         assert "-127..127" in logged[0] and "fine-tuning ddrnet" in logged[0]
+
+
+def test_bench_says_how_to_rerun_a_failed_qat_fine_tuning(tmp_path, monkeypatch):
+    import bench.runner as runner
+    import quant.qat as qat_mod
+    from bench.runner import BenchConfig, Prepared
+
+    monkeypatch.setattr(qat_mod, "find_qat_checkpoint", lambda *a, **k: None)
+    calls = []
+    monkeypatch.setattr(runner.subprocess, "call", lambda cmd: calls.append(cmd) or 1)
+    prep = Prepared(model="ddrnet", num_classes=11, preprocess={}, weights_path="fp32.pt", weights_sha256="abc",
+                    weights_meta={}, net=torch.nn.Identity(), export_dir=tmp_path, torch_artifact={}, params=0)
+    cfg = BenchConfig(models=["ddrnet"], data="camvid", progress=False)
+    for _ in range(2):  # fine-tuned once per sweep, even when it fails
+        with pytest.raises(RuntimeError, match=r"exit status 1.*python -m quant.qat --model ddrnet .*--resume"):
+            prep.qat_checkpoint(cfg, lambda line: None)
+    assert len(calls) == 1
 
 
 def test_qat_checkpoints_of_two_parents_live_side_by_side(tmp_path):
