@@ -605,7 +605,12 @@ def calibrate_qat(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tens
     quantizers = [m for m in prepared.modules()
                   if isinstance(m, FakeQuantizeBase) and hasattr(m.activation_post_process, "averaging_constant")]
     per_tensor = (torch.per_tensor_affine, torch.per_tensor_symmetric)
-    swapped: dict[FakeQuantizeBase, nn.Module] = {}
+    # PTQ-method ranges: a side observer fed by a pre-hook sees each quantizer's float input while
+    # the quantizer itself passes it through (observer and fake quantization off). Swapping the
+    # quantizer's own observer would not do: the fused quantizer (FusedMovingAvgObsFakeQuantize)
+    # reads its observer's moving-average state in every forward.
+    side: dict[FakeQuantizeBase, nn.Module] = {}
+    hooks = []
     if method != "mean-minmax":
         observer_cls = activation_observer(method)
         for fq in quantizers:
@@ -615,13 +620,14 @@ def calibrate_qat(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tens
             kwargs: dict[str, Any] = dict(dtype=own.dtype, qscheme=own.qscheme, reduce_range=own.reduce_range)
             if own.has_customized_qrange:
                 kwargs.update(quant_min=own.quant_min, quant_max=own.quant_max)
-            swapped[fq] = own
-            fq.activation_post_process = observer_cls(**kwargs).to(fq.scale.device)
-    averaged = [fq.activation_post_process for fq in quantizers if fq not in swapped]
+            side[fq] = observer = observer_cls(**kwargs).to(fq.scale.device)
+            hooks.append(fq.register_forward_pre_hook(lambda _m, args, obs=observer: obs(args[0].detach())))
+    averaged = [fq.activation_post_process for fq in quantizers if fq not in side]
     saved = [o.averaging_constant for o in averaged]
-    fake_quant_was = {fq: bool(fq.fake_quant_enabled[0]) for fq in swapped}
-    for fq in swapped:
+    flags_was = {fq: (bool(fq.fake_quant_enabled[0]), bool(fq.observer_enabled[0])) for fq in side}
+    for fq in side:
         fq.disable_fake_quant()
+        fq.disable_observer()
     was_training = prepared.training
     prepared.eval()
     n = 0
@@ -632,14 +638,18 @@ def calibrate_qat(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tens
             prepared(torch.as_tensor(batch))
             n += 1
     finally:
+        for hook in hooks:
+            hook.remove()
         for o, c in zip(averaged, saved):
             o.averaging_constant = c
-        for fq, own in swapped.items():
-            observer, fq.activation_post_process = fq.activation_post_process, own
+        for fq, observer in side.items():
             if n:
                 _start_from(fq, *observer.calculate_qparams())
-            if fake_quant_was[fq]:
+            fake_quant, observing = flags_was[fq]
+            if fake_quant:
                 fq.enable_fake_quant()
+            if observing:
+                fq.enable_observer()
         prepared.train(was_training)
     return n
 

@@ -563,6 +563,26 @@ def test_calibrate_qat_with_a_ptq_method_starts_from_the_ptq_ranges(scheme):
         fx_quant.calibrate_qat(prepared, batches, "kl")
 
 
+def test_calibrate_qat_with_a_ptq_method_handles_fused_quantizers():
+    """torch's default QAT mapping gives some ops (ESPNet has them) a FusedMovingAvgObsFakeQuantize,
+    whose forward reads its own observer's moving-average state: a PTQ-method start must leave
+    that observer in place (it once swapped it out and crashed) and still set the PTQ range."""
+    from torch.ao.quantization.fake_quantize import FusedMovingAvgObsFakeQuantize
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    prepared = fx_quant.prepare(model, qat=True, input_hw=(8, 8), scheme="affine")
+    own = prepared.activation_post_process_0.activation_post_process
+    prepared.activation_post_process_0 = FusedMovingAvgObsFakeQuantize(
+        observer=type(own), quant_min=own.quant_min, quant_max=own.quant_max, dtype=own.dtype, qscheme=own.qscheme)
+    batches = [torch.full((1, 3, 8, 8), v) for v in (-1.0, 3.0)]
+    assert fx_quant.calibrate_qat(prepared, batches, "minmax") == 2
+    fq = prepared.activation_post_process_0
+    assert float(fq.scale) == pytest.approx(4.0 / 255) and int(fq.zero_point) == 64
+    assert bool(fq.fake_quant_enabled[0]) and bool(fq.observer_enabled[0])  # back on for training
+    assert not fq._forward_pre_hooks  # the side observer's hook is gone
+    prepared(batches[0])  # and the fused forward still runs
+
+
 def test_calibrate_qat_starts_ranges_at_the_mean_of_per_image_ranges():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
     prepared = fx_quant.prepare(model, qat=True, input_hw=(8, 8))
