@@ -14,7 +14,8 @@ fused into QAT modules that fold BN into the quantized weight; BN statistics are
 `freeze_bn_epoch` epochs and the quantizers' ranges after `freeze_observer_epoch`, so the last
 epochs train against the exact integer grid that inference will use. Runs start the ranges from
 `--calib-images` train images (`fx_quant.calibrate_qat`; detectors: letterboxed to the square
-training size) and validate that calibrated,
+training size), by default with the method whose start agrees best with FP32 on those images
+(`--calib-method auto`, `fx_quant.choose_qat_start`), and validate that calibrated,
 not yet fine-tuned graph as "epoch 0": it stays best.pt unless fine-tuning beats it, and the
 history says which epoch won.
 
@@ -37,6 +38,7 @@ if __name__ == "__main__":  # TCMalloc before torch loads (zoo.hardware: 1.3x fa
     reexec_with_tcmalloc()
 
 import argparse
+import copy
 import re
 import sys
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ from quant import fx_quant
 from quant.calibrate import QuantError
 
 PREPARE_HW = (64, 64)  # the FX trace is shape-agnostic; a small example input keeps it fast
+QAT_START_METHODS = ("auto", *fx_quant.QAT_CALIB_METHODS)
 
 
 @dataclass
@@ -77,8 +80,9 @@ class QATConfig:
     progress: bool = True
     calib_images: int = 32                 # quantizer ranges start from these train images
                                            # (fx_quant.calibrate_qat); 0: from the first batches
-    calib_method: str = "mean-minmax"      # how those images set the starting activation ranges
-                                           # (fx_quant.QAT_CALIB_METHODS)
+    calib_method: str = "auto"             # how those images set the starting activation ranges
+                                           # (fx_quant.QAT_CALIB_METHODS), or "auto": the one whose
+                                           # start agrees best with FP32 on them (choose_qat_start)
 
 
 def qat_run_name(parent_recipe: str, parent_sha256: str | None = None) -> str:
@@ -200,9 +204,8 @@ def _calibration_wanted(cfg: QATConfig, entry, parent, recipe_name: str) -> bool
 
     if cfg.calib_images < 0:
         raise QuantError(f"--calib-images must be >= 0 (0 turns calibration off), got {cfg.calib_images}")
-    if cfg.calib_method not in fx_quant.QAT_CALIB_METHODS:
-        raise QuantError(f"unknown QAT calibration method {cfg.calib_method!r}; valid: "
-                         f"{', '.join(fx_quant.QAT_CALIB_METHODS)}")
+    if cfg.calib_method not in QAT_START_METHODS:
+        raise QuantError(f"unknown QAT calibration method {cfg.calib_method!r}; valid: {', '.join(QAT_START_METHODS)}")
     last = checkpoint_dir(entry.name, cfg.data, qat_run_name(recipe_name, parent.sha256), cfg.artifacts) / "last.pt"
     return bool(cfg.calib_images) and not (cfg.resume and last.is_file())
 
@@ -273,9 +276,15 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
         # Recorded so that a checkpoint trained with other float islands counts as stale.
         qat_meta["float_ops"] = list(fx_quant.int8_float_ops(model, float_head=float_head))
         qat_meta["float_modules"] = fx_quant.float_module_names(model, qat_meta["float_ops"])
+        float_model = copy.deepcopy(model) if calibration is not None and cfg.calib_method == "auto" else None
         prepared = fx_quant.prepare(model, qat=True, input_hw=PREPARE_HW, scheme=cfg.scheme,
                                     weight_qrange=weight_qrange, float_ops=qat_meta["float_ops"])
-        if calibration is not None:
+        if float_model is not None:
+            method, scores = fx_quant.choose_qat_start(float_model, prepared, calibration.arrays)
+            qat_meta["calibration_method"], qat_meta["start_scores"] = method, scores
+            print(f"[qat] start: {method} ranges (fidelity to FP32 on the {calibration.size} calibration images: "
+                  + ", ".join(f"{m} {v:.4f}" for m, v in scores.items()) + ")", file=sys.stderr, flush=True)
+        elif calibration is not None:
             fx_quant.calibrate_qat(prepared, calibration, cfg.calib_method)
         return prepared
 
@@ -474,11 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=32,
                    help="start the quantizer ranges from this many train images (detectors: letterboxed; 0: from the "
                         "first training batches); the calibrated graph is validated as epoch 0 (default 32)")
-    p.add_argument("--calib-method", choices=fx_quant.QAT_CALIB_METHODS, default="mean-minmax",
-                   help="how the calibration images start the activation ranges: mean-minmax (default; the mean "
-                        "of per-image min/max, what the moving-average observers track) or the range a static PTQ "
-                        "of that method picks (minmax, percentile, entropy), e.g. entropy for detectors, whose "
-                        "torch static PTQ kept more mAP than QAT's default start")
+    p.add_argument("--calib-method", choices=QAT_START_METHODS, default="auto",
+                   help="how the calibration images start the activation ranges: mean-minmax (the mean of "
+                        "per-image min/max, what the moving-average observers track), the range a static PTQ of "
+                        "that method picks (minmax, percentile, entropy), or auto (default): of mean-minmax, "
+                        "entropy and percentile, the start whose outputs on the calibration images agree best "
+                        "with FP32 (arg-max agreement for segmentation, SQNR for detectors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--artifacts")

@@ -1,6 +1,7 @@
 """Quantization-aware training end to end on tiny data: fine-tune, rebuild, export, run INT8."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,11 @@ def fp32_and_qat(tiny_camvid, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("qat_artifacts")
     fp32 = train(TrainConfig(model="ddrnet", data="camvid", data_root=tiny_camvid, recipe="quick", epochs=2,
                              eval_every=1, artifacts=artifacts, **TINY))
+    # mean-minmax start pinned: the INT8-vs-fake-quant floors below were set on this exact tiny
+    # model (its all-pixel agreement counts near ties, which move with the start's ranges)
     qat = qat_finetune(QATConfig(model="ddrnet", data="camvid", data_root=tiny_camvid, epochs=2, eval_every=1,
-                                 freeze_bn_epoch=0, freeze_observer_epoch=1, artifacts=artifacts, **TINY))
+                                 freeze_bn_epoch=0, freeze_observer_epoch=1, artifacts=artifacts,
+                                 calib_method="mean-minmax", **TINY))
     return artifacts, fp32, qat
 
 
@@ -43,7 +47,7 @@ def qat_reduced(tiny_camvid, tmp_path_factory):
                       eval_every=1, artifacts=artifacts, channels_last=False, **TINY))
     return qat_finetune(QATConfig(model="ddrnet", data="camvid", data_root=tiny_camvid, epochs=2, eval_every=1,
                                   freeze_bn_epoch=0, freeze_observer_epoch=1, artifacts=artifacts,
-                                  weight_range="reduced", **TINY))
+                                  weight_range="reduced", calib_method="mean-minmax", **TINY))
 
 
 def _images(n=3, hw=(64, 96)):
@@ -581,6 +585,34 @@ def test_calibrate_qat_with_a_ptq_method_handles_fused_quantizers():
     assert bool(fq.fake_quant_enabled[0]) and bool(fq.observer_enabled[0])  # back on for training
     assert not fq._forward_pre_hooks  # the side observer's hook is gone
     prepared(batches[0])  # and the fused forward still runs
+
+
+def test_output_fidelity_is_argmax_agreement_for_logits_and_sqnr_otherwise():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1] = 1.0  # class 1 everywhere
+    other = logits.clone()
+    other[0, 2, 0, 0] = 5.0  # one of four pixels flips to class 2
+    assert fx_quant.output_fidelity(logits, other) == pytest.approx(0.75)
+    raw = torch.ones(1, 10, 6)
+    assert fx_quant.output_fidelity(raw, raw * 1.1) == pytest.approx(20.0)  # noise 0.1 of the signal: 20 dB
+
+
+def test_choose_qat_start_keeps_the_start_closest_to_fp32():
+    """An outlier pixel makes the starts differ; the candidates are each scored by
+    their agreement with the float model on the calibration images, the best one's ranges are
+    the ones the graph starts from, and scoring does not move them."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+    prepared = fx_quant.prepare(copy.deepcopy(model), qat=True, input_hw=(8, 8))
+    batches = [torch.randn(1, 3, 8, 8) for _ in range(6)]
+    batches[0][0, 0, 0, 0] = 400.0  # an outlier pixel
+    method, scores = fx_quant.choose_qat_start(model, prepared, batches)
+    assert set(scores) == set(fx_quant.QAT_START_CANDIDATES) and method == max(scores, key=scores.get)
+    alone = fx_quant.prepare(copy.deepcopy(model), qat=True, input_hw=(8, 8))
+    fx_quant.calibrate_qat(alone, batches, method)
+    assert float(prepared.activation_post_process_0.scale) == pytest.approx(float(alone.activation_post_process_0.scale))
+    assert len(set(scores.values())) > 1  # the outlier makes the starts differ
+    assert bool(prepared.activation_post_process_0.observer_enabled[0])  # observers stay on for training
 
 
 def test_calibrate_qat_starts_ranges_at_the_mean_of_per_image_ranges():
