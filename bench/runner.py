@@ -600,6 +600,7 @@ class Prepared:
         stored_ops = (["head"] if summary.get("float_head") else []) + list(summary.get("float_ops") or [])
         own = set(float_scopes(self.net))  # what `qat_artifact` records of the float modules
         return (summary.get("parent_sha256") == self.weights_sha256 and sorted(stored_ops) == sorted(float_ops)
+                and bool(summary.get("ranges_fixed_in_validation"))  # `quant.qat.qat_checkpoint_stale`
                 and sorted(summary.get("float_modules") or []) == sorted(m for m in float_modules if m in own))
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:
@@ -640,7 +641,9 @@ class Prepared:
                    "freeze_bn_epoch": qat_meta["freeze_bn_epoch"], "freeze_observer_epoch": qat_meta["freeze_observer_epoch"],
                    # None: ranges started from the first training batches (runs before session 8).
                    # With a calibrated start, "epochs" 0 means no fine-tuning epoch beat it.
-                   "calibration_images": (qat_meta.get("calibration") or {}).get("size")}
+                   "calibration_images": (qat_meta.get("calibration") or {}).get("size"),
+                   "calibration_method": qat_meta.get("calibration_method"),
+                   "ranges_fixed_in_validation": bool(qat_meta.get("ranges_fixed_in_validation"))}
         if "head" in (qat_meta.get("float_ops") or []):
             summary["float_head"] = True  # float logits, as static PTQ's: not a mixed-precision cell
         if float_ops := [k for k in qat_meta.get("float_ops") or [] if k != "head"]:

@@ -295,6 +295,9 @@ def _hooks(cfg: QATConfig, parent, epochs: int, recipe_name: str, build_kwargs: 
             fx_quant.freeze_observers(model)
 
     qat_meta = {"variant": "qat", "scheme": cfg.scheme, "weight_range": range_name,
+                # validations no longer move the ranges (zoo.train.observers_paused); checkpoints
+                # without this mark had them pulled toward the validation images (stale)
+                "ranges_fixed_in_validation": True,
                 "weight_qrange": list(weight_qrange), "weight_range_requested": cfg.weight_range,
                 "cpu_int8_pairs_saturate": fx_quant.int8_pairs_saturate(), "freeze_bn_epoch": bn_epoch,
                 "freeze_observer_epoch": obs_epoch, "prepare_hw": list(PREPARE_HW), "build_kwargs": build_kwargs,
@@ -347,9 +350,14 @@ def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags:
     one from here would waste a bit of precision where nothing saturates. With `float_modules`
     (`fx_quant.float_module_names` of the network now), also stale when it trained with other
     modules kept in float (checkpoints from before the field was recorded kept none): its
-    quantizers sit elsewhere in the graph. The same for `float_ops` (`fx_quant.int8_float_ops`)."""
+    quantizers sit elsewhere in the graph. The same for `float_ops` (`fx_quant.int8_float_ops`).
+    Stale too when its validations ran with the observers on (no `ranges_fixed_in_validation`):
+    the validation images then moved the ranges saved with it."""
     if (qat_meta.get("parent") or {}).get("sha256") != parent_sha256:
         return "the cached one was fine-tuned from other FP32 weights"
+    if not qat_meta.get("ranges_fixed_in_validation"):
+        return ("the cached one let its validations move the quantizer ranges (observers ran on the validation "
+                "images before session 21's fix)")
     if float_ops is not None and list(qat_meta.get("float_ops") or []) != list(float_ops):
         return (f"the cached one was trained with float ops {list(qat_meta.get('float_ops') or []) or 'none'}, the "
                 f"network now keeps {list(float_ops) or 'none'} in float (quant.fx_quant.int8_float_ops)")

@@ -24,6 +24,7 @@ import random
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -100,6 +101,24 @@ class TrainHooks:
     num_classes: int | None = None
     preprocess: dict[str, Any] | None = None
     evaluate_first: bool = False
+
+
+@contextmanager
+def observers_paused(model: nn.Module):
+    """Fake quantizers observe every forward, eval mode included: validation must not move the
+    ranges of a quantization-aware graph (nor leak the validation images into the checkpoint saved
+    after it). A no-op for float models."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    quantizers = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    flags = [m.observer_enabled.clone() for m in quantizers]
+    for m in quantizers:
+        m.disable_observer()
+    try:
+        yield
+    finally:
+        for m, flag in zip(quantizers, flags):
+            m.observer_enabled.copy_(flag)
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -284,9 +303,10 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
     def validate(epoch: int, elapsed_s: float) -> Any:
         """Val scores of `model` now; best.pt when they beat every earlier validation."""
         nonlocal best_miou
-        scores = evaluate_model(model, val_set, num_classes=card.num_classes, ignore_index=card.ignore_index,
-                                classes=card.classes, device=device, progress=cfg.progress,
-                                desc=f"val {cfg.val_split}")
+        with observers_paused(model):
+            scores = evaluate_model(model, val_set, num_classes=card.num_classes, ignore_index=card.ignore_index,
+                                    classes=card.classes, device=device, progress=cfg.progress,
+                                    desc=f"val {cfg.val_split}")
         if scores.miou > best_miou:
             best_miou = scores.miou
             inference_state = _contiguous_state(model)

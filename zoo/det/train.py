@@ -48,7 +48,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,7 @@ from zoo.det.augment import AugmentConfig, DetTrainDataset, detection_collate
 from zoo.det.loss import LossHyp, YOLOv5Loss
 from zoo.recipes import DetRecipe, get_det_recipe
 from zoo.registry import ModelEntry, get_entry
-from zoo.train import (EpochBatches, TrainHooks, _dist_info, finish_run, _rng_state, _seed_everything,
+from zoo.train import (EpochBatches, TrainHooks, _dist_info, finish_run, observers_paused, _rng_state, _seed_everything,
                        _set_rng_state, _worker_init, steps_per_epoch)
 
 
@@ -281,24 +280,6 @@ def init_from_weights(entry: ModelEntry, path: str | Path, num_classes: int,
     model = entry.build(num_classes=num_classes, **build_kwargs)
     info.update(transfer_weights(loaded.model, model, src_classes, classes))
     return model, loaded.preprocess, info, build_kwargs
-
-
-@contextmanager
-def observers_paused(model: nn.Module):
-    """Fake quantizers observe every forward, eval mode included: validation must not move the
-    ranges of a quantization-aware graph (nor leak into the checkpoint saved after it). A no-op
-    for float models."""
-    from torch.ao.quantization import FakeQuantizeBase
-
-    quantizers = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
-    flags = [m.observer_enabled.clone() for m in quantizers]
-    for m in quantizers:
-        m.disable_observer()
-    try:
-        yield
-    finally:
-        for m, flag in zip(quantizers, flags):
-            m.observer_enabled.copy_(flag)
 
 
 def _setup_device(cfg: DetTrainConfig, distributed: bool, world: int) -> torch.device:
