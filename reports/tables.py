@@ -239,6 +239,22 @@ def _selection_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
             f"evaluations on this split, so its accuracy here is optimistic by their noise)"]
 
 
+def _qat_range_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
+    """Name the QAT cells whose checkpoint was validated with its quantizer observers running
+    (before session 21): the validation images moved the ranges it was saved with."""
+    moved = []
+    for rec in records:
+        if rec is None or rec.get("variant") != "qat":
+            continue
+        summary = quant_summary(rec)
+        if summary and not summary.get("ranges_fixed_in_validation") and rec.get("model") not in moved:
+            moved.append(str(rec.get("model")))
+    if not moved:
+        return []
+    return [f"QAT checkpoints whose quantizer ranges the validation images moved (validated with the observers on, "
+            f"before that was fixed): {', '.join(moved)}; re-measure with bench.run --quant qat --force"]
+
+
 def _fps_text(rec: dict[str, Any]) -> str:
     text = _num(fps(rec), 1)
     return text + UNSTABLE_MARK if rec.get("unstable") else text
@@ -448,7 +464,8 @@ def table2(rows: list[Row], backend: str, dataset: str) -> Table:
     used = used or [c for r in rows for c in r.cells.values() if c]
     return Table(f"table2_variants_{backend}", f"Table 2: INT8 variants on {backend} ({dataset})",
                  header, md, csv_header, cs,
-                 footer(used, dataset) + _float_footer(used) + _mixed_footer(used) + _selection_footer(used))
+                 footer(used, dataset) + _float_footer(used) + _mixed_footer(used) + _selection_footer(used)
+                 + _qat_range_footer(used))
 
 
 def table3(rows: list[Row], backend: str, dataset: str) -> Table:
@@ -483,7 +500,8 @@ def table3(rows: list[Row], backend: str, dataset: str) -> Table:
             used.append(row.cells["fp32"])
         md.append(cells)
     used = used or [c for r in rows for c in r.cells.values() if c]
-    foot = footer(used, dataset, timings=False) + _float_footer(used) + _mixed_footer(used) + _selection_footer(used)
+    foot = (footer(used, dataset, timings=False) + _float_footer(used) + _mixed_footer(used)
+            + _selection_footer(used) + _qat_range_footer(used))
     foot.append(f"Deltas against the FP32 record of the same network, backend, dataset, split, input size, "
                 f"batch, threads and weights; {short} change in points, RAM = peak RSS of the cell process")
     return Table(f"table3_deltas_{backend}", f"Table 3: INT8 vs FP32 on {backend} ({dataset})",
@@ -564,7 +582,7 @@ def zoo_table(records: list[dict[str, Any]], dataset: str) -> Table:
                    *[fps(oks[b]) if b in oks else None for b in backends],
                    *[bool(oks[b].get("unstable")) if b in oks else None for b in backends],
                    acc, acc_backend, params, (any_ok or {}).get("gmacs")])
-    foot = footer(used, dataset) + _selection_footer(used)
+    foot = footer(used, dataset) + _selection_footer(used) + _qat_range_footer(used)
     foot.append(f"{acc_title.split(' ')[0]} of the torch cell (the reference), else of the first backend with an ok "
                 f"cell" + (f"; the backends of a network differ by at most {max(spread):.2f} points" if spread else ""))
     foot.append("weights: recipe, selected epoch of the recipe's epochs (hours of training up to it without "

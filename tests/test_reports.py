@@ -297,6 +297,19 @@ def test_weights_selected_on_the_reported_split_are_named_in_the_footer(tmp_path
     assert "- Selected on the reported split: ddrnet23_slim QAT checkpoint (epoch 0)" in t2
 
 
+def test_qat_cells_whose_ranges_validation_moved_are_named_in_the_footer():
+    from reports.tables import _qat_range_footer
+
+    def qat(model, fixed):
+        return {"model": model, "variant": "qat", "artifact": {"quant": {"ranges_fixed_in_validation": fixed}}}
+
+    (line,) = _qat_range_footer([qat("espnet_p2q8", False), qat("espnet_p2q8", False), qat("pidnet_s", True), None,
+                                 {"model": "ddrnet23_slim", "variant": "static", "artifact": {"quant": {}}}])
+    assert "validation images moved" in line and line.count("espnet_p2q8") == 1 and "pidnet_s" not in line
+    assert "ddrnet23_slim" not in line and "--force" in line
+    assert _qat_range_footer([qat("pidnet_s", True)]) == []
+
+
 def test_zoo_table_puts_every_backend_of_a_network_in_one_row(tmp_path):
     records = tmp_path / "records"
     shutil.copytree(FIXTURES, records)
