@@ -656,13 +656,19 @@ def calibrate_qat(prepared: nn.Module, batches: Iterable[np.ndarray | torch.Tens
     return n
 
 
+def _is_logits(t: torch.Tensor) -> bool:
+    """Segmentation logits (N, C > 1, H, W), or their (N, H, W) integer arg-max masks."""
+    return (t.dim() == 4 and t.shape[1] > 1) or (t.dim() == 3 and not t.is_floating_point())
+
+
 @torch.no_grad()
 def output_fidelity(reference: torch.Tensor, output: torch.Tensor) -> float:
     """How close a quantized graph's output is to the float one, higher is better: for logits
-    (N, C > 1, H, W) the share of pixels whose arg-max agrees (what mIoU follows); otherwise the
-    SQNR in dB (a detector's raw output)."""
-    if reference.dim() == 4 and reference.shape[1] > 1:
-        return float((reference.argmax(1) == output.argmax(1)).float().mean())
+    (N, C > 1, H, W) the share of pixels whose arg-max agrees (what mIoU follows; `reference` may
+    be the float arg-max masks themselves); otherwise the SQNR in dB (a detector's raw output)."""
+    if _is_logits(reference):
+        labels = reference.argmax(1) if reference.dim() == 4 else reference  # or already arg-max masks
+        return float((labels == output.argmax(1)).float().mean())
     noise = (reference - output).float().pow(2).sum()
     return float(10 * torch.log10(reference.float().pow(2).sum() / noise.clamp_min(1e-20)))
 
@@ -686,7 +692,9 @@ def choose_qat_start(float_model: nn.Module, prepared: nn.Module, batches: Seque
     if not candidates:
         raise ValueError("choose_qat_start needs at least one candidate method")
     float_model = float_model.eval()
+    # Logits are kept as their arg-max masks (32 of them at 360x480: 5 MB instead of 240 MB).
     references = [float_model(torch.as_tensor(b)) for b in batches]
+    references = [r.argmax(1) if r.dim() == 4 and r.shape[1] > 1 else r for r in references]
     scores: dict[str, float] = {}
     best_state, best = None, None
     for method in candidates:

@@ -601,6 +601,7 @@ def test_output_fidelity_is_argmax_agreement_for_logits_and_sqnr_otherwise():
     other = logits.clone()
     other[0, 2, 0, 0] = 5.0  # one of four pixels flips to class 2
     assert fx_quant.output_fidelity(logits, other) == pytest.approx(0.75)
+    assert fx_quant.output_fidelity(logits.argmax(1), other) == pytest.approx(0.75)  # masks as the reference
     raw = torch.ones(1, 10, 6)
     assert fx_quant.output_fidelity(raw, raw * 1.1) == pytest.approx(20.0)  # noise 0.1 of the signal: 20 dB
 
