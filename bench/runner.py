@@ -584,7 +584,7 @@ class Prepared:
         float_ops, float_modules = self.qat_float_layout()
         # A cached checkpoint is reused only for these FP32 weights and this CPU's QAT weight range.
         why = qat_checkpoint_stale(read_checkpoint(path).get("meta", {}).get("qat") or {}, self.weights_sha256,
-                                   float_modules=float_modules, float_ops=float_ops)
+                                   float_modules=float_modules, float_ops=float_ops, detector=self.task == "detection")
         if why:
             return None, why, False
         unfinished = qat_run_unfinished(path)
@@ -600,7 +600,8 @@ class Prepared:
         stored_ops = (["head"] if summary.get("float_head") else []) + list(summary.get("float_ops") or [])
         own = set(float_scopes(self.net))  # what `qat_artifact` records of the float modules
         return (summary.get("parent_sha256") == self.weights_sha256 and sorted(stored_ops) == sorted(float_ops)
-                and bool(summary.get("ranges_fixed_in_validation"))  # `quant.qat.qat_checkpoint_stale`
+                # `quant.qat.qat_checkpoint_stale`: the detector trainer never let validation move them
+                and (self.task == "detection" or bool(summary.get("ranges_fixed_in_validation")))
                 and sorted(summary.get("float_modules") or []) == sorted(m for m in float_modules if m in own))
 
     def qat_checkpoint(self, cfg: "BenchConfig", log: Callable[[str], None]) -> Path:

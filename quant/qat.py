@@ -340,7 +340,7 @@ def recorded_weight_qrange(qat_meta: dict[str, Any]) -> tuple[int, int]:
 
 def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags: set[str] | None = None,
                          machine: str | None = None, float_modules: list[str] | None = None,
-                         float_ops: Sequence[str] | None = None) -> str | None:
+                         float_ops: Sequence[str] | None = None, detector: bool = False) -> str | None:
     """Why a cached QAT checkpoint (its `meta["qat"]`) cannot serve the FP32 weights `parent_sha256`
     on this machine, or None when it can.
 
@@ -352,10 +352,11 @@ def qat_checkpoint_stale(qat_meta: dict[str, Any], parent_sha256: str, *, flags:
     modules kept in float (checkpoints from before the field was recorded kept none): its
     quantizers sit elsewhere in the graph. The same for `float_ops` (`fx_quant.int8_float_ops`).
     Stale too when its validations ran with the observers on (no `ranges_fixed_in_validation`):
-    the validation images then moved the ranges saved with it."""
+    the validation images then moved the ranges saved with it. Not for a `detector`: the detector
+    trainer always paused them."""
     if (qat_meta.get("parent") or {}).get("sha256") != parent_sha256:
         return "the cached one was fine-tuned from other FP32 weights"
-    if not qat_meta.get("ranges_fixed_in_validation"):
+    if not detector and not qat_meta.get("ranges_fixed_in_validation"):
         return ("the cached one let its validations move the quantizer ranges (observers ran on the validation "
                 "images before session 21's fix)")
     if float_ops is not None and list(qat_meta.get("float_ops") or []) != list(float_ops):

@@ -240,12 +240,12 @@ def _selection_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
 
 
 def _qat_range_footer(records: Iterable[dict[str, Any] | None]) -> list[str]:
-    """Name the QAT cells whose checkpoint was validated with its quantizer observers running
-    (before session 21): the validation images moved the ranges it was saved with."""
+    """Name the segmentation QAT cells whose checkpoint was validated with its quantizer observers
+    running (before session 21): the validation images moved the ranges it was saved with."""
     moved = []
     for rec in records:
-        if rec is None or rec.get("variant") != "qat":
-            continue
+        if rec is None or rec.get("variant") != "qat" or rec.get("task") == "detection":
+            continue  # the detector trainer always validated with the observers paused
         summary = quant_summary(rec)
         if summary and not summary.get("ranges_fixed_in_validation") and rec.get("model") not in moved:
             moved.append(str(rec.get("model")))

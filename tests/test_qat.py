@@ -309,6 +309,7 @@ def test_qat_checkpoint_is_stale_on_another_weight_range():
     # validated with the observers on: the validation images moved its ranges
     moved = {k: v for k, v in reduced.items() if k != "ranges_fixed_in_validation"}
     assert "validations move the quantizer ranges" in qat_checkpoint_stale(moved, "abc", **on_avx2)
+    assert qat_checkpoint_stale(moved, "abc", detector=True, **on_avx2) is None  # its trainer paused them
     # Float islands (quant.fx_quant.keep_float): a checkpoint trained before ESPNet's PReLUs ran in
     # float (no record) does not fit the graph now; networks without any are unaffected.
     assert qat_checkpoint_stale(reduced, "abc", float_modules=[], **on_avx2) is None

@@ -308,6 +308,7 @@ def test_qat_cells_whose_ranges_validation_moved_are_named_in_the_footer():
     assert "validation images moved" in line and line.count("espnet_p2q8") == 1 and "pidnet_s" not in line
     assert "ddrnet23_slim" not in line and "--force" in line
     assert _qat_range_footer([qat("pidnet_s", True)]) == []
+    assert _qat_range_footer([{**qat("yolov5n", False), "task": "detection"}]) == []  # always paused there
 
 
 def test_zoo_table_puts_every_backend_of_a_network_in_one_row(tmp_path):
