@@ -387,3 +387,21 @@ def test_class_weights_from_box_counts(tiny_env):
     assert w[0] < w[1] < w[2]
     w, _ = detection_class_weights(Skewed(), 3, "inverse")
     assert float(w.sum()) == pytest.approx(3.0)
+
+
+def test_patience_stops_the_detector_trainer_early(tiny_env, tmp_path, monkeypatch):
+    import types
+
+    import zoo.evaluate
+
+    maps = iter([0.3, 0.2, 0.1, 0.9])  # epochs 1-4: no new best after epoch 1
+
+    def fake_evaluate(*args, **kwargs):
+        value = next(maps)
+        return types.SimpleNamespace(map=value, map50=value, images=1, as_dict=lambda: {"map": value}), None
+
+    monkeypatch.setattr(zoo.evaluate, "evaluate_detector", fake_evaluate)  # train_detector imports it late
+    res = train_detector(_tiny_cfg(tiny_env, tmp_path, epochs=4, patience=2))
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    last = json.loads(res["last"].with_suffix(".json").read_text())
+    assert last["early_stop"] == {"after_epoch": 3, "patience": 2, "best_epoch": 1, "map": 0.3}

@@ -687,3 +687,7 @@ def test_a_killed_fine_tuning_does_not_count_as_a_qat_checkpoint(tmp_path):
     assert "after epoch 7 of 30" in qat_run_unfinished(best)
     (run / "last.json").write_text(json.dumps({"epoch": 30, "recipe": {"epochs": 30}}))
     assert qat_run_unfinished(best) is None
+    # stopped early on purpose (--patience): finished, although short of its schedule
+    (run / "last.json").write_text(json.dumps({"epoch": 12, "recipe": {"epochs": 30},
+                                               "early_stop": {"after_epoch": 12, "patience": 2, "best_epoch": 0}}))
+    assert qat_run_unfinished(best) is None

@@ -224,3 +224,37 @@ def test_training_commands_restart_under_tcmalloc(tmp_path):
     lines = res.stdout.split()
     assert res.returncode == 0 and lines[-1] == "tcmalloc", res.stderr
     assert len(lines) == 3 and lines[0] == lines[1], "the restart must keep the PID (exec, not a child)"
+
+
+def test_validations_since_best_counts_ties_for_the_earlier_one():
+    from zoo.train import early_stop_reached, validations_since_best
+
+    history = [{"epoch": 0, "miou": 0.5}, {"epoch": 1}, {"epoch": 2, "miou": 0.5}, {"epoch": 3, "miou": 0.4}]
+    assert validations_since_best(history) == 2 and validations_since_best([]) == 0
+    assert early_stop_reached(history, 3) is None and early_stop_reached(history, None) is None
+    assert early_stop_reached(history, 2) == {"after_epoch": 3, "patience": 2, "best_epoch": 0, "miou": 0.5}
+
+
+def test_patience_stops_early_and_a_resumed_run_stays_stopped(tiny_camvid, tmp_path, monkeypatch):
+    import types
+
+    import zoo.train as train_mod
+
+    scores = iter([0.5, 0.4, 0.3, 0.9])  # epochs 1-4: no new best after epoch 1
+
+    def fake_evaluate(*args, **kwargs):
+        miou = next(scores)
+        return types.SimpleNamespace(miou=miou, pixel_accuracy=miou, as_dict=lambda: {"miou": miou})
+
+    monkeypatch.setattr(train_mod, "evaluate_model", fake_evaluate)
+    cfg = TrainConfig(model="espnet", data="camvid", data_root=tiny_camvid, epochs=4, batch_size=2, crop=(64, 96),
+                      eval_every=1, patience=2, workers=0, artifacts=tmp_path, progress=False, threads=1)
+    res = train(cfg)
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    last = json.loads(res["last"].with_suffix(".json").read_text())
+    assert last["epoch"] == 3 and last["early_stop"] == {"after_epoch": 3, "patience": 2, "best_epoch": 1,
+                                                          "miou": 0.5}
+    assert read_checkpoint(res["best"])["meta"]["epoch"] == 1
+    # Resuming finishes at once: no epoch trains, nothing is validated (the iterator would give 0.9).
+    again = train(TrainConfig(**{**cfg.__dict__, "resume": True}))
+    assert [h["epoch"] for h in again["history"]] == [1, 2, 3] and next(scores) == 0.9

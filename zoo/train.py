@@ -61,6 +61,7 @@ class TrainConfig:
     beta: float | None = None            # None: zoo.class_weights.default_beta(counts)
     count_source: str = "pixels"         # pixels|images|instances
     eval_every: int | None = None
+    patience: int | None = None          # stop after this many validations in a row without a new best
     warmup_iters: int | None = None      # None: the recipe's (QAT passes 0: its weights are trained)
     seed: int = 0
     resume: bool = False
@@ -119,6 +120,34 @@ def observers_paused(model: nn.Module):
     finally:
         for m, flag in zip(quantizers, flags):
             m.observer_enabled.copy_(flag)
+
+
+def validations_since_best(history: list[dict[str, Any]], key: str = "miou") -> int:
+    """How many validations in `history` came after its best one (0: the latest is the best).
+    Ties count for the earlier validation, as best.pt keeps it."""
+    scores = [h[key] for h in history if h.get(key) is not None]
+    if not scores:
+        return 0
+    best_at = max(range(len(scores)), key=scores.__getitem__)
+    return len(scores) - 1 - best_at
+
+
+def early_stop_reached(history: list[dict[str, Any]], patience: int | None, *, key: str = "miou",
+                       distributed: bool = False) -> dict[str, Any] | None:
+    """The early-stop record (for the checkpoint metadata) when the last `patience` validations
+    all failed to beat the best one, else None. Only rank 0 validates, so under torchrun its
+    verdict is broadcast: every rank stops at the same epoch."""
+    stop = None
+    if patience and _dist_info()[0] == 0 and validations_since_best(history, key) >= patience:
+        scored = [h for h in history if h.get(key) is not None]
+        best = max(scored, key=lambda h: h[key])
+        stop = {"after_epoch": int(history[-1]["epoch"]), "patience": int(patience),
+                "best_epoch": int(best["epoch"]), key: float(best[key])}
+    if distributed:
+        box = [stop]
+        dist.broadcast_object_list(box, src=0)
+        stop = box[0]
+    return stop
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -328,7 +357,12 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
         if distributed:
             dist.barrier()
     kill_at = int(os.environ["EDGEZOO_FAULT_KILL_AT_STEP"]) if os.environ.get("EDGEZOO_FAULT_KILL_AT_STEP") else None
-    for epoch in range(start_epoch, recipe.epochs):
+    # A resumed run that had already stopped early stays stopped.
+    stopped = early_stop_reached(history, cfg.patience, distributed=distributed) if start_step == 0 else None
+    if stopped is not None and start_epoch < recipe.epochs:
+        meta_base["early_stop"] = stopped
+        save_last(start_epoch, 0)
+    for epoch in range(start_epoch, recipe.epochs if stopped is None else start_epoch):
         model.train()
         if hooks.on_epoch_start is not None:
             hooks.on_epoch_start(model, epoch, recipe.epochs)
@@ -382,10 +416,19 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
             print(f"[train] epoch {done_epochs}/{recipe.epochs} loss {running:.4f} lr {lr:.2e} "
                   f"elapsed {record['elapsed_s'] / 60:.1f} min", file=sys.stderr, flush=True)
         history.append(record)
+        stopped = early_stop_reached(history, cfg.patience, distributed=distributed)
+        if stopped is not None:
+            # last.json says the schedule ended here on purpose (quant.qat.qat_run_unfinished).
+            meta_base["early_stop"] = stopped
+            if is_main:
+                print(f"[train] early stop after epoch {done_epochs}: {cfg.patience} validations without beating "
+                      f"epoch {stopped['best_epoch']} ({100 * stopped['miou']:.2f})", file=sys.stderr, flush=True)
         save_last(done_epochs, 0)
         last_save = time.time()
         if distributed:
             dist.barrier()
+        if stopped is not None:
+            break
     finish_run(out_dir, history, is_main=is_main, distributed=distributed)
     return {"best": best_path, "last": last_path, "best_miou": best_miou, "history": history,
             "seconds": prior_s + time.time() - t_start}
@@ -496,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count-source", choices=("pixels", "images", "instances"), default="pixels",
                    help="what the class counts count (default pixels)")
     p.add_argument("--eval-every", type=int, help="epochs between validation runs")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help="stop early after N validations in a row without a new best (default: never)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from last.pt if it exists")
     p.add_argument("--artifacts", help="artifact cache (default ./artifacts or $EDGEZOO_ARTIFACTS)")
@@ -539,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = TrainConfig(model=args.model, data=args.data, data_root=args.data_root, recipe=args.recipe,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop,
-                      optimizer=args.optimizer, loss=args.loss, eval_every=args.eval_every, seed=args.seed,
+                      optimizer=args.optimizer, loss=args.loss, eval_every=args.eval_every, patience=args.patience,
+                      seed=args.seed,
                       resume=args.resume, artifacts=args.artifacts, workers=args.workers, threads=args.threads,
                       save_every=args.save_every, progress=not args.no_progress, amp=args.amp,
                       class_weights=args.class_weights, beta=args.beta, count_source=args.count_source,

@@ -65,8 +65,8 @@ from zoo.det.augment import AugmentConfig, DetTrainDataset, detection_collate
 from zoo.det.loss import LossHyp, YOLOv5Loss
 from zoo.recipes import DetRecipe, get_det_recipe
 from zoo.registry import ModelEntry, get_entry
-from zoo.train import (EpochBatches, TrainHooks, _dist_info, finish_run, observers_paused, _rng_state, _seed_everything,
-                       _set_rng_state, _worker_init, steps_per_epoch)
+from zoo.train import (EpochBatches, TrainHooks, _dist_info, early_stop_reached, finish_run, observers_paused,
+                       _rng_state, _seed_everything, _set_rng_state, _worker_init, steps_per_epoch)
 
 
 @dataclass
@@ -80,6 +80,7 @@ class DetTrainConfig:
     lr: float | None = None
     img_size: int | None = None
     eval_every: int | None = None
+    patience: int | None = None          # stop after this many validations in a row without a new best
     weights: str | Path | None = None    # fine-tune from this checkpoint
     class_weights: str | None = None     # none|effective|inverse|median|enet, counts = boxes per class
     beta: float | None = None            # effective-number beta (None: zoo.class_weights.default_beta)
@@ -459,7 +460,12 @@ def train_detector(cfg: DetTrainConfig, hooks: TrainHooks | None = None) -> dict
     prior_s = float(history[-1]["elapsed_s"]) if history else 0.0
     kill_at = int(os.environ["EDGEZOO_FAULT_KILL_AT_STEP"]) if os.environ.get("EDGEZOO_FAULT_KILL_AT_STEP") else None
     lr_now = base_lr
-    for epoch in range(start_epoch, recipe.epochs):
+    # A resumed run that had already stopped early stays stopped (zoo.train.early_stop_reached).
+    stopped = early_stop_reached(history, cfg.patience, key="map", distributed=distributed) if start_step == 0 else None
+    if stopped is not None and start_epoch < recipe.epochs:
+        meta_base["early_stop"] = stopped
+        save_last(start_epoch, 0)
+    for epoch in range(start_epoch, recipe.epochs if stopped is None else start_epoch):
         model.train()
         if hooks.on_epoch_start is not None:
             hooks.on_epoch_start(model, epoch, recipe.epochs)
@@ -544,10 +550,18 @@ def train_detector(cfg: DetTrainConfig, hooks: TrainHooks | None = None) -> dict
                   f"cls {record['cls']:.4f} lr {lr_now:.2e} elapsed {record['elapsed_s'] / 60:.1f} min",
                   file=sys.stderr, flush=True)
         history.append(record)
+        stopped = early_stop_reached(history, cfg.patience, key="map", distributed=distributed)
+        if stopped is not None:
+            meta_base["early_stop"] = stopped
+            if is_main:
+                print(f"[det-train] early stop after epoch {done}: {cfg.patience} validations without beating "
+                      f"epoch {stopped['best_epoch']} ({stopped['map']:.4f})", file=sys.stderr, flush=True)
         save_last(done, 0)
         last_save = time.time()
         if distributed:
             dist.barrier()
+        if stopped is not None:
+            break
     finish_run(out_dir, history, is_main=is_main, distributed=distributed)
     return {"best": best_path, "last": last_path, "best_map": best_map, "history": history,
             "seconds": prior_s + time.time() - t_start}
@@ -569,6 +583,8 @@ def build_parser(prog: str = "python -m zoo.det.train") -> argparse.ArgumentPars
     p.add_argument("--lr", type=float)
     p.add_argument("--img-size", type=int, help="square training / validation size (multiple of 32)")
     p.add_argument("--eval-every", type=int, help="epochs between validation runs")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help="stop early after N validations in a row without a new best (default: never)")
     p.add_argument("--weights", help="fine-tune from this checkpoint (official .pt or a zoo checkpoint)")
     p.add_argument("--class-weights", choices=("none", "effective", "inverse", "median", "enet"),
                    help="per-class weights on the class loss from boxes per class (default none)")
@@ -598,7 +614,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m zoo.det.train") -
                                    ("label_smoothing", args.label_smoothing)) if v is not None}
     cfg = DetTrainConfig(model=args.model, data=args.data, data_root=args.data_root, recipe=args.recipe,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
-                         eval_every=args.eval_every, weights=args.weights, class_weights=args.class_weights,
+                         eval_every=args.eval_every, patience=args.patience, weights=args.weights,
+                         class_weights=args.class_weights,
                          beta=args.beta, seed=args.seed, resume=args.resume, artifacts=args.artifacts,
                          run_name=args.run_name, workers=args.workers, threads=args.threads,
                          save_every=args.save_every, amp=args.amp, progress=not args.no_progress,
