@@ -18,8 +18,8 @@ training size), by default with the method whose start agrees best with FP32 on 
 (`--calib-method auto`, `fx_quant.choose_qat_start`), and validate that calibrated,
 not yet fine-tuned graph as "epoch 0": it stays best.pt unless fine-tuning beats it, and the
 history says which epoch won. The fine-tuning stops early once `--patience` validations in a row
-(default 2) have not beaten the best: on CamVid the calibrated start won in 5 of 6 runs, so the
-rest of the schedule bought nothing; last.json records the stop (`early_stop`).
+(default 2) have not beaten the best: on CamVid the best was the calibrated start or the first
+validation in every run, so the rest of the schedule bought nothing; last.json records the stop (`early_stop`).
 
 The fine-tuning reuses `zoo.train` (recipe, loss, progress, periodic validation, best / last
 checkpoints, mid-epoch `--resume`, torchrun) through its `TrainHooks`: about a tenth of the FP32
