@@ -478,6 +478,8 @@ def load_qat(model: str, path: str | Path, *, num_classes: int) -> tuple[nn.Modu
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo.train import patience_arg
+
     p = argparse.ArgumentParser(prog="python -m quant.qat", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -497,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight levels: full (-127..127), reduced (-64..64, no int16 saturation in x86 INT8 "
                         "kernels without AVX512-VNNI), auto (default): reduced where this CPU needs it")
     p.add_argument("--eval-every", type=int, help="epochs between validations (default: a fifth of the epochs)")
-    p.add_argument("--patience", type=int, default=2, metavar="N",
+    p.add_argument("--patience", type=patience_arg, default=2, metavar="N",
                    help="stop after N validations in a row that do not beat the best so far, usually the calibrated "
                         "start (default 2; 0: run every epoch)")
     p.add_argument("--calib-images", type=int, default=32,

@@ -258,3 +258,8 @@ def test_patience_stops_early_and_a_resumed_run_stays_stopped(tiny_camvid, tmp_p
     # Resuming finishes at once: no epoch trains, nothing is validated (the iterator would give 0.9).
     again = train(TrainConfig(**{**cfg.__dict__, "resume": True}))
     assert [h["epoch"] for h in again["history"]] == [1, 2, 3] and next(scores) == 0.9
+
+
+def test_negative_patience_is_refused_in_one_line():
+    res = _run(["-m", "zoo.train", "--model", "espnet", "--patience", "-1"])
+    assert res.returncode == 2 and "--patience takes a count" in res.stderr and "Traceback" not in res.stderr

@@ -508,6 +508,17 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def patience_arg(text: str) -> int:
+    """argparse type of --patience: a whole number of validations, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--patience takes a count of validations (0 or more), got {text!r}")
+    return value
+
+
 def _class_weight_method(text: str) -> str:
     from zoo.class_weights import parse_method
 
@@ -539,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count-source", choices=("pixels", "images", "instances"), default="pixels",
                    help="what the class counts count (default pixels)")
     p.add_argument("--eval-every", type=int, help="epochs between validation runs")
-    p.add_argument("--patience", type=int, metavar="N",
+    p.add_argument("--patience", type=patience_arg, metavar="N",
                    help="stop early after N validations in a row without a new best (default: never)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from last.pt if it exists")

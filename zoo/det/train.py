@@ -65,7 +65,7 @@ from zoo.det.augment import AugmentConfig, DetTrainDataset, detection_collate
 from zoo.det.loss import LossHyp, YOLOv5Loss
 from zoo.recipes import DetRecipe, get_det_recipe
 from zoo.registry import ModelEntry, get_entry
-from zoo.train import (EpochBatches, TrainHooks, _dist_info, early_stop_reached, finish_run, observers_paused,
+from zoo.train import (EpochBatches, TrainHooks, _dist_info, early_stop_reached, finish_run, observers_paused, patience_arg,
                        _rng_state, _seed_everything, _set_rng_state, _worker_init, steps_per_epoch)
 
 
@@ -583,7 +583,7 @@ def build_parser(prog: str = "python -m zoo.det.train") -> argparse.ArgumentPars
     p.add_argument("--lr", type=float)
     p.add_argument("--img-size", type=int, help="square training / validation size (multiple of 32)")
     p.add_argument("--eval-every", type=int, help="epochs between validation runs")
-    p.add_argument("--patience", type=int, metavar="N",
+    p.add_argument("--patience", type=patience_arg, metavar="N",
                    help="stop early after N validations in a row without a new best (default: never)")
     p.add_argument("--weights", help="fine-tune from this checkpoint (official .pt or a zoo checkpoint)")
     p.add_argument("--class-weights", choices=("none", "effective", "inverse", "median", "enet"),
