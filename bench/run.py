@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 
 from bench.backends import BACKENDS
 from bench.timing import DEFAULT_CV_THRESHOLD
@@ -176,15 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from bench.runner import footer, markdown_table, run_sweep
+    from bench.runner import footer, markdown_table, run_sweep, sweep_summary
     from zoo.errors import user_errors
 
+    started = time.perf_counter()
     with user_errors():
         cfg = config_from_args(args)
         records = run_sweep(cfg)
     print(markdown_table(records))
     print()
     print(footer(cfg, records))
+    print(sweep_summary(records, time.perf_counter() - started))
     return 0 if all(r["status"] != "failed" for r in records) else 1
 
 

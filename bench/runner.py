@@ -1647,5 +1647,18 @@ def footer(cfg: BenchConfig, records: list[dict]) -> str:
             f"commit {(env['git']['commit'] or 'none')[:10]}{' (dirty)' if env['git']['dirty'] else ''}; " + what)
 
 
+def sweep_summary(records: list[dict], wall_s: float) -> str:
+    """One line on what the sweep did and how long it took: cells measured (and how long their
+    processes ran), reused from --out, skipped and failed, and the wall time of the whole sweep,
+    which includes preparation the cells do not (training, export, calibration, references)."""
+    fresh = [r for r in records if not r.get("_reused")]
+    cells_s = sum(float(r.get("cell_wall_s") or 0.0) for r in fresh)
+    counts = {s: sum(r.get("status") == s for r in fresh) for s in ("ok", "skipped", "failed")}
+    reused = len(records) - len(fresh)
+    return (f"sweep: {len(records)} cells in {wall_s / 60:.1f} min wall: {counts['ok']} measured "
+            f"({cells_s / 60:.1f} min in cell processes), {reused} stored (reused), "
+            f"{counts['skipped']} skipped, {counts['failed']} failed")
+
+
 def summary_as_dict(records: list[dict]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in ("samples_ms", "e2e_samples_ms", "env")} for r in records]

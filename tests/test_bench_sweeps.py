@@ -3,6 +3,7 @@ cell, and cells that segfault or hang become failed records while the sweep goes
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections import Counter
 
@@ -41,6 +42,9 @@ def test_sigkill_mid_write_then_resume(tiny_camvid, tmp_path, bench_artifacts):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "half-written record of a killed sweep" in second.stderr
     assert second.stderr.count("stored (") == 2  # b1 cells reused, not rerun
+    # the closing line counts what the rerun did: b2/onnxruntime measured, b2/tensorrt skipped
+    assert re.search(r"sweep: 4 cells in [0-9.]+ min wall: 1 measured \([0-9.]+ min in cell processes\), "
+                     r"2 stored \(reused\), 1 skipped, 0 failed", second.stdout), second.stdout[-500:]
     recs = _records(tmp_path)
     assert [p.name for p in out.iterdir() if not p.name.endswith(".json")] == []
     assert len(recs) == 4 and len({r["cell_key"] for r in recs}) == 4  # every cell exactly once
@@ -71,6 +75,7 @@ def test_crashing_and_hanging_cells_become_failed_records(tiny_camvid, tmp_path,
         json.dumps(r)  # complete records, also for the failures
         assert r["schema"] == 2 and r["env"] and r["cell_key"]
     assert "failed: cell process killed by SIGSEGV" in res.stdout
+    assert "1 measured" in res.stdout and "0 stored (reused), 0 skipped, 2 failed" in res.stdout
     # a rerun retries a failed cell (failures are not "stored") and keeps the ok one
     rerun = _bench(args(1, 3), tmp_path, artifacts=bench_artifacts)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
